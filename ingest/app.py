@@ -1,0 +1,91 @@
+"""The receiver's application factory: synchronous, no I/O; Redis is opened in a cleanup context."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+
+from ingest import views
+from ingest.app_keys import INTAKE, REDIS, REDIS_URL, SETTINGS, VERIFIER
+from ingest.errors import error_response, response_for
+from ingest.signature import SignatureVerifier
+from loops_webhooks.settings import Settings
+from workers.intake import EventIntake
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("ingest")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(settings: Settings, redis_url: str) -> web.Application:
+    """Build the receiver. Raises ConfigurationError when no signing secret is configured."""
+    verifier = SignatureVerifier(settings.require_webhook_secrets())
+    app = web.Application(
+        middlewares=[_canonical_log_line, _json_errors],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[REDIS_URL] = redis_url
+    app[VERIFIER] = verifier
+    app.cleanup_ctx.append(_redis_context)
+    app.router.add_post(settings.webhook_path, views.receive_webhook)
+    app.router.add_get("/healthz", views.healthz)
+    app.router.add_get("/readyz", views.readyz)
+    return app
+
+
+async def _redis_context(app: web.Application) -> AsyncIterator[None]:
+    timeout = app[SETTINGS].redis_timeout_seconds
+    redis = Redis.from_url(
+        app[REDIS_URL],
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+    app[REDIS] = redis
+    app[INTAKE] = EventIntake(redis, queue_name=app[SETTINGS].queue_name)
+    yield
+    await redis.aclose()
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as ``{"error", "detail"}`` JSON with its one status code."""
+    try:
+        return await handler(request)
+    except web.HTTPException as http_error:
+        if http_error.status < 400:
+            raise
+        code = http_error.reason.lower().replace(" ", "_")
+        response = error_response(http_error.status, code, http_error.reason)
+        if http_error.status == 405:
+            response.headers["Allow"] = http_error.headers.get("Allow", "POST")
+        return response
+    except Exception as error:
+        known = response_for(error)
+        if known is not None:
+            return known
+        log.exception("unexpected error")
+        return error_response(500, "internal_error", "unexpected error; see the receiver's log")
+
+
+@web.middleware
+async def _canonical_log_line(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One log line per request, with its outcome and duration."""
+    started = time.perf_counter()
+    structlog.contextvars.clear_contextvars()
+    response = await handler(request)
+    log.info(
+        "request",
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    return response

@@ -1,0 +1,18 @@
+"""The typed application keys of the receiver, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from ingest.signature import SignatureVerifier
+from loops_webhooks.settings import Settings
+from workers.intake import EventIntake
+
+__all__ = ["INTAKE", "REDIS", "REDIS_URL", "SETTINGS", "VERIFIER"]
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS_URL = web.AppKey("redis_url", str)
+VERIFIER = web.AppKey("verifier", SignatureVerifier)
+REDIS = web.AppKey("redis", Redis)
+INTAKE = web.AppKey("intake", EventIntake)

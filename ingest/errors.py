@@ -1,0 +1,51 @@
+"""The receiver's errors, each mapped to one HTTP status and one error code, here only."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ingest.signature import InvalidSignature
+
+__all__ = [
+    "InvalidPayload",
+    "PayloadTooLarge",
+    "ReceiverUnavailable",
+    "error_response",
+    "response_for",
+]
+
+RETRY_AFTER_SECONDS = 5
+
+
+class PayloadTooLarge(Exception):
+    """The body is over ``LOOPS_MAX_BODY_BYTES``; it was refused without being read whole."""
+
+
+class InvalidPayload(Exception):
+    """A correctly signed body that is not a usable event; it was kept as a dead letter."""
+
+
+class ReceiverUnavailable(Exception):
+    """Redis could not acknowledge the event in time; nothing was promised, Loops retries."""
+
+
+_STATUS_AND_CODE: dict[type[Exception], tuple[int, str]] = {
+    InvalidSignature: (401, "invalid_signature"),
+    PayloadTooLarge: (413, "payload_too_large"),
+    InvalidPayload: (400, "invalid_payload"),
+    ReceiverUnavailable: (503, "unavailable"),
+}
+
+
+def error_response(status: int, code: str, detail: str) -> web.Response:
+    """The one shape of every error body: ``{"error": code, "detail": detail}``."""
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+def response_for(error: Exception) -> web.Response | None:
+    """The response for one of the receiver's errors, or None for anything else."""
+    for error_type, (status, code) in _STATUS_AND_CODE.items():
+        if isinstance(error, error_type):
+            return error_response(status, code, str(error))
+    return None

@@ -1,0 +1,50 @@
+"""Every Redis key that loops-webhooks reads or writes is named here, and nowhere else.
+
+arq's own keys (job payloads, in-progress markers) come from ``arq.constants`` so that the
+receiver can enqueue a job in the same atomic step that records the event.
+"""
+
+from __future__ import annotations
+
+from arq.constants import in_progress_key_prefix, job_key_prefix
+
+__all__ = [
+    "DEAD_LETTER_INDEX",
+    "PENDING_EVENTS",
+    "arq_in_progress_key",
+    "arq_job_key",
+    "dead_letter_key",
+    "event_key",
+    "job_id_for_event",
+]
+
+PREFIX = "loops:"
+
+PENDING_EVENTS = PREFIX + "pending"
+"""Sorted set of event ids accepted but not finished, scored by receipt time (ms)."""
+
+DEAD_LETTER_INDEX = PREFIX + "dlq"
+"""Sorted set of dead-letter ids, scored by the time they were dead-lettered (ms)."""
+
+
+def event_key(event_id: str) -> str:
+    """Hash holding one event: its raw bytes, receipt time, headers, status, handler states."""
+    return f"{PREFIX}event:{event_id}"
+
+
+def dead_letter_key(dead_letter_id: str) -> str:
+    """Hash holding one dead letter; it never expires."""
+    return f"{PREFIX}dlq:{dead_letter_id}"
+
+
+def job_id_for_event(event_id: str) -> str:
+    """One arq job id per event, so an event is never processed by two jobs at once."""
+    return f"event:{event_id}"
+
+
+def arq_job_key(job_id: str) -> str:
+    return job_key_prefix + job_id
+
+
+def arq_in_progress_key(job_id: str) -> str:
+    return in_progress_key_prefix + job_id
