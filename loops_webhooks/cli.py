@@ -12,10 +12,12 @@ from collections.abc import Callable, Sequence
 
 import pydantic
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from loops_webhooks.embedded_redis import EmbeddedRedisError, ensure_embedded_redis
 from loops_webhooks.logs import configure_logging
 from loops_webhooks.settings import ConfigurationError, Settings
+from workers.registry import HandlerLoadError
 
 __all__ = ["main"]
 
@@ -39,6 +41,21 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.registry import load_router
+    from workers.runner import build_worker
+
+    overrides = {
+        name: value
+        for name, value in (("handlers", args.handlers), ("worker_concurrency", args.concurrency))
+        if value is not None
+    }
+    settings = settings.model_copy(update=overrides)
+    router = load_router(settings.handlers)
+    build_worker(settings, redis_url_for(settings), router).run()
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loops-webhooks",
@@ -54,6 +71,24 @@ def _parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--host", default="127.0.0.1", help="address to bind (%(default)s)")
     serve_parser.add_argument("--port", type=int, default=8080, help="port to bind (%(default)s)")
     serve_parser.set_defaults(run=serve)
+
+    worker_parser = commands.add_parser(
+        "worker",
+        help="run a worker that runs your handlers for stored events",
+        description="Run a worker: take events off the queue and run the matching handlers, "
+        "with retries and dead-lettering.",
+    )
+    worker_parser.add_argument(
+        "--handlers",
+        help="comma-separated module:attribute paths of Router objects "
+        "(default: LOOPS_HANDLERS, else handlers.examples:router)",
+    )
+    worker_parser.add_argument(
+        "--concurrency",
+        type=int,
+        help="handlers' events run at once (default: LOOPS_WORKER_CONCURRENCY, else 20)",
+    )
+    worker_parser.set_defaults(run=worker)
     return parser
 
 
@@ -75,7 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as error:
         print(f"loops-webhooks: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except EmbeddedRedisError as error:
+    except HandlerLoadError as error:
+        print(f"loops-webhooks: cannot load handlers: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (EmbeddedRedisError, RedisError, OSError) as error:
         print(f"loops-webhooks: {error}", file=sys.stderr)
         return EXIT_FAILURE
 

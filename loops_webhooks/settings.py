@@ -46,6 +46,20 @@ class Settings(BaseSettings):
     dedupe_ttl_seconds: int = Field(default=7 * DAY_SECONDS, gt=0)
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     queue_name: str = "loops:queue"
+    handlers: str = Field(
+        default="handlers.examples:router",
+        description="Comma-separated module:attribute paths of the Router objects to run.",
+    )
+    worker_concurrency: int = Field(default=20, gt=0)
+    max_attempts: int = Field(default=8, gt=0)
+    retry_base_seconds: float = Field(default=5.0, gt=0)
+    retry_max_delay_seconds: float = Field(default=3600.0, gt=0)
+    handler_timeout_seconds: float = Field(default=30.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=25.0, ge=0)
+    unhandled: Literal["done", "dead-letter"] = "done"
+    poll_interval_seconds: float = Field(default=0.01, gt=0)
+    reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+    reconcile_grace_seconds: float = Field(default=60.0, ge=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -21,6 +21,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from workers import keys
+from workers.dead_letters import DeadLetter, DeadLetterReason
 
 __all__ = ["PROCESS_EVENT_JOB", "EventIntake", "ReceivedEvent", "job_payload"]
 
@@ -150,20 +151,20 @@ class EventIntake:
 
         Deduplicated by the body's hash; returns the dead letter's id.
         """
-        dead_letter_id = "invalid_payload:" + hashlib.sha256(raw).hexdigest()
-        fields: dict[str, Any] = {
-            "id": dead_letter_id,
-            "reason": "invalid_payload",
-            "raw": raw,
-            "headers": orjson.dumps(dict(headers)),
-            "received_at": received_at_ms,
-            "error_message": detail,
-            "dead_lettered_at": received_at_ms,
-        }
-        flat: list[Any] = [received_at_ms, dead_letter_id]
-        for name, value in fields.items():
+        letter = DeadLetter(
+            id="invalid_payload:" + hashlib.sha256(raw).hexdigest(),
+            reason=DeadLetterReason.INVALID_PAYLOAD,
+            error_type="InvalidPayload",
+            error_message=detail,
+            dead_lettered_at=received_at_ms,
+            received_at=received_at_ms,
+            raw=raw,
+            headers=orjson.dumps(dict(headers)).decode(),
+        )
+        flat: list[Any] = [received_at_ms, letter.id]
+        for name, value in letter.redis_fields().items():
             flat += [name, value]
         await self._dead_letter_unparseable(
-            keys=[keys.dead_letter_key(dead_letter_id), keys.DEAD_LETTER_INDEX], args=flat
+            keys=[keys.dead_letter_key(letter.id), keys.DEAD_LETTER_INDEX], args=flat
         )
-        return dead_letter_id
+        return letter.id

@@ -1,0 +1,360 @@
+"""Dispatch: the one arq job. Load the stored event, route it, run the due handlers, record.
+
+arq is the scheduler, not the record. Each (event, handler) pair has its own attempts and
+outcome in the event store; this module turns a handler's result into done, a scheduled
+retry or a dead letter, and asks arq (via ``arq.Retry``) to run the job again only when some
+handler is due later. Handlers of one event run concurrently, so a failing or slow handler
+never delays the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+import structlog
+from arq import Retry
+
+from handlers import HandlerContext, Reject, RetryLater, Router
+from handlers.context import idempotency_key
+from handlers.events import Event, parse_event
+from handlers.router import Handler
+from workers.dead_letters import TRACEBACK_LIMIT, DeadLetter, DeadLetterReason, dead_letter_id
+from workers.event_store import (
+    Action,
+    EventStatus,
+    EventStore,
+    HandlerState,
+    HandlerStatus,
+    StoredEvent,
+)
+from workers.retry_policy import RetryPolicy
+
+__all__ = ["DISPATCHER", "Dispatcher", "process_event", "slowest_handler_timeout"]
+
+DISPATCHER = "loops_dispatcher"
+"""The key of the Dispatcher in arq's worker context."""
+
+log = structlog.get_logger("workers")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt ended; ``retry_after`` set means retry, ``dead`` means dead-letter."""
+
+    handler: Handler
+    state: HandlerState
+    duration_ms: float
+    error: BaseException | None = None
+    retry_after: float | None = None
+    dead_reason: DeadLetterReason | None = None
+
+
+class Dispatcher:
+    """Runs the handlers of one event at a time for the worker; shared by all of its jobs."""
+
+    def __init__(
+        self,
+        router: Router,
+        store: EventStore,
+        *,
+        retry_policy: RetryPolicy,
+        handler_timeout_seconds: float,
+        dead_letter_unhandled: bool,
+    ) -> None:
+        self._router = router
+        self._store = store
+        self._retry_policy = retry_policy
+        self._handler_timeout = handler_timeout_seconds
+        self._dead_letter_unhandled = dead_letter_unhandled
+        self._unhandled_types_logged: set[str] = set()
+
+    async def process(self, event_id: str, event_type: str) -> None:
+        handlers = self._router.handlers_for(event_type)
+        limits = [(handler.name, self._max_attempts_of(handler)) for handler in handlers]
+        begun = await self._store.begin(event_id, limits, _now_ms())
+        if begun is None:
+            log.warning("event not in the store; nothing to do", event_id=event_id)
+            return
+        event = begun.event
+        if event.status is not EventStatus.PENDING:
+            return
+        if not handlers:
+            await self._finish_unhandled(event)
+            return
+        outcomes: list[Outcome] = []
+        to_run: list[tuple[Handler, HandlerState]] = []
+        for handler in handlers:
+            action, state = begun.actions[handler.name]
+            if action is Action.RUN:
+                to_run.append((handler, state))
+            elif action is Action.EXHAUSTED:
+                outcomes.append(self._exhausted_by_crashes(handler, state))
+        try:
+            outcomes += await self._run_all(event, to_run)
+        except _PartiallyRun as cancelled:
+            outcomes += cancelled.finished
+            finished = {outcome.handler.name for outcome in cancelled.finished}
+            refunds = [(h, state) for h, state in to_run if h.name not in finished]
+            await asyncio.shield(self._record(event, handlers, outcomes, refunds))
+            raise
+        next_due = await self._record(event, handlers, outcomes)
+        if next_due is not None:
+            raise Retry(defer=max(0, next_due - _now_ms()) / 1000)
+
+    async def _run_all(
+        self, event: StoredEvent, to_run: list[tuple[Handler, HandlerState]]
+    ) -> list[Outcome]:
+        """Run the due handlers concurrently; on cancellation, keep what finished."""
+        models: dict[type[Event], Event | pydantic.ValidationError] = {}
+        tasks = [
+            asyncio.create_task(self._run_one(event, handler, state, models))
+            for handler, state in to_run
+        ]
+        if not tasks:
+            return []
+        try:
+            return list(await asyncio.gather(*tasks))
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            finished = [t.result() for t in tasks if not t.cancelled() and t.exception() is None]
+            raise _PartiallyRun(finished) from None
+
+    async def _run_one(
+        self,
+        event: StoredEvent,
+        handler: Handler,
+        state: HandlerState,
+        models: dict[type[Event], Event | pydantic.ValidationError],
+    ) -> Outcome:
+        attempt = state.attempts
+        bound_log = log.bind(
+            event_id=event.event_id,
+            event_type=event.event_type,
+            handler=handler.name,
+            attempt=attempt,
+        )
+        parsed = _parse_once(event, handler.model_for(event.event_type), models)
+        if isinstance(parsed, pydantic.ValidationError):
+            return Outcome(
+                handler, state, 0.0, error=parsed, dead_reason=DeadLetterReason.INVALID_PAYLOAD
+            )
+        context = HandlerContext(
+            event_id=event.event_id,
+            event_type=event.event_type,
+            handler=handler.name,
+            attempt=attempt,
+            idempotency_key=idempotency_key(event.event_id, handler.name),
+            received_at=datetime.fromtimestamp(event.received_at_ms / 1000, tz=UTC),
+            log=bound_log,
+        )
+        timeout = self._timeout_of(handler)
+        started = time.perf_counter()
+        try:
+            if handler.is_async:
+                await asyncio.wait_for(handler.func(parsed, context), timeout)
+            else:
+                await asyncio.wait_for(asyncio.to_thread(handler.func, parsed, context), timeout)
+        except Reject as rejected:
+            return Outcome(
+                handler, state, _ms_since(started), rejected, dead_reason=DeadLetterReason.REJECTED
+            )
+        except RetryLater as later:
+            return self._failed(handler, state, started, later, retry_after=later.after)
+        except TimeoutError as timed_out:
+            error = TimeoutError(f"handler did not finish within {timeout:g}s")
+            error.__traceback__ = timed_out.__traceback__
+            return self._failed(handler, state, started, error)
+        except Exception as error:
+            return self._failed(handler, state, started, error)
+        return Outcome(handler, state, _ms_since(started))
+
+    def _failed(
+        self,
+        handler: Handler,
+        state: HandlerState,
+        started: float,
+        error: Exception,
+        *,
+        retry_after: float | None = None,
+    ) -> Outcome:
+        policy = self._policy_of(handler)
+        if not policy.allows_another(state.attempts):
+            return Outcome(
+                handler,
+                state,
+                _ms_since(started),
+                error,
+                dead_reason=DeadLetterReason.MAX_ATTEMPTS,
+            )
+        delay = policy.delay(state.attempts) if retry_after is None else retry_after
+        return Outcome(handler, state, _ms_since(started), error, retry_after=delay)
+
+    def _exhausted_by_crashes(self, handler: Handler, state: HandlerState) -> Outcome:
+        error = RuntimeError(
+            f"the worker stopped during attempt {state.attempts} (killed, crashed or out of "
+            "memory) and no attempts are left"
+        )
+        return Outcome(handler, state, 0.0, error, dead_reason=DeadLetterReason.MAX_ATTEMPTS)
+
+    async def _record(
+        self,
+        event: StoredEvent,
+        handlers: list[Handler],
+        outcomes: list[Outcome],
+        refunds: list[tuple[Handler, HandlerState]] | None = None,
+    ) -> int | None:
+        """Write outcomes in one step; ``refunds`` are attempts cancelled by a shutdown, which
+        do not count, so those handlers are due again at once."""
+        now = _now_ms()
+        states: dict[str, HandlerState] = {}
+        letters: list[DeadLetter] = []
+        for outcome in outcomes:
+            states[outcome.handler.name] = self._next_state(outcome, now)
+            if outcome.dead_reason is not None:
+                letters.append(_dead_letter(event, outcome, now))
+            _log_outcome(event, outcome)
+        for handler, state in refunds or []:
+            states[handler.name] = replace(
+                state, status=HandlerStatus.RETRY, attempts=state.attempts - 1, next_attempt_at=now
+            )
+            log.info("handler cancelled by shutdown; it will run again", handler=handler.name)
+        names = [handler.name for handler in handlers]
+        return await self._store.finish(event, states, names, letters, now_ms=now)
+
+    def _next_state(self, outcome: Outcome, now: int) -> HandlerState:
+        state = replace(outcome.state, duration_ms=round(outcome.duration_ms, 3))
+        if outcome.error is not None:
+            state = replace(state, last_error=_describe(outcome.error))
+        if outcome.dead_reason is not None:
+            return replace(state, status=HandlerStatus.DEAD, next_attempt_at=None)
+        if outcome.retry_after is not None:
+            due = now + int(outcome.retry_after * 1000)
+            return replace(state, status=HandlerStatus.RETRY, next_attempt_at=due)
+        return replace(state, status=HandlerStatus.DONE, next_attempt_at=None)
+
+    async def _finish_unhandled(self, event: StoredEvent) -> None:
+        if event.event_type not in self._unhandled_types_logged:
+            self._unhandled_types_logged.add(event.event_type)
+            log.warning("no handler matches this event type", event_type=event.event_type)
+        now = _now_ms()
+        letters = []
+        if self._dead_letter_unhandled:
+            letters.append(
+                DeadLetter(
+                    id=dead_letter_id(event.event_id, ""),
+                    reason=DeadLetterReason.UNHANDLED,
+                    event_id=event.event_id,
+                    error_message=f"no handler matches the type {event.event_type!r}",
+                    dead_lettered_at=now,
+                )
+            )
+        await self._store.finish(
+            event, {}, [], letters, now_ms=now, outcome=DeadLetterReason.UNHANDLED
+        )
+
+    def _timeout_of(self, handler: Handler) -> float:
+        return handler.timeout if handler.timeout is not None else self._handler_timeout
+
+    def _max_attempts_of(self, handler: Handler) -> int:
+        if handler.max_attempts is not None:
+            return handler.max_attempts
+        return self._retry_policy.max_attempts
+
+    def _policy_of(self, handler: Handler) -> RetryPolicy:
+        return replace(self._retry_policy, max_attempts=self._max_attempts_of(handler))
+
+
+def slowest_handler_timeout(router: Router, default_seconds: float) -> float:
+    """The longest any handler may take; a job's own time limit is a little above it."""
+    timeouts = [h.timeout for h in router.handlers if h.timeout is not None]
+    return max([default_seconds, *timeouts])
+
+
+class _PartiallyRun(asyncio.CancelledError):
+    """Cancellation that carries the outcomes of the handlers that had already finished."""
+
+    def __init__(self, finished: list[Outcome]) -> None:
+        super().__init__()
+        self.finished = finished
+
+
+async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> None:
+    """The arq job: everything that happens to one stored event on one delivery."""
+    dispatcher: Dispatcher = ctx[DISPATCHER]
+    with structlog.contextvars.bound_contextvars(event_id=event_id, event_type=event_type):
+        await dispatcher.process(event_id, event_type)
+
+
+def _parse_once(
+    event: StoredEvent,
+    model: type[Event],
+    models: dict[type[Event], Event | pydantic.ValidationError],
+) -> Event | pydantic.ValidationError:
+    if model not in models:
+        try:
+            models[model] = parse_event(event.raw, model)
+        except pydantic.ValidationError as invalid:
+            models[model] = invalid
+    return models[model]
+
+
+def _dead_letter(event: StoredEvent, outcome: Outcome, now: int) -> DeadLetter:
+    error = outcome.error
+    trace = ""
+    if error is not None and error.__traceback__ is not None:
+        trace = "".join(traceback.format_exception(error))[-TRACEBACK_LIMIT:]
+    assert outcome.dead_reason is not None
+    return DeadLetter(
+        id=dead_letter_id(event.event_id, outcome.handler.name),
+        reason=outcome.dead_reason,
+        event_id=event.event_id,
+        handler=outcome.handler.name,
+        error_type=type(error).__name__ if error is not None else "",
+        error_message=str(error)[:2000] if error is not None else "",
+        traceback=trace,
+        attempts=outcome.state.attempts,
+        first_attempt_at=outcome.state.first_attempt_at or now,
+        last_attempt_at=outcome.state.last_attempt_at or now,
+        dead_lettered_at=now,
+    )
+
+
+def _log_outcome(event: StoredEvent, outcome: Outcome) -> None:
+    fields: dict[str, Any] = {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "handler": outcome.handler.name,
+        "attempt": outcome.state.attempts,
+        "duration_ms": round(outcome.duration_ms, 3),
+    }
+    if outcome.error is not None:
+        fields["error"] = _describe(outcome.error)
+    if outcome.dead_reason is not None:
+        log.error(
+            "handler dead-lettered", outcome="dead_letter", reason=outcome.dead_reason, **fields
+        )
+    elif outcome.retry_after is not None:
+        retry_in = round(outcome.retry_after, 3)
+        log.warning("handler will be retried", outcome="retry", retry_in_s=retry_in, **fields)
+    else:
+        log.info("handler succeeded", outcome="done", **fields)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:2000]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -1,0 +1,287 @@
+"""The event store, the record of truth: each event's raw bytes, status and per-handler state.
+
+Each (event, handler) pair has its own state: attempts, times, next attempt, last error and
+outcome. An attempt is counted *before* the handler runs (``begin``), so an event whose
+handler kills the worker is dead-lettered once its attempts are spent instead of looping.
+Both steps are single Lua scripts, so a reader never sees half of a transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from workers import keys
+from workers.dead_letters import DeadLetter
+
+__all__ = [
+    "Action",
+    "EventStatus",
+    "EventStore",
+    "HandlerState",
+    "HandlerStatus",
+    "StoredEvent",
+]
+
+HANDLER_FIELD_PREFIX = "handler:"
+
+
+class EventStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    DEAD = "dead"
+
+
+class HandlerStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRY = "retry"
+    DONE = "done"
+    DEAD = "dead"
+
+
+class Action(StrEnum):
+    """What ``begin`` decided for one handler."""
+
+    RUN = "run"
+    SKIP = "skip"
+    WAIT = "wait"
+    EXHAUSTED = "exhausted"
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerState:
+    status: HandlerStatus = HandlerStatus.PENDING
+    attempts: int = 0
+    first_attempt_at: int | None = None
+    last_attempt_at: int | None = None
+    next_attempt_at: int | None = None
+    last_error: str | None = None
+    duration_ms: float | None = None
+
+    def to_json(self) -> str:
+        present = {name: getattr(self, name) for name in self.__slots__}
+        return orjson.dumps({k: v for k, v in present.items() if v is not None}).decode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> HandlerState:
+        data = orjson.loads(raw)
+        for name in ("first_attempt_at", "last_attempt_at", "next_attempt_at", "attempts"):
+            if name in data:
+                data[name] = int(data[name])
+        data["status"] = HandlerStatus(data.get("status", HandlerStatus.PENDING))
+        return cls(**{k: v for k, v in data.items() if k in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event_id: str
+    event_type: str
+    raw: bytes
+    headers: dict[str, str]
+    received_at_ms: int
+    status: EventStatus
+    handlers: dict[str, HandlerState] = field(default_factory=dict)
+    outcome: str | None = None
+    finished_at_ms: int | None = None
+
+
+_BEGIN = """
+local event = redis.call('HMGET', KEYS[1], 'status', 'raw', 'type', 'received_at', 'headers')
+if not event[2] then return false end
+local out = {event[1], event[2], event[3], event[4], event[5]}
+if event[1] ~= 'pending' then return out end
+local now = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local field = 'handler:' .. ARGV[i]
+  local limit = tonumber(ARGV[i + 1])
+  local stored = redis.call('HGET', KEYS[1], field)
+  local state = {status = 'pending', attempts = 0}
+  if stored then state = cjson.decode(stored) end
+  local action
+  if state.status == 'done' or state.status == 'dead' then
+    action = 'skip'
+  elseif state.status == 'retry' and state.next_attempt_at and state.next_attempt_at > now then
+    action = 'wait'
+  elseif state.attempts >= limit then
+    action = 'exhausted'
+  else
+    action = 'run'
+    state.attempts = state.attempts + 1
+    state.status = 'running'
+    if not state.first_attempt_at then state.first_attempt_at = now end
+    state.last_attempt_at = now
+    state.next_attempt_at = nil
+    stored = cjson.encode(state)
+    redis.call('HSET', KEYS[1], field, stored)
+  end
+  out[#out + 1] = action
+  out[#out + 1] = stored or cjson.encode(state)
+end
+return out
+"""
+
+_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local now = ARGV[1]
+local states = cjson.decode(ARGV[4])
+for name, state in pairs(states) do
+  redis.call('HSET', KEYS[1], 'handler:' .. name, state)
+end
+local letters = cjson.decode(ARGV[6])
+if #letters > 0 then
+  local event = redis.call('HMGET', KEYS[1], 'raw', 'headers', 'received_at', 'type')
+  for i, letter in ipairs(letters) do
+    local flat = {}
+    for name, value in pairs(letter) do
+      flat[#flat + 1] = name
+      flat[#flat + 1] = value
+    end
+    redis.call('DEL', KEYS[3 + i])
+    redis.call('HSET', KEYS[3 + i], 'raw', event[1], 'headers', event[2],
+               'received_at', event[3], 'event_type', event[4], unpack(flat))
+    redis.call('ZADD', KEYS[3], now, letter.id)
+  end
+end
+local next_due = nil
+local any_dead = false
+for _, name in ipairs(cjson.decode(ARGV[5])) do
+  local stored = redis.call('HGET', KEYS[1], 'handler:' .. name)
+  local due = 0
+  if stored then
+    local state = cjson.decode(stored)
+    if state.status == 'dead' then
+      due = nil
+      any_dead = true
+    elseif state.status == 'done' then
+      due = nil
+    else
+      due = state.next_attempt_at or 0
+    end
+  end
+  if due and (next_due == nil or due < next_due) then next_due = due end
+end
+if next_due then return next_due end
+local status = 'done'
+if any_dead then status = 'dead' end
+redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now)
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'outcome', ARGV[7]) end
+redis.call('ZREM', KEYS[2], ARGV[3])
+if not any_dead then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end
+return -2
+"""
+
+FINISHED = -2
+MISSING = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """An event as ``begin`` found it, and what to do with each of its handlers."""
+
+    event: StoredEvent
+    actions: dict[str, tuple[Action, HandlerState]]
+
+
+class EventStore:
+    def __init__(self, redis: Redis, *, dedupe_ttl_seconds: int) -> None:
+        self._redis = redis
+        self._dedupe_ttl_ms = dedupe_ttl_seconds * 1000
+        self._begin = redis.register_script(_BEGIN)
+        self._finish = redis.register_script(_FINISH)
+
+    async def begin(
+        self, event_id: str, limits: Sequence[tuple[str, int]], now_ms: int
+    ) -> Begun | None:
+        """Load the event and count an attempt for every handler that is due now.
+
+        ``limits`` is (handler name, max attempts) per matching handler. None if the event
+        is not in the store (purged, or expired after it finished).
+        """
+        args: list[Any] = [now_ms]
+        for name, limit in limits:
+            args += [name, limit]
+        reply = await self._begin(keys=[keys.event_key(event_id)], args=args)
+        if not reply:
+            return None
+        status, raw, event_type, received_at, headers = reply[:5]
+        actions: dict[str, tuple[Action, HandlerState]] = {}
+        rest = reply[5:]
+        for (name, _), action, state in zip(limits, rest[0::2], rest[1::2], strict=True):
+            actions[name] = (Action(action.decode()), HandlerState.from_json(state))
+        event = StoredEvent(
+            event_id=event_id,
+            event_type=event_type.decode(),
+            raw=raw,
+            headers=orjson.loads(headers or b"{}"),
+            received_at_ms=int(received_at),
+            status=EventStatus(status.decode()),
+        )
+        return Begun(event, actions)
+
+    async def finish(
+        self,
+        event: StoredEvent,
+        states: Mapping[str, HandlerState],
+        handler_names: Sequence[str],
+        dead_letters: Sequence[DeadLetter] = (),
+        *,
+        now_ms: int,
+        outcome: str = "",
+    ) -> int | None:
+        """Record handler outcomes and dead letters; close the event if every handler is final.
+
+        Returns when the next handler is due (ms since the epoch), or None if the event is
+        finished (or gone).
+        """
+        expire_at = event.received_at_ms + self._dedupe_ttl_ms
+        letters = [letter.summary_fields() for letter in dead_letters]
+        script_keys = [
+            keys.event_key(event.event_id),
+            keys.PENDING_EVENTS,
+            keys.DEAD_LETTER_INDEX,
+            *(keys.dead_letter_key(letter.id) for letter in dead_letters),
+        ]
+        reply = await self._finish(
+            keys=script_keys,
+            args=[
+                now_ms,
+                max(expire_at, now_ms + 1000),
+                event.event_id,
+                orjson.dumps({name: state.to_json() for name, state in states.items()}),
+                orjson.dumps(list(handler_names)),
+                orjson.dumps(letters) if letters else b"[]",
+                outcome,
+            ],
+        )
+        next_due = int(reply)
+        return None if next_due in (FINISHED, MISSING) else next_due
+
+    async def get(self, event_id: str) -> StoredEvent | None:
+        """The whole record of one event, for inspection."""
+        stored = await self._redis.hgetall(keys.event_key(event_id))  # type: ignore[misc]
+        if not stored:
+            return None
+        handlers = {
+            name.decode()[len(HANDLER_FIELD_PREFIX) :]: HandlerState.from_json(value)
+            for name, value in stored.items()
+            if name.startswith(HANDLER_FIELD_PREFIX.encode())
+        }
+        finished = stored.get(b"finished_at")
+        outcome = stored.get(b"outcome")
+        return StoredEvent(
+            event_id=event_id,
+            event_type=stored[b"type"].decode(),
+            raw=stored[b"raw"],
+            headers=orjson.loads(stored.get(b"headers", b"{}")),
+            received_at_ms=int(stored[b"received_at"]),
+            status=EventStatus(stored[b"status"].decode()),
+            handlers=handlers,
+            outcome=outcome.decode() if outcome else None,
+            finished_at_ms=int(finished) if finished else None,
+        )

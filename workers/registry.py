@@ -1,0 +1,73 @@
+"""Finding the user's handlers: turning ``LOOPS_HANDLERS`` into one `Router`."""
+
+import importlib
+from typing import Any
+
+from handlers import RegistrationError, Router
+
+__all__ = ["DEFAULT_HANDLERS", "HandlerLoadError", "load_router"]
+
+DEFAULT_HANDLERS = "handlers.examples:router"
+
+
+class HandlerLoadError(ValueError):
+    """The handlers spec could not be turned into a router; the worker must not start."""
+
+
+def load_router(spec: str) -> Router:
+    """Import every ``module:attribute`` in the comma-separated `spec` and combine them.
+
+    Each attribute must be a `Router`; their handlers are included in the order given, into a
+    new router, so the imported routers are left as they were. Any failure raises
+    `HandlerLoadError` with a one-line message naming the failing part of the spec, chained to
+    the original exception.
+    """
+    if not spec.strip():
+        raise HandlerLoadError(f"handlers spec is empty; expected e.g. {DEFAULT_HANDLERS!r}")
+    paths = [path.strip() for path in spec.split(",")]
+    if not all(paths):
+        raise HandlerLoadError(
+            f"handlers spec {spec!r} has an empty entry; expected comma-separated "
+            f"'module:attribute' paths such as {DEFAULT_HANDLERS!r}"
+        )
+    combined = Router()
+    for path in paths:
+        try:
+            combined.include(_import_router(path))
+        except RegistrationError as exc:
+            raise HandlerLoadError(f"cannot load handlers {path!r}: {exc}") from exc
+    return combined
+
+
+def _import_router(path: str) -> Router:
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise HandlerLoadError(
+            f"handlers spec {path!r} is not of the form 'module:attribute', "
+            f"e.g. {DEFAULT_HANDLERS!r}"
+        )
+    try:
+        found: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise HandlerLoadError(
+            f"cannot load handlers {path!r}: importing {module_name!r} failed: "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError as exc:
+            raise HandlerLoadError(
+                f"cannot load handlers {path!r}: {module_name!r} has no attribute {attribute!r}"
+            ) from exc
+    if not isinstance(found, Router):
+        raise HandlerLoadError(
+            f"cannot load handlers {path!r}: {attribute!r} is a {type(found).__name__}, "
+            "not a handlers.Router"
+        )
+    return found
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).splitlines()
+    return lines[0] if lines else ""

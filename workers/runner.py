@@ -1,0 +1,99 @@
+"""The arq worker that runs ``process_event`` jobs: built from settings, options checked.
+
+arq's ``WorkerSettings`` classes silently ignore misspelled options; ours are passed as
+keyword arguments from a validated Settings model, so a mistake fails at start-up.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from arq.connections import RedisSettings
+from arq.worker import Worker, func
+
+from handlers import Router
+from loops_webhooks.settings import Settings
+from workers.dispatch import DISPATCHER, Dispatcher, process_event, slowest_handler_timeout
+from workers.event_store import EventStore
+from workers.intake import PROCESS_EVENT_JOB
+from workers.reconciler import Reconciler
+from workers.retry_policy import RetryPolicy
+
+__all__ = ["build_worker"]
+
+JOB_MARGIN_SECONDS = 5.0
+"""Time a job may take beyond its slowest handler's timeout, for its own bookkeeping."""
+
+IN_PROGRESS_MARGIN_SECONDS = 2.0
+"""How long after a job's timeout another worker may take over a job whose worker died."""
+
+NEVER_BY_ARQ = 2**31 - 1
+"""arq's max_tries: our dispatcher owns attempts and dead-lettering, never arq."""
+
+RECONCILER = "loops_reconciler"
+
+
+def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
+    """An arq Worker for ``router``'s handlers; ``worker.run()`` runs it until a signal."""
+    job_timeout = slowest_handler_timeout(router, settings.handler_timeout_seconds)
+    job_timeout += JOB_MARGIN_SECONDS
+    retry_policy = RetryPolicy(
+        max_attempts=settings.max_attempts,
+        base_seconds=settings.retry_base_seconds,
+        max_delay_seconds=settings.retry_max_delay_seconds,
+    )
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        redis = ctx["redis"]
+        ctx[DISPATCHER] = Dispatcher(
+            router,
+            EventStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds),
+            retry_policy=retry_policy,
+            handler_timeout_seconds=settings.handler_timeout_seconds,
+            dead_letter_unhandled=settings.unhandled == "dead-letter",
+        )
+        reconciler = Reconciler(
+            redis,
+            queue_name=settings.queue_name,
+            interval_seconds=settings.reconcile_interval_seconds,
+            grace_seconds=settings.reconcile_grace_seconds,
+        )
+        reconciler.start()
+        ctx[RECONCILER] = reconciler
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        reconciler: Reconciler | None = ctx.get(RECONCILER)
+        if reconciler is not None:
+            await reconciler.stop()
+
+    worker = Worker(
+        functions=[
+            func(
+                process_event,
+                name=PROCESS_EVENT_JOB,
+                timeout=job_timeout,
+                max_tries=NEVER_BY_ARQ,
+                keep_result=0,
+            )
+        ],
+        queue_name=settings.queue_name,
+        redis_settings=RedisSettings.from_dsn(redis_url),
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        handle_signals=True,
+        job_completion_wait=math.ceil(settings.shutdown_grace_seconds),
+        max_jobs=settings.worker_concurrency,
+        job_timeout=job_timeout,
+        keep_result=0,
+        poll_delay=settings.poll_interval_seconds,
+        max_tries=NEVER_BY_ARQ,
+        job_serializer=orjson.dumps,
+        job_deserializer=orjson.loads,
+        log_results=False,
+    )
+    # arq lets a job that lost its worker be taken over 10 s after its timeout; a job's
+    # timeout already bounds it, so a shorter margin redelivers sooner without overlap.
+    worker.in_progress_timeout_s = job_timeout + IN_PROGRESS_MARGIN_SECONDS
+    return worker
