@@ -50,3 +50,5 @@ def configure_logging(log_format: LogFormat = "auto", level: str = "info") -> No
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if root.level > logging.DEBUG:
+        logging.getLogger("arq.worker").setLevel(logging.WARNING)

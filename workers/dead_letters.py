@@ -21,7 +21,6 @@ __all__ = [
     "DeadLetter",
     "DeadLetterReason",
     "dead_letter_id",
-    "delete_dead_letter",
     "get_dead_letter",
     "list_dead_letters",
 ]
@@ -101,11 +100,3 @@ async def list_dead_letters(redis: Redis, *, since_ms: int = 0) -> list[DeadLett
             pipe.hgetall(keys.dead_letter_key(letter_id.decode()))
         stored = await pipe.execute()
     return [DeadLetter.from_redis(entry) for entry in stored if entry]
-
-
-async def delete_dead_letter(redis: Redis, letter_id: str) -> bool:
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.dead_letter_key(letter_id))
-        pipe.zrem(keys.DEAD_LETTER_INDEX, letter_id)
-        deleted, _ = await pipe.execute()
-    return bool(deleted)

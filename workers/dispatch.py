@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -227,7 +228,8 @@ class Dispatcher:
             )
             log.info("handler cancelled by shutdown; it will run again", handler=handler.name)
         names = [handler.name for handler in handlers]
-        return await self._store.finish(event, states, names, letters, now_ms=now)
+        counts = Counter(_counted_outcome(outcome) for outcome in outcomes)
+        return await self._store.finish(event, states, names, letters, now_ms=now, counts=counts)
 
     def _next_state(self, outcome: Outcome, now: int) -> HandlerState:
         state = replace(outcome.state, duration_ms=round(outcome.duration_ms, 3))
@@ -257,7 +259,13 @@ class Dispatcher:
                 )
             )
         await self._store.finish(
-            event, {}, [], letters, now_ms=now, outcome=DeadLetterReason.UNHANDLED
+            event,
+            {},
+            [],
+            letters,
+            now_ms=now,
+            outcome=DeadLetterReason.UNHANDLED,
+            counts={"unhandled": 1},
         )
 
     def _timeout_of(self, handler: Handler) -> float:
@@ -346,6 +354,12 @@ def _log_outcome(event: StoredEvent, outcome: Outcome) -> None:
         log.warning("handler will be retried", outcome="retry", retry_in_s=retry_in, **fields)
     else:
         log.info("handler succeeded", outcome="done", **fields)
+
+
+def _counted_outcome(outcome: Outcome) -> str:
+    if outcome.dead_reason is not None:
+        return "dead"
+    return "retry" if outcome.retry_after is not None else "done"
 
 
 def _describe(error: BaseException) -> str:

@@ -129,6 +129,10 @@ return out
 _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local now = ARGV[1]
+for outcome, count in pairs(cjson.decode(ARGV[8])) do
+  redis.call('HINCRBY', KEYS[4], outcome, count)
+end
+redis.call('EXPIRE', KEYS[4], ARGV[9])
 local states = cjson.decode(ARGV[4])
 for name, state in pairs(states) do
   redis.call('HSET', KEYS[1], 'handler:' .. name, state)
@@ -142,8 +146,8 @@ if #letters > 0 then
       flat[#flat + 1] = name
       flat[#flat + 1] = value
     end
-    redis.call('DEL', KEYS[3 + i])
-    redis.call('HSET', KEYS[3 + i], 'raw', event[1], 'headers', event[2],
+    redis.call('DEL', KEYS[4 + i])
+    redis.call('HSET', KEYS[4 + i], 'raw', event[1], 'headers', event[2],
                'received_at', event[3], 'event_type', event[4], unpack(flat))
     redis.call('ZADD', KEYS[3], now, letter.id)
   end
@@ -233,9 +237,11 @@ class EventStore:
         *,
         now_ms: int,
         outcome: str = "",
+        counts: Mapping[str, int] | None = None,
     ) -> int | None:
         """Record handler outcomes and dead letters; close the event if every handler is final.
 
+        ``counts`` (outcome name to number) feed the per-minute figures of ``stats``.
         Returns when the next handler is due (ms since the epoch), or None if the event is
         finished (or gone).
         """
@@ -245,6 +251,7 @@ class EventStore:
             keys.event_key(event.event_id),
             keys.PENDING_EVENTS,
             keys.DEAD_LETTER_INDEX,
+            keys.outcome_counts_key(now_ms),
             *(keys.dead_letter_key(letter.id) for letter in dead_letters),
         ]
         reply = await self._finish(
@@ -257,6 +264,8 @@ class EventStore:
                 orjson.dumps(list(handler_names)),
                 orjson.dumps(letters) if letters else b"[]",
                 outcome,
+                orjson.dumps(counts or {}) if counts else b"{}",
+                keys.OUTCOME_COUNTS_TTL_SECONDS,
             ],
         )
         next_due = int(reply)

@@ -10,12 +10,14 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 
 __all__ = [
     "DEAD_LETTER_INDEX",
+    "OUTCOME_COUNTS_TTL_SECONDS",
     "PENDING_EVENTS",
     "arq_in_progress_key",
     "arq_job_key",
     "dead_letter_key",
     "event_key",
     "job_id_for_event",
+    "outcome_counts_key",
 ]
 
 PREFIX = "loops:"
@@ -25,6 +27,15 @@ PENDING_EVENTS = PREFIX + "pending"
 
 DEAD_LETTER_INDEX = PREFIX + "dlq"
 """Sorted set of dead-letter ids, scored by the time they were dead-lettered (ms)."""
+
+
+OUTCOME_COUNTS_TTL_SECONDS = 2 * 60 * 60
+"""Per-minute outcome counters live two hours: ``stats`` reads the last sixty minutes."""
+
+
+def outcome_counts_key(now_ms: int) -> str:
+    """Hash of handler outcome counts (done, retry, dead) for the minute holding ``now_ms``."""
+    return f"{PREFIX}outcomes:{now_ms // 60_000}"
 
 
 def event_key(event_id: str) -> str:

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import orjson
+import structlog
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
@@ -33,6 +34,8 @@ NEVER_BY_ARQ = 2**31 - 1
 """arq's max_tries: our dispatcher owns attempts and dead-lettering, never arq."""
 
 RECONCILER = "loops_reconciler"
+
+log = structlog.get_logger("workers")
 
 
 def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
@@ -62,6 +65,12 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
         )
         reconciler.start()
         ctx[RECONCILER] = reconciler
+        log.info(
+            "worker started",
+            handlers=[handler.name for handler in router.handlers],
+            queue=settings.queue_name,
+            concurrency=settings.worker_concurrency,
+        )
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         reconciler: Reconciler | None = ctx.get(RECONCILER)

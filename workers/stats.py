@@ -1,0 +1,64 @@
+"""What ``loops-webhooks stats`` shows: the queue, the retries, the dead letters, the last hour."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from arq.constants import in_progress_key_prefix
+from redis.asyncio import Redis
+
+from workers import keys
+
+__all__ = ["Stats", "collect_stats"]
+
+WINDOW_MINUTES = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """``queued`` is ready and waiting, ``running`` taken by a worker, ``scheduled_retries``
+    due later; ``last_hour`` counts handler outcomes (done, retry, dead, unhandled)."""
+
+    queued: int
+    running: int
+    scheduled_retries: int
+    pending_events: int
+    dead_letters: int
+    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+    last_hour: dict[str, int] = field(default_factory=dict)
+    oldest_pending_age_seconds: float | None = None
+
+
+async def collect_stats(redis: Redis, *, queue_name: str) -> Stats:
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcount(queue_name, "-inf", now_ms)
+        pipe.zcount(queue_name, f"({now_ms}", "+inf")
+        pipe.zcard(keys.PENDING_EVENTS)
+        pipe.zrange(keys.PENDING_EVENTS, 0, 0, withscores=True)
+        pipe.zrange(keys.DEAD_LETTER_INDEX, 0, -1)
+        for minute in range(WINDOW_MINUTES):
+            pipe.hgetall(keys.outcome_counts_key(now_ms - minute * 60_000))
+        queued, scheduled, pending, oldest, letter_ids, *minutes = await pipe.execute()
+    running = 0
+    async for _ in redis.scan_iter(match=in_progress_key_prefix + "event:*", count=1000):
+        running += 1
+    async with redis.pipeline(transaction=False) as pipe:
+        for letter_id in letter_ids:
+            pipe.hget(keys.dead_letter_key(letter_id.decode()), "reason")
+        reasons = await pipe.execute()
+    last_hour: Counter[str] = Counter()
+    for counts in minutes:
+        last_hour.update({name.decode(): int(value) for name, value in counts.items()})
+    return Stats(
+        queued=max(0, queued - running),
+        running=running,
+        scheduled_retries=scheduled,
+        pending_events=pending,
+        dead_letters=len(letter_ids),
+        dead_letters_by_reason=dict(Counter(r.decode() for r in reasons if r is not None)),
+        last_hour=dict(last_hour),
+        oldest_pending_age_seconds=(now_ms - oldest[0][1]) / 1000 if oldest else None,
+    )
