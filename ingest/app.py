@@ -9,8 +9,8 @@ import structlog
 from aiohttp import web
 from redis.asyncio import Redis
 
-from ingest import views
-from ingest.app_keys import INTAKE, REDIS, REDIS_URL, SETTINGS, VERIFIER
+from ingest import metrics, views
+from ingest.app_keys import INTAKE, OUTCOME, REDIS, REDIS_URL, SETTINGS, VERIFIER
 from ingest.errors import error_response, response_for
 from ingest.signature import SignatureVerifier
 from loops_webhooks.settings import Settings
@@ -37,6 +37,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.router.add_post(settings.webhook_path, views.receive_webhook)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
+    app.router.add_get("/metrics", views.metrics)
     return app
 
 
@@ -66,26 +67,35 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         response = error_response(http_error.status, code, http_error.reason)
         if http_error.status == 405:
             response.headers["Allow"] = http_error.headers.get("Allow", "POST")
+            request[OUTCOME] = "method_not_allowed"
         return response
     except Exception as error:
         known = response_for(error)
         if known is not None:
-            return known
+            response, request[OUTCOME] = known
+            return response
         log.exception("unexpected error")
+        request[OUTCOME] = "error"
         return error_response(500, "internal_error", "unexpected error; see the receiver's log")
 
 
 @web.middleware
 async def _canonical_log_line(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One log line per request, with its outcome and duration."""
+    """One log line per request, with its outcome and duration; webhook requests counted."""
     started = time.perf_counter()
     structlog.contextvars.clear_contextvars()
     response = await handler(request)
+    duration = time.perf_counter() - started
+    outcome = request.get(OUTCOME)
+    if outcome is not None:
+        metrics.REQUESTS.labels(outcome=outcome).inc()
+        metrics.REQUEST_DURATION.observe(duration)
     log.info(
         "request",
         method=request.method,
         path=request.path,
         status=response.status,
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        outcome=outcome,
+        duration_ms=round(duration * 1000, 2),
     )
     return response

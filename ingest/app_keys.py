@@ -9,10 +9,13 @@ from ingest.signature import SignatureVerifier
 from loops_webhooks.settings import Settings
 from workers.intake import EventIntake
 
-__all__ = ["INTAKE", "REDIS", "REDIS_URL", "SETTINGS", "VERIFIER"]
+__all__ = ["INTAKE", "OUTCOME", "REDIS", "REDIS_URL", "SETTINGS", "VERIFIER"]
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS_URL = web.AppKey("redis_url", str)
 VERIFIER = web.AppKey("verifier", SignatureVerifier)
 REDIS = web.AppKey("redis", Redis)
 INTAKE = web.AppKey("intake", EventIntake)
+
+OUTCOME = web.RequestKey("outcome", str)
+"""Request key: what became of a webhook request (a metrics outcome label)."""

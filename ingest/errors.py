@@ -29,11 +29,11 @@ class ReceiverUnavailable(Exception):
     """Redis could not acknowledge the event in time; nothing was promised, Loops retries."""
 
 
-_STATUS_AND_CODE: dict[type[Exception], tuple[int, str]] = {
-    InvalidSignature: (401, "invalid_signature"),
-    PayloadTooLarge: (413, "payload_too_large"),
-    InvalidPayload: (400, "invalid_payload"),
-    ReceiverUnavailable: (503, "unavailable"),
+_STATUS_CODE_OUTCOME: dict[type[Exception], tuple[int, str, str]] = {
+    InvalidSignature: (401, "invalid_signature", "invalid_signature"),
+    PayloadTooLarge: (413, "payload_too_large", "too_large"),
+    InvalidPayload: (400, "invalid_payload", "invalid_payload"),
+    ReceiverUnavailable: (503, "unavailable", "unavailable"),
 }
 
 
@@ -43,9 +43,9 @@ def error_response(status: int, code: str, detail: str) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
 
-def response_for(error: Exception) -> web.Response | None:
-    """The response for one of the receiver's errors, or None for anything else."""
-    for error_type, (status, code) in _STATUS_AND_CODE.items():
+def response_for(error: Exception) -> tuple[web.Response, str] | None:
+    """The response and metrics outcome for one of the receiver's errors, else None."""
+    for error_type, (status, code, outcome) in _STATUS_CODE_OUTCOME.items():
         if isinstance(error, error_type):
-            return error_response(status, code, str(error))
+            return error_response(status, code, str(error)), outcome
     return None

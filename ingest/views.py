@@ -10,14 +10,16 @@ from typing import TypeVar
 import orjson
 import structlog
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from ingest.app_keys import INTAKE, REDIS, SETTINGS, VERIFIER
+from ingest.app_keys import INTAKE, OUTCOME, REDIS, SETTINGS, VERIFIER
 from ingest.errors import InvalidPayload, PayloadTooLarge, ReceiverUnavailable
+from ingest.metrics import REDIS_WRITE_DURATION
 from ingest.signature import SIGNATURE_HEADER
 from workers.intake import ReceivedEvent
 
-__all__ = ["healthz", "readyz", "receive_webhook"]
+__all__ = ["healthz", "metrics", "readyz", "receive_webhook"]
 
 log = structlog.get_logger("ingest")
 
@@ -40,9 +42,16 @@ async def receive_webhook(request: web.Request) -> web.Response:
         await _within_deadline(request, keep)
         raise
     event = ReceivedEvent(event_id, event_type, body, headers, received_at_ms)
-    created = await _within_deadline(request, request.app[INTAKE].submit(event))
+    with REDIS_WRITE_DURATION.time():
+        created = await _within_deadline(request, request.app[INTAKE].submit(event))
     structlog.contextvars.bind_contextvars(event_id=event_id, event_type=event_type)
+    request[OUTCOME] = "accepted" if created else "duplicate"
     return web.json_response({"received": True, "id": event_id, "duplicate": not created})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of this process's metrics."""
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:

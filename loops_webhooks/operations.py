@@ -278,7 +278,7 @@ async def show_stats(redis: Redis, args: argparse.Namespace, settings: Settings)
             hour = stats.last_hour
             print(
                 f"last hour: processed {hour.get('done', 0)}, failed {hour.get('retry', 0)} "
-                f"(retried) + {hour.get('dead', 0)} (dead-lettered), "
+                f"(retried) + {hour.get('dead_letter', 0)} (dead-lettered), "
                 f"unhandled {hour.get('unhandled', 0)}"
             )
             print("oldest pending event: " + ("none" if age is None else f"{age:.1f}s old"))

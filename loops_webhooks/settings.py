@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(default=0.01, gt=0)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     reconcile_grace_seconds: float = Field(default=60.0, ge=0)
+    metrics_port: int = Field(
+        default=9100, ge=0, le=65535, description="Worker metrics and /healthz; 0 turns it off."
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

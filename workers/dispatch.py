@@ -25,6 +25,7 @@ from handlers import HandlerContext, Reject, RetryLater, Router
 from handlers.context import idempotency_key
 from handlers.events import Event, parse_event
 from handlers.router import Handler
+from workers import metrics
 from workers.dead_letters import TRACEBACK_LIMIT, DeadLetter, DeadLetterReason, dead_letter_id
 from workers.event_store import (
     Action,
@@ -221,7 +222,7 @@ class Dispatcher:
             states[outcome.handler.name] = self._next_state(outcome, now)
             if outcome.dead_reason is not None:
                 letters.append(_dead_letter(event, outcome, now))
-            _log_outcome(event, outcome)
+            _report_outcome(event, outcome)
         for handler, state in refunds or []:
             states[handler.name] = replace(
                 state, status=HandlerStatus.RETRY, attempts=state.attempts - 1, next_attempt_at=now
@@ -243,6 +244,9 @@ class Dispatcher:
         return replace(state, status=HandlerStatus.DONE, next_attempt_at=None)
 
     async def _finish_unhandled(self, event: StoredEvent) -> None:
+        metrics.UNHANDLED_EVENTS.inc()
+        if self._dead_letter_unhandled:
+            metrics.DEAD_LETTERS.labels(reason=DeadLetterReason.UNHANDLED).inc()
         if event.event_type not in self._unhandled_types_logged:
             self._unhandled_types_logged.add(event.event_type)
             log.warning("no handler matches this event type", event_type=event.event_type)
@@ -335,7 +339,15 @@ def _dead_letter(event: StoredEvent, outcome: Outcome, now: int) -> DeadLetter:
     )
 
 
-def _log_outcome(event: StoredEvent, outcome: Outcome) -> None:
+def _report_outcome(event: StoredEvent, outcome: Outcome) -> None:
+    """The one log line and the metrics of one handler attempt."""
+    name = outcome.handler.name
+    metrics.HANDLER_RUNS.labels(handler=name, outcome=_counted_outcome(outcome)).inc()
+    metrics.HANDLER_DURATION.labels(handler=name).observe(outcome.duration_ms / 1000)
+    if outcome.dead_reason is not None:
+        metrics.DEAD_LETTERS.labels(reason=outcome.dead_reason).inc()
+    elif outcome.retry_after is not None:
+        metrics.RETRIES_SCHEDULED.inc()
     fields: dict[str, Any] = {
         "event_id": event.event_id,
         "event_type": event.event_type,
@@ -358,7 +370,7 @@ def _log_outcome(event: StoredEvent, outcome: Outcome) -> None:
 
 def _counted_outcome(outcome: Outcome) -> str:
     if outcome.dead_reason is not None:
-        return "dead"
+        return "dead_letter"
     return "retry" if outcome.retry_after is not None else "done"
 
 

@@ -216,8 +216,9 @@ class EventStore:
         status, raw, event_type, received_at, headers = reply[:5]
         actions: dict[str, tuple[Action, HandlerState]] = {}
         rest = reply[5:]
-        for (name, _), action, state in zip(limits, rest[0::2], rest[1::2], strict=True):
-            actions[name] = (Action(action.decode()), HandlerState.from_json(state))
+        if rest:  # the script decides per handler only for a pending event
+            for (name, _), action, state in zip(limits, rest[0::2], rest[1::2], strict=True):
+                actions[name] = (Action(action.decode()), HandlerState.from_json(state))
         event = StoredEvent(
             event_id=event_id,
             event_type=event_type.decode(),

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from workers import keys
 from workers.intake import JOB_TTL_MS, job_payload
+from workers.metrics import RECONCILER_REPAIRS
 
 __all__ = ["Reconciler"]
 
@@ -81,6 +82,7 @@ class Reconciler:
                 keys.PENDING_EVENTS, "-inf", now_ms - self._grace_ms, start=offset, num=BATCH_SIZE
             )
             if not event_ids:
+                RECONCILER_REPAIRS.inc(repaired)
                 return repaired
             offset += len(event_ids)
             for event_id in (raw.decode() for raw in event_ids):

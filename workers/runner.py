@@ -19,6 +19,7 @@ from loops_webhooks.settings import Settings
 from workers.dispatch import DISPATCHER, Dispatcher, process_event, slowest_handler_timeout
 from workers.event_store import EventStore
 from workers.intake import PROCESS_EVENT_JOB
+from workers.metrics import MetricsServer
 from workers.reconciler import Reconciler
 from workers.retry_policy import RetryPolicy
 
@@ -34,6 +35,7 @@ NEVER_BY_ARQ = 2**31 - 1
 """arq's max_tries: our dispatcher owns attempts and dead-lettering, never arq."""
 
 RECONCILER = "loops_reconciler"
+METRICS_SERVER = "loops_metrics_server"
 
 log = structlog.get_logger("workers")
 
@@ -65,6 +67,12 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
         )
         reconciler.start()
         ctx[RECONCILER] = reconciler
+        if settings.metrics_port:
+            metrics_server = MetricsServer(
+                redis, queue_name=settings.queue_name, port=settings.metrics_port
+            )
+            await metrics_server.start()
+            ctx[METRICS_SERVER] = metrics_server
         log.info(
             "worker started",
             handlers=[handler.name for handler in router.handlers],
@@ -76,6 +84,9 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
         reconciler: Reconciler | None = ctx.get(RECONCILER)
         if reconciler is not None:
             await reconciler.stop()
+        metrics_server: MetricsServer | None = ctx.get(METRICS_SERVER)
+        if metrics_server is not None:
+            await metrics_server.stop()
 
     worker = Worker(
         functions=[

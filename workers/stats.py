@@ -19,7 +19,7 @@ WINDOW_MINUTES = 60
 @dataclass(frozen=True, slots=True)
 class Stats:
     """``queued`` is ready and waiting, ``running`` taken by a worker, ``scheduled_retries``
-    due later; ``last_hour`` counts handler outcomes (done, retry, dead, unhandled)."""
+    due later; ``last_hour`` counts handler outcomes (done, retry, dead_letter, unhandled)."""
 
     queued: int
     running: int
