@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from loops_webhooks import operations
 from loops_webhooks.embedded_redis import EmbeddedRedisError, ensure_embedded_redis
 from loops_webhooks.logs import configure_logging
+from loops_webhooks.operations import UsageError
 from loops_webhooks.settings import ConfigurationError, Settings
 from workers.registry import HandlerLoadError
 
@@ -32,10 +33,6 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 
 Command = Callable[[argparse.Namespace, Settings], int]
-
-
-class UsageError(Exception):
-    """The command line asks for something impossible: exit code 2."""
 
 
 def redis_url_for(settings: Settings) -> str:

@@ -25,7 +25,7 @@ from workers.event_store import EventStore
 from workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
 from workers.stats import collect_stats
 
-__all__ = ["CommandFailed", "parse_since", "run_operation"]
+__all__ = ["CommandFailed", "UsageError", "parse_since", "run_operation"]
 
 PROGRESS_EVERY = 100
 SHOWN_FIELDS = (
@@ -47,6 +47,10 @@ Operation = Callable[[Redis, argparse.Namespace, Settings], Awaitable[int]]
 
 class CommandFailed(Exception):
     """A runtime failure the user should read (event not found, ...): exit code 1."""
+
+
+class UsageError(Exception):
+    """The command line asks for something impossible or incomplete: exit code 2."""
 
 
 def parse_since(text: str) -> int:
@@ -207,7 +211,7 @@ def _has_selection(args: argparse.Namespace) -> bool:
 
 async def replay_letters(redis: Redis, args: argparse.Namespace, settings: Settings) -> int:
     if not _has_selection(args):
-        raise CommandFailed("say what to replay: dead letter ids, --all, or a filter")
+        raise UsageError("say what to replay: dead letter ids, --all, or a filter")
     letters = await _select(redis, args)
     if args.dry_run:
         for letter in letters:
@@ -235,7 +239,7 @@ async def replay_letters(redis: Redis, args: argparse.Namespace, settings: Setti
 
 async def purge_letters(redis: Redis, args: argparse.Namespace, settings: Settings) -> int:
     if not _has_selection(args):
-        raise CommandFailed("say what to purge: dead letter ids, --all, or a filter")
+        raise UsageError("say what to purge: dead letter ids, --all, or a filter")
     letters = await _select(redis, args)
     if not letters:
         print("no dead letters match")

@@ -1,0 +1,420 @@
+"""The command line, through the real ``loops-webhooks`` entry point, against a real Redis.
+
+Handlers are real modules written into the test's directory; each records its effect as one
+line in a file, so a test counts how often a handler ran for an event.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import orjson
+import pytest
+import redis as redis_sync
+
+from loops_webhooks.embedded_redis import stop_embedded_redis
+from tests.conftest import WEBHOOK_SECRET
+from tests.integration.conftest import StartLoopsWebhooks
+from workers import keys
+
+LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
+DEADLINE_SECONDS = 30.0
+
+HANDLERS_MODULE = """
+import os
+from pathlib import Path
+
+from handlers import HandlerContext, Router
+from handlers.events import CheckoutSessionEvent
+
+router = Router()
+EFFECTS = Path(os.environ["EFFECTS_FILE"])
+BROKEN = Path(os.environ["BROKEN_FLAG"])
+
+
+def _record(handler: str, event_id: str) -> None:
+    with EFFECTS.open("a") as effects:
+        effects.write(f"{handler} {event_id}\\n")
+
+
+@router.on("checkout.session.completed", name="fulfil")
+async def fulfil(event: CheckoutSessionEvent, ctx: HandlerContext) -> None:
+    _record("fulfil", event.id)
+
+
+@router.on("checkout.session.completed", name="notify", max_attempts=1)
+async def notify(event: CheckoutSessionEvent, ctx: HandlerContext) -> None:
+    if BROKEN.exists():
+        raise RuntimeError("mail server said no")
+    _record("notify", event.id)
+"""
+
+
+class Workspace:
+    """A handlers module, its effects file and the 'broken' switch, and the CLI's environment."""
+
+    def __init__(self, root: Path, redis_url: str) -> None:
+        self.root = root
+        self.effects = root / "effects.txt"
+        self.effects.touch()
+        self.broken = root / "broken"
+        (root / "cli_handlers.py").write_text(HANDLERS_MODULE)
+        self.env = {
+            "REDIS_URL": redis_url,
+            "LOOPS_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "LOOPS_HANDLERS": "cli_handlers:router",
+            "LOOPS_METRICS_PORT": "0",
+            "LOOPS_RETRY_BASE_SECONDS": "0.1",
+            "LOOPS_LOG_FORMAT": "json",
+            "EFFECTS_FILE": str(self.effects),
+            "BROKEN_FLAG": str(self.broken),
+            "PYTHONPATH": str(root),
+        }
+
+    def effects_of(self, handler: str, event_id: str) -> int:
+        return self.effects.read_text().splitlines().count(f"{handler} {event_id}")
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str], stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LOOPS_") and k != "REDIS_URL"}
+    return subprocess.run(
+        [LOOPS_WEBHOOKS, *args],
+        env={**base, **env},
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def event_status(redis_url: str, event_id: str) -> str | None:
+    status = redis_sync.Redis.from_url(redis_url).hget(keys.event_key(event_id), "status")
+    return status.decode() if isinstance(status, bytes) else None
+
+
+def dead_letter_ids(redis_url: str) -> list[str]:
+    client = redis_sync.Redis.from_url(redis_url)
+    return sorted(raw.decode() for raw in client.zrange(keys.DEAD_LETTER_INDEX, 0, -1))
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, redis_url: str) -> Workspace:
+    return Workspace(tmp_path, redis_url)
+
+
+@pytest.fixture
+def dev(
+    workspace: Workspace, start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
+) -> Iterator[str]:
+    """A running ``loops-webhooks dev``; yields its webhook URL."""
+    port = free_port()
+    start_loops_webhooks("dev", "--port", str(port), env=workspace.env, port=port)
+    yield f"http://127.0.0.1:{port}/webhooks/loops"
+
+
+def send(workspace: Workspace, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("send", "checkout.session.completed", "--url", url, *extra, env=workspace.env)
+
+
+def test_send_to_a_running_dev_ends_with_the_handler_having_run(
+    workspace: Workspace, dev: str, redis_url: str
+) -> None:
+    sent = send(workspace, dev, "--id", "evt_cli_send")
+
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("200 ")
+    wait_until(lambda: workspace.effects_of("fulfil", "evt_cli_send") == 1, "the handler")
+    shown = run_cli("events", "show", "evt_cli_send", "--json", env=workspace.env)
+    story = orjson.loads(shown.stdout)
+    assert story["status"] == "done"
+    assert story["handlers"]["fulfil"]["status"] == "done"
+
+
+def test_send_count_reports_how_many_distinct_events_were_accepted(
+    workspace: Workspace, dev: str
+) -> None:
+    sent = send(workspace, dev, "--count", "25")
+
+    assert sent.returncode == 0, sent.stderr
+    assert "accepted 25 of 25 events" in sent.stdout
+    wait_until(lambda: workspace.effects.read_text().count("fulfil ") == 25, "25 handled events")
+
+
+def test_dev_without_a_secret_prints_one_that_signs_accepted_events(
+    workspace: Workspace,
+    start_loops_webhooks: StartLoopsWebhooks,
+    free_port: Callable[[], int],
+) -> None:
+    env = {k: v for k, v in workspace.env.items() if k != "LOOPS_WEBHOOK_SECRET"}
+    port = free_port()
+    dev = start_loops_webhooks("dev", "--port", str(port), env=env, port=port)
+    printed = [word for word in dev.output().split() if word.startswith("whsec_dev_")]
+    assert printed, dev.output()
+
+    url = f"http://127.0.0.1:{port}/webhooks/loops"
+    sent = run_cli("send", "checkout.session.completed", "--url", url, "--secret", printed[0],
+                   "--id", "evt_generated_secret", env=env)  # fmt: skip
+
+    assert sent.returncode == 0, sent.stderr
+    wait_until(lambda: workspace.effects_of("fulfil", "evt_generated_secret") == 1, "handler")
+
+
+def test_dev_on_the_embedded_redis_processes_after_a_restart_what_was_received_before(
+    workspace: Workspace,
+    tmp_path: Path,
+    start_loops_webhooks: StartLoopsWebhooks,
+    free_port: Callable[[], int],
+) -> None:
+    env = {k: v for k, v in workspace.env.items() if k != "REDIS_URL"}
+    env["LOOPS_DATA_DIR"] = str(tmp_path / "data")
+    try:
+        port = free_port()
+        receiver = start_loops_webhooks("serve", "--port", str(port), env=env, port=port)
+        url = f"http://127.0.0.1:{port}/webhooks/loops"
+        sent = run_cli("send", "checkout.session.completed", "--url", url,
+                       "--id", "evt_before_restart", env=env)  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        assert receiver.stop() == 0
+        assert workspace.effects_of("fulfil", "evt_before_restart") == 0
+
+        port = free_port()
+        start_loops_webhooks("dev", "--port", str(port), env=env, port=port)
+
+        wait_until(lambda: workspace.effects_of("fulfil", "evt_before_restart") == 1, "handler")
+    finally:
+        stop_embedded_redis(tmp_path / "data")
+
+
+def test_dev_stops_cleanly_on_sigint(
+    workspace: Workspace, start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
+) -> None:
+    port = free_port()
+    dev = start_loops_webhooks("dev", "--port", str(port), env=workspace.env, port=port)
+
+    dev.process.send_signal(signal.SIGINT)
+
+    assert dev.process.wait(timeout=30) == 0
+
+
+@pytest.fixture
+def dead_lettered(workspace: Workspace, dev: str, redis_url: str) -> str:
+    """An event whose 'notify' handler is dead-lettered while 'fulfil' succeeded once."""
+    workspace.broken.touch()
+    sent = send(workspace, dev, "--id", "evt_cli_dead")
+    assert sent.returncode == 0, sent.stderr
+    wait_until(lambda: dead_letter_ids(redis_url) == ["evt_cli_dead:notify"], "the dead letter")
+    assert workspace.effects_of("fulfil", "evt_cli_dead") == 1
+    return "evt_cli_dead:notify"
+
+
+def test_dlq_list_and_show_describe_the_dead_letter(
+    workspace: Workspace, dead_lettered: str
+) -> None:
+    listed = run_cli("dlq", "list", "--json", env=workspace.env)
+    shown = run_cli("dlq", "show", dead_lettered, env=workspace.env)
+
+    [entry] = orjson.loads(listed.stdout)
+    assert entry["handler"] == "notify"
+    assert entry["reason"] == "max_attempts"
+    assert "RuntimeError: mail server said no" in shown.stdout
+    assert "Traceback" in shown.stdout
+    assert '"id":"evt_cli_dead"' in shown.stdout
+
+
+def test_a_dead_letter_replayed_after_the_fix_ends_handled_without_rerunning_what_succeeded(
+    workspace: Workspace, dead_lettered: str, redis_url: str
+) -> None:
+    workspace.broken.unlink()
+
+    replayed = run_cli("dlq", "replay", dead_lettered, env=workspace.env)
+
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1, skipped 0, failed 0" in replayed.stdout
+    wait_until(lambda: event_status(redis_url, "evt_cli_dead") == "done", "the replayed event")
+    assert workspace.effects_of("notify", "evt_cli_dead") == 1
+    assert workspace.effects_of("fulfil", "evt_cli_dead") == 1
+    assert dead_letter_ids(redis_url) == []
+
+
+def test_a_forced_replay_reruns_the_handlers_that_had_succeeded(
+    workspace: Workspace, dead_lettered: str, redis_url: str
+) -> None:
+    workspace.broken.unlink()
+
+    replayed = run_cli("dlq", "replay", "--all", "--force", env=workspace.env)
+
+    assert replayed.returncode == 0, replayed.stderr
+    wait_until(lambda: event_status(redis_url, "evt_cli_dead") == "done", "the replayed event")
+    assert workspace.effects_of("fulfil", "evt_cli_dead") == 2
+
+
+def test_a_dry_run_replay_changes_nothing(
+    workspace: Workspace, dead_lettered: str, redis_url: str
+) -> None:
+    client = redis_sync.Redis.from_url(redis_url)
+    before = client.hgetall(keys.event_key("evt_cli_dead"))
+
+    dry = run_cli("dlq", "replay", "--all", "--dry-run", env=workspace.env)
+
+    assert dry.returncode == 0, dry.stderr
+    assert f"would replay {dead_lettered}" in dry.stdout
+    assert dead_letter_ids(redis_url) == [dead_lettered]
+    assert client.hgetall(keys.event_key("evt_cli_dead")) == before
+
+
+def test_purge_without_yes_and_no_input_aborts(
+    workspace: Workspace, dead_lettered: str, redis_url: str
+) -> None:
+    purged = run_cli("dlq", "purge", "--all", env=workspace.env)
+
+    assert purged.returncode == 1
+    assert "aborted" in purged.stderr
+    assert dead_letter_ids(redis_url) == [dead_lettered]
+
+
+def test_purge_with_yes_deletes_the_dead_letter(
+    workspace: Workspace, dead_lettered: str, redis_url: str
+) -> None:
+    purged = run_cli("dlq", "purge", dead_lettered, "--yes", env=workspace.env)
+
+    assert purged.returncode == 0, purged.stderr
+    assert dead_letter_ids(redis_url) == []
+
+
+def test_stats_count_the_dead_letter_by_reason_and_the_last_hour(
+    workspace: Workspace, dead_lettered: str
+) -> None:
+    shown = run_cli("stats", "--json", env=workspace.env)
+
+    stats = orjson.loads(shown.stdout)
+    assert stats["dead_letters"] == 1
+    assert stats["dead_letters_by_reason"] == {"max_attempts": 1}
+    assert stats["last_hour"]["done"] >= 1
+    assert stats["last_hour"]["dead_letter"] == 1
+    assert stats["pending_events"] == 0
+
+
+def test_an_interrupted_bulk_replay_loses_nothing(
+    workspace: Workspace,
+    redis_url: str,
+    start_loops_webhooks: StartLoopsWebhooks,
+    free_port: Callable[[], int],
+) -> None:
+    total = 1500
+    workspace.broken.touch()
+    worker = start_loops_webhooks("worker", env={**workspace.env, "LOOPS_WORKER_CONCURRENCY": "50"})
+    port = free_port()
+    start_loops_webhooks("serve", "--port", str(port), env=workspace.env, port=port)
+    url = f"http://127.0.0.1:{port}/webhooks/loops"
+    sent = run_cli("send", "checkout.session.completed", "--url", url, "--count", str(total),
+                   env=workspace.env)  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    wait_until(lambda: len(dead_letter_ids(redis_url)) == total, f"{total} dead letters")
+    assert worker.stop() == 0
+    letters = dead_letter_ids(redis_url)
+
+    replay = subprocess.Popen(
+        [LOOPS_WEBHOOKS, "dlq", "replay", "--all"],
+        env={**os.environ, **workspace.env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert replay.stderr is not None
+    for line in replay.stderr:
+        if line.startswith("..."):
+            replay.send_signal(signal.SIGKILL)
+            break
+    replay.wait(timeout=30)
+
+    remaining = set(dead_letter_ids(redis_url))
+    requeued = [letter for letter in letters if letter not in remaining]
+    assert 0 < len(requeued) < total, "the replay was not interrupted part-way"
+    for letter in requeued:
+        event_id = letter.removesuffix(":notify")
+        assert event_status(redis_url, event_id) == "pending", letter
+    queue = redis_sync.Redis.from_url(redis_url)
+    queued = {raw.decode() for raw in queue.zrange("loops:queue", 0, -1)}
+    assert {keys.job_id_for_event(letter.removesuffix(":notify")) for letter in requeued} <= queued
+
+    rerun = run_cli("dlq", "replay", "--all", env=workspace.env)
+    assert f"replayed {total - len(requeued)}, skipped 0, failed 0" in rerun.stdout
+    workspace.broken.unlink()
+    start_loops_webhooks("worker", env={**workspace.env, "LOOPS_WORKER_CONCURRENCY": "50"})
+    wait_until(lambda: workspace.effects.read_text().count("notify ") == total, "every replay")
+    assert dead_letter_ids(redis_url) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("bogus",),
+        ("dlq", "replay"),
+        ("dlq", "purge", "--yes"),
+        ("send", "checkout.session.completed", "--count", "0"),
+        ("send", "checkout.session.completed", "--count", "2", "--id", "evt_1"),
+        ("send", "checkout.session.completed", "--data", "[1, 2]"),
+        ("dlq", "list", "--since", "last tuesday"),
+        ("events", "show"),
+    ],
+    ids=lambda args: " ".join(args),
+)
+def test_bad_usage_exits_2(args: tuple[str, ...], workspace: Workspace) -> None:
+    result = run_cli(*args, env=workspace.env)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.strip()
+
+
+def test_redis_down_exits_1_with_a_clear_message(
+    workspace: Workspace, free_port: Callable[[], int]
+) -> None:
+    env = {**workspace.env, "REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0"}
+
+    result = run_cli("stats", env=env)
+
+    assert result.returncode == 1
+    assert "cannot reach Redis" in result.stderr
+    assert "hunter2" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_unknown_event_exits_1(workspace: Workspace) -> None:
+    result = run_cli("events", "show", "evt_never_sent", env=workspace.env)
+
+    assert result.returncode == 1
+    assert "evt_never_sent" in result.stderr
+    assert "not found" in result.stderr
+
+
+def test_help_is_available_for_every_command(workspace: Workspace) -> None:
+    for command in (["serve"], ["worker"], ["dev"], ["send"], ["events", "show"], ["dlq", "list"],
+                    ["dlq", "show"], ["dlq", "replay"], ["dlq", "purge"], ["stats"]):  # fmt: skip
+        result = run_cli(*command, "--help", env=workspace.env)
+        assert result.returncode == 0, command
+        assert "usage: loops-webhooks" in result.stdout
+
+
+def test_help_never_shows_the_configured_secret(workspace: Workspace) -> None:
+    for command in ([], ["serve"], ["send"], ["dev"]):
+        result = run_cli(*command, "--help", env=workspace.env)
+        assert WEBHOOK_SECRET not in result.stdout + result.stderr
