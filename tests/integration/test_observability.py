@@ -1,0 +1,241 @@
+"""Logs and metrics as an operator sees them: real requests, real handler runs, real scrapes."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+import structlog
+from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
+
+from ingest.app import create_app
+from loops_webhooks.settings import Settings
+from tests.conftest import WEBHOOK_SECRET, LoopsSender
+from tests.integration.conftest import StartLoopsWebhooks
+
+LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
+WEBHOOK_PATH = "/webhooks/loops"
+
+HANDLERS_MODULE = """
+from handlers import Reject, Router
+
+router = Router()
+
+
+@router.on("checkout.session.completed", name="ok")
+async def ok(event, ctx):
+    ctx.log.info("handled")
+
+
+@router.on("checkout.session.failed", name="refuses")
+async def refuses(event, ctx):
+    raise Reject("refused on purpose")
+"""
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus exposition (0 if absent)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
+    found = re.search("^" + pattern + "$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+async def scrape(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return await response.text()
+
+
+@pytest.fixture
+async def receiver(redis_url: str) -> TestClient:
+    client = TestClient(
+        TestServer(create_app(Settings(webhook_secret=WEBHOOK_SECRET), redis_url), host="127.0.0.1")
+    )
+    await client.start_server()
+    yield client
+    await client.close()
+
+
+async def test_receiver_metrics_count_requests_by_outcome(
+    receiver: TestClient, loops: LoopsSender
+) -> None:
+    before = await (await receiver.get("/metrics")).text()
+    body = loops.event()
+
+    for _ in range(2):
+        await receiver.post(WEBHOOK_PATH, data=body, headers=loops.headers(body))
+    await receiver.post(WEBHOOK_PATH, data=body, headers={"loops-signature": "0" * 64})
+    unsigned_junk = b"not json"
+    await receiver.post(WEBHOOK_PATH, data=unsigned_junk, headers=loops.headers(unsigned_junk))
+    after = await (await receiver.get("/metrics")).text()
+
+    def grew(outcome: str) -> float:
+        name = "loops_webhooks_requests_total"
+        return sample(after, name, outcome=outcome) - sample(before, name, outcome=outcome)
+
+    assert grew("accepted") == 1
+    assert grew("duplicate") == 1
+    assert grew("invalid_signature") == 1
+    assert grew("invalid_payload") == 1
+    assert (
+        sample(after, "loops_webhooks_request_duration_seconds_count")
+        - sample(before, "loops_webhooks_request_duration_seconds_count")
+        == 4
+    )
+    assert sample(after, "loops_webhooks_redis_write_duration_seconds_count") > sample(
+        before, "loops_webhooks_redis_write_duration_seconds_count"
+    )
+
+
+async def test_one_canonical_log_line_per_request_with_its_outcome(
+    receiver: TestClient, loops: LoopsSender
+) -> None:
+    body = loops.event("evt_logged")
+
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await receiver.post(WEBHOOK_PATH, data=body, headers=loops.headers(body))
+
+    requests = [entry for entry in logs if entry["event"] == "request"]
+    assert len(requests) == 1
+    assert requests[0]["outcome"] == "accepted"
+    assert requests[0]["status"] == 200
+    assert requests[0]["event_id"] == "evt_logged"
+    assert requests[0]["duration_ms"] >= 0
+
+
+def test_worker_metrics_count_handler_runs_and_dead_letters_after_real_runs(
+    tmp_path: Path,
+    redis_url: str,
+    start_loops_webhooks: StartLoopsWebhooks,
+    free_port: Callable[[], int],
+) -> None:
+    (tmp_path / "observed_handlers.py").write_text(HANDLERS_MODULE)
+    metrics_port, receiver_port = free_port(), free_port()
+    env = {
+        "REDIS_URL": redis_url,
+        "LOOPS_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "LOOPS_HANDLERS": "observed_handlers:router",
+        "LOOPS_METRICS_PORT": str(metrics_port),
+        "LOOPS_LOG_FORMAT": "json",
+        "PYTHONPATH": str(tmp_path),
+    }
+    worker = start_loops_webhooks("worker", env=env, port=metrics_port)
+    receiver = start_loops_webhooks(
+        "serve", "--port", str(receiver_port), env=env, port=receiver_port
+    )
+    url = f"{receiver.base_url}{WEBHOOK_PATH}"
+    for event_type, count in (("checkout.session.completed", 3), ("checkout.session.failed", 2)):
+        sent = subprocess.run(
+            [LOOPS_WEBHOOKS, "send", event_type, "--url", url, "--count", str(count)],
+            env={"PATH": "/usr/bin:/bin", "LOOPS_WEBHOOK_SECRET": WEBHOOK_SECRET},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr
+
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    deadline = time.monotonic() + 30
+    while True:
+        text = asyncio.run(scrape(metrics_url))
+        if sample(text, "loops_webhooks_dead_letter_queue_size") == 2:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.5)
+
+    runs = "loops_webhooks_handler_runs_total"
+    assert sample(text, runs, handler="ok", outcome="done") == 3
+    assert sample(text, runs, handler="refuses", outcome="dead_letter") == 2
+    assert sample(text, "loops_webhooks_dead_letters_total", reason="rejected") == 2
+    assert sample(text, "loops_webhooks_handler_duration_seconds_count", handler="ok") == 3
+    assert sample(text, "loops_webhooks_queue_depth") == 0
+    assert sample(text, "loops_webhooks_oldest_pending_event_age_seconds") == 0
+    assert "event_id" not in text
+
+    outcome_lines = [
+        orjson.loads(line)
+        for line in worker.output().splitlines()
+        if line.startswith("{") and '"handler"' in line and '"outcome"' in line
+    ]
+    assert sorted(line["outcome"] for line in outcome_lines) == ["dead_letter"] * 2 + ["done"] * 3
+    dead = [line for line in outcome_lines if line["outcome"] == "dead_letter"]
+    assert all(line["level"] == "error" for line in dead)
+    assert all({"event_id", "event_type", "attempt", "duration_ms"} <= set(line) for line in dead)
+
+
+async def test_worker_healthz_answers_while_it_runs(
+    tmp_path: Path,
+    redis_url: str,
+    start_loops_webhooks: StartLoopsWebhooks,
+    free_port: Callable[[], int],
+) -> None:
+    port = free_port()
+    start_loops_webhooks(
+        "worker", env={"REDIS_URL": redis_url, "LOOPS_METRICS_PORT": str(port)}, port=port
+    )
+
+    url = f"http://127.0.0.1:{port}/healthz"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+
+
+def test_the_signing_secret_never_appears_in_logs(
+    tmp_path: Path,
+    redis_url: str,
+    start_loops_webhooks: StartLoopsWebhooks,
+    free_port: Callable[[], int],
+    loops: LoopsSender,
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    env = {
+        "REDIS_URL": redis_url,
+        "LOOPS_WEBHOOK_SECRET": f"{WEBHOOK_SECRET},whsec_second_secret",
+        "LOOPS_METRICS_PORT": str(metrics_port),
+        "LOOPS_LOG_LEVEL": "debug",
+    }
+    receiver = start_loops_webhooks("serve", "--port", str(port), env=env, port=port)
+    worker = start_loops_webhooks("worker", env=env, port=metrics_port)
+    url = f"{receiver.base_url}{WEBHOOK_PATH}"
+    sent = subprocess.run(
+        [LOOPS_WEBHOOKS, "send", "checkout.session.completed", "--url", url, "--count", "3"],
+        env={"PATH": "/usr/bin:/bin", "LOOPS_WEBHOOK_SECRET": WEBHOOK_SECRET},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    bad = subprocess.run(
+        [LOOPS_WEBHOOKS, "send", "checkout.session.completed", "--url", url,
+         "--secret", "not-the-secret"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    invalid_config = subprocess.run(
+        [LOOPS_WEBHOOKS, "serve"],
+        env={**env, "LOOPS_MAX_BODY_BYTES": "lots"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    time.sleep(1.0)
+    receiver.stop()
+    worker.stop()
+
+    assert sent.returncode == 0 and bad.returncode == 1
+    assert invalid_config.returncode == 2
+    everything = "".join(
+        [receiver.output(), worker.output(), sent.stdout, sent.stderr, bad.stdout, bad.stderr,
+         invalid_config.stderr]
+    )  # fmt: skip
+    assert "order fulfilled" in everything
+    assert WEBHOOK_SECRET not in everything
+    assert "whsec_second_secret" not in everything

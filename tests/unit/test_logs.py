@@ -1,0 +1,51 @@
+"""Logging setup: JSON lines off a terminal, the standard library's loggers rendered the same."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+PROGRAM = """
+import logging, structlog
+from loops_webhooks.logs import configure_logging
+configure_logging("{fmt}", "info")
+structlog.get_logger("ingest").info("from structlog", event_id="evt_1")
+logging.getLogger("aiohttp.server").error("from the standard library")
+logging.getLogger("arq.worker").info("arq chatter hidden at info")
+"""
+
+
+def run_with_format(log_format: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", PROGRAM.format(fmt=log_format)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stderr.strip().splitlines()
+
+
+def test_json_format_renders_structlog_and_standard_library_logs_as_json_lines() -> None:
+    lines = [orjson.loads(line) for line in run_with_format("json")]
+
+    assert [line["event"] for line in lines] == ["from structlog", "from the standard library"]
+    assert lines[0]["event_id"] == "evt_1"
+    assert lines[0]["level"] == "info"
+    assert lines[1]["logger"] == "aiohttp.server"
+    assert lines[1]["level"] == "error"
+    assert all("timestamp" in line for line in lines)
+
+
+def test_auto_format_writes_json_when_stderr_is_not_a_terminal() -> None:
+    lines = run_with_format("auto")
+
+    assert orjson.loads(lines[0])["event"] == "from structlog"
+
+
+def test_console_format_is_not_json() -> None:
+    lines = run_with_format("console")
+
+    assert "from structlog" in lines[0]
+    assert not lines[0].startswith("{")
