@@ -1,0 +1,614 @@
+"""The deploy files keep the promises production depends on.
+
+No container engine runs these tests: they read the Dockerfile, compose.yaml, the Kubernetes
+manifests and redis.conf, and pin what must hold there (non-root, probes, AOF always,
+noeviction, grace periods, secrets only by reference, settings that exist).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from pydantic import AliasChoices
+
+from loops_webhooks.settings import Settings
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S = DEPLOY / "k8s"
+DOCKERFILE = DEPLOY / "Dockerfile"
+COMPOSE = DEPLOY / "compose.yaml"
+REDIS_CONF = DEPLOY / "redis.conf"
+ENV_EXAMPLE = DEPLOY / ".env.example"
+EXAMPLE_SECRETS = K8S / "secrets" / "secrets.example.yaml"
+
+RECEIVER, WORKER, REDIS = "loops-webhooks-receiver", "loops-webhooks-worker", "loops-webhooks-redis"
+SECRET_VARIABLES = {"LOOPS_WEBHOOK_SECRET", "REDIS_URL", "REDIS_PASSWORD", "REDISCLI_AUTH"}
+
+BINARY_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30}
+
+
+# --- reading the files -------------------------------------------------------------------
+
+
+def yaml_files() -> list[Path]:
+    return sorted(DEPLOY.rglob("*.yaml"))
+
+
+@functools.cache
+def yaml_documents(path: Path) -> list[Any]:
+    """The documents of one YAML file, parsed once per run (tests only read them)."""
+    return [document for document in yaml.safe_load_all(path.read_text()) if document]
+
+
+def k8s_objects() -> list[dict[str, Any]]:
+    return [document for path in sorted(K8S.rglob("*.yaml")) for document in yaml_documents(path)]
+
+
+def k8s_object(kind: str, name: str) -> dict[str, Any]:
+    matches = [o for o in k8s_objects() if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def workloads() -> list[dict[str, Any]]:
+    return [o for o in k8s_objects() if o["kind"] in {"Deployment", "StatefulSet"}]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def containers() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every (workload name, container) in the manifests."""
+    for workload in workloads():
+        for container in pod_spec(workload)["containers"]:
+            yield workload["metadata"]["name"], container
+
+
+def app_containers() -> Iterator[tuple[str, dict[str, Any]]]:
+    """The containers that run loops-webhooks (Redis's are not)."""
+    for workload in workloads():
+        if workload["kind"] == "Deployment":
+            for container in pod_spec(workload)["containers"]:
+                yield workload["metadata"]["name"], container
+
+
+def the_container(workload_kind: str, name: str) -> dict[str, Any]:
+    (container,) = pod_spec(k8s_object(workload_kind, name))["containers"]
+    return container
+
+
+def literal_env(container: dict[str, Any]) -> dict[str, str]:
+    return {entry["name"]: entry["value"] for entry in container["env"] if "value" in entry}
+
+
+def compose() -> dict[str, Any]:
+    (document,) = yaml_documents(COMPOSE)
+    assert isinstance(document, dict)
+    return document
+
+
+def compose_services() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = compose()["services"]
+    return services
+
+
+def compose_app_services() -> dict[str, dict[str, Any]]:
+    """The services built from deploy/Dockerfile: the receiver and the workers."""
+    return {name: service for name, service in compose_services().items() if "build" in service}
+
+
+def compose_workers() -> dict[str, dict[str, Any]]:
+    return {
+        name: service
+        for name, service in compose_app_services().items()
+        if service["command"][0] == "worker"
+    }
+
+
+def compose_environment(service: dict[str, Any]) -> dict[str, str]:
+    environment = service.get("environment", {})
+    assert isinstance(environment, dict), "write compose environments as mappings"
+    return {name: str(value) for name, value in environment.items()}
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) pairs, with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + stripped).partition(" ")
+        instructions.append((keyword.upper(), " ".join(arguments.split())))
+        pending = ""
+    return instructions
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    stages: list[list[tuple[str, str]]] = []
+    for keyword, arguments in dockerfile_instructions(DOCKERFILE.read_text()):
+        if keyword == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((keyword, arguments))
+    return stages
+
+
+def final_stage() -> list[tuple[str, str]]:
+    return dockerfile_stages()[-1]
+
+
+def arguments_of(stage: list[tuple[str, str]], keyword: str) -> list[str]:
+    return [arguments for found, arguments in stage if found == keyword]
+
+
+def redis_directives(text: str) -> dict[str, str]:
+    """Each directive of a redis.conf with its arguments (the last one wins, as in Redis)."""
+    directives = {}
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            name, _, arguments = stripped.partition(" ")
+            directives[name.lower()] = arguments.strip()
+    return directives
+
+
+def size_in_bytes(quantity: str) -> int:
+    """A memory size as compose (1g), Kubernetes (1Gi) or redis.conf (768mb) writes it."""
+    match = re.fullmatch(r"(\d+)([kmg])(?:i|b)?", quantity.lower())
+    assert match, f"unexpected size {quantity!r}"
+    return int(match[1]) * BINARY_UNITS[match[2]]
+
+
+def duration_in_seconds(text: str) -> float:
+    """A compose duration such as 60s or 1m30s."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s)", text)
+    assert parts and "".join(a + u for a, u in parts) == text, f"unexpected duration {text!r}"
+    return sum(float(amount) * {"h": 3600, "m": 60, "s": 1}[unit] for amount, unit in parts)
+
+
+def shutdown_grace_seconds(environment: dict[str, str]) -> float:
+    default = Settings.model_fields["shutdown_grace_seconds"].default
+    return float(environment.get("LOOPS_SHUTDOWN_GRACE_SECONDS", default))
+
+
+def healthcheck_url(command: list[str]) -> str:
+    """The URL a ``python -c "...urlopen('URL')..."`` healthcheck asks for."""
+    (url,) = re.findall(r"urlopen\('([^']+)'", " ".join(command))
+    return url
+
+
+def env_file_variables(path: Path) -> dict[str, str]:
+    variables = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            variables[name.strip()] = value.strip()
+    return variables
+
+
+def setting_variables() -> set[str]:
+    """The environment variables that Settings reads."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    names: set[str] = set()
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(choice for choice in alias.choices if isinstance(choice, str))
+        else:
+            names.add(f"{prefix}{field_name}".upper())
+    return names
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.startswith("LOOPS_") or name == "REDIS_URL":
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+# --- every file --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda path: str(path.relative_to(DEPLOY)))
+def test_every_yaml_file_in_deploy_parses(path: Path):
+    assert yaml_documents(path)
+
+
+def test_every_loops_variable_named_in_deploy_is_a_setting():
+    named = {
+        name: path.relative_to(DEPLOY)
+        for path in sorted(DEPLOY.rglob("*"))
+        if path.is_file()
+        for name in re.findall(r"\bLOOPS_[A-Z0-9_]+\b", path.read_text())
+    }
+    unknown = {name: str(path) for name, path in named.items() if name not in setting_variables()}
+    assert unknown == {}
+
+
+def test_app_containers_are_given_only_settings():
+    given = {
+        (f"compose {service_name}", name)
+        for service_name, service in compose_app_services().items()
+        for name in compose_environment(service)
+    } | {
+        (f"k8s {workload}", entry["name"])
+        for workload, container in app_containers()
+        for entry in container["env"]
+    }
+    assert {(where, name) for where, name in given if name not in setting_variables()} == set()
+
+
+def test_app_container_environments_are_valid_settings(clean_environment):
+    environments = [compose_environment(s) for s in compose_app_services().values()]
+    environments += [literal_env(container) for _, container in app_containers()]
+    for environment in environments:
+        with clean_environment.context() as patch:
+            for name, value in environment.items():
+                patch.setenv(name, value)
+            Settings()
+
+
+# --- the image ---------------------------------------------------------------------------
+
+
+def test_the_image_is_built_in_a_separate_stage_from_a_slim_python():
+    bases = [stage[0][1].split()[0] for stage in dockerfile_stages()]
+    assert len(bases) >= 2
+    assert bases[-1] == "python:3.11-slim"
+
+
+def test_the_final_stage_copies_only_the_virtualenv_from_the_build_stage():
+    assert arguments_of(final_stage(), "COPY") == ["--from=build /opt/venv /opt/venv"]
+    assert arguments_of(final_stage(), "ADD") == []
+
+
+def test_the_final_stage_installs_nothing():
+    installers = ("apt-get", "apk", "pip", "gcc", "build-essential", "make")
+    commands = arguments_of(final_stage(), "RUN")
+    assert [c for c in commands if any(tool in c.split() for tool in installers)] == []
+
+
+def test_the_image_runs_as_a_numeric_non_root_user():
+    *_, user = arguments_of(final_stage(), "USER")
+    uid = user.split(":")[0]
+    assert uid.isdigit()
+    assert int(uid) != 0
+
+
+def test_the_image_checks_the_receivers_healthz():
+    (healthcheck,) = arguments_of(final_stage(), "HEALTHCHECK")
+    command = json.loads(healthcheck.split(" CMD ", 1)[1])
+    assert command[0] == "python"
+    assert healthcheck_url(command) == "http://127.0.0.1:8080/healthz"
+
+
+def test_one_image_runs_the_receiver_unless_the_command_says_worker():
+    (entrypoint,) = arguments_of(final_stage(), "ENTRYPOINT")
+    (command,) = arguments_of(final_stage(), "CMD")
+    assert json.loads(entrypoint) == ["loops-webhooks"]
+    assert json.loads(command) == ["serve", "--host", "0.0.0.0", "--port", "8080"]
+
+
+def test_the_image_logs_json():
+    environment = " ".join(arguments_of(final_stage(), "ENV"))
+    assert "LOOPS_LOG_FORMAT=json" in environment.split()
+
+
+def test_the_build_context_excludes_everything_it_does_not_name():
+    ignore = DEPLOY / f"{DOCKERFILE.name}.dockerignore"
+    patterns = [line for line in ignore.read_text().splitlines() if line and line[0] != "#"]
+    assert patterns[0] == "*"
+
+
+def test_every_source_the_build_copies_is_in_the_build_context():
+    ignore = DEPLOY / f"{DOCKERFILE.name}.dockerignore"
+    included = {line[1:].rstrip("/") for line in ignore.read_text().splitlines() if line[:1] == "!"}
+    build_stage = dockerfile_stages()[0]
+    sources = {
+        source.rstrip("/")
+        for arguments in arguments_of(build_stage, "COPY")
+        for source in arguments.split()[:-1]
+        if not source.startswith("--")
+    }
+    assert sources <= included
+
+
+# --- redis.conf --------------------------------------------------------------------------
+
+
+def test_redis_fsyncs_the_append_only_file_before_acknowledging_a_write():
+    directives = redis_directives(REDIS_CONF.read_text())
+    assert directives["appendonly"] == "yes"
+    assert directives["appendfsync"] == "always"
+    assert directives["no-appendfsync-on-rewrite"] == "no"
+
+
+def test_redis_never_evicts():
+    assert redis_directives(REDIS_CONF.read_text())["maxmemory-policy"] == "noeviction"
+
+
+def test_redis_without_its_password_refuses_remote_clients():
+    directives = redis_directives(REDIS_CONF.read_text())
+    assert directives["protected-mode"] == "yes"
+    assert "requirepass" not in directives
+
+
+def test_every_redis_setting_is_explained_by_a_comment():
+    paragraphs = REDIS_CONF.read_text().split("\n\n")
+    unexplained = [
+        paragraph
+        for paragraph in paragraphs
+        if redis_directives(paragraph) and not paragraph.lstrip().startswith("#")
+    ]
+    assert unexplained == []
+
+
+# --- compose -----------------------------------------------------------------------------
+
+
+def test_compose_redis_runs_deploy_redis_conf_mounted_read_only():
+    redis = compose_services()["redis"]
+    mounts = [volume.split(":") for volume in redis["volumes"]]
+    (config_path,) = [target for source, target, *_ in mounts if source == "./redis.conf"]
+    assert ["./redis.conf", config_path, "ro"] in mounts
+    assert redis["command"][:2] == ["redis-server", config_path]
+
+
+def test_compose_redis_keeps_its_data_in_a_named_volume():
+    redis = compose_services()["redis"]
+    data_dir = redis_directives(REDIS_CONF.read_text())["dir"]
+    sources = [v.split(":")[0] for v in redis["volumes"] if v.split(":")[1] == data_dir]
+    assert sources
+    assert sources[0] in compose()["volumes"]
+
+
+def test_compose_redis_memory_limit_leaves_room_above_maxmemory():
+    limit = compose_services()["redis"]["deploy"]["resources"]["limits"]["memory"]
+    maxmemory = redis_directives(REDIS_CONF.read_text())["maxmemory"]
+    assert size_in_bytes(maxmemory) <= 0.75 * size_in_bytes(limit)
+
+
+def test_compose_runs_two_workers():
+    replicas = [s.get("deploy", {}).get("replicas", 1) for s in compose_workers().values()]
+    assert sum(replicas) == 2
+
+
+def test_every_compose_service_has_a_healthcheck():
+    unchecked = [name for name, s in compose_services().items() if not s.get("healthcheck")]
+    assert unchecked == []
+
+
+def test_every_compose_service_restarts_unless_stopped():
+    policies = {name: service.get("restart") for name, service in compose_services().items()}
+    assert set(policies.values()) == {"unless-stopped"}
+
+
+def test_compose_checks_workers_health_on_their_metrics_port():
+    for worker in compose_workers().values():
+        port = compose_environment(worker).get("LOOPS_METRICS_PORT", "9100")
+        url = healthcheck_url(worker["healthcheck"]["test"])
+        assert url == f"http://127.0.0.1:{port}/healthz"
+
+
+def test_compose_gives_workers_longer_to_stop_than_their_shutdown_grace():
+    for worker in compose_workers().values():
+        stop_grace = duration_in_seconds(worker["stop_grace_period"])
+        assert stop_grace > shutdown_grace_seconds(compose_environment(worker))
+
+
+def test_compose_starts_the_service_once_redis_is_healthy():
+    for service in compose_app_services().values():
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_services_use_redis_not_the_embedded_development_redis():
+    for service in compose_app_services().values():
+        assert urlsplit(compose_environment(service)["REDIS_URL"]).hostname == "redis"
+
+
+def test_compose_receiver_reads_the_signing_secret_from_the_env_file():
+    receiver = compose_services()["receiver"]
+    assert receiver["env_file"] == ".env"
+    environments = [compose_environment(service) for service in compose_services().values()]
+    assert [env for env in environments if "LOOPS_WEBHOOK_SECRET" in env] == []
+
+
+def test_compose_takes_the_redis_password_from_the_env_file():
+    redis = compose_services()["redis"]
+    passwords = [redis["command"][redis["command"].index("--requirepass") + 1]]
+    passwords.append(compose_environment(redis)["REDISCLI_AUTH"])
+    passwords += [
+        re.fullmatch(r"redis://:(.*)@redis:6379/\d+", compose_environment(s)["REDIS_URL"])[1]
+        for s in compose_app_services().values()
+    ]
+    assert [p for p in passwords if not p.startswith("${REDIS_PASSWORD")] == []
+
+
+def test_env_example_lists_every_variable_compose_substitutes_with_no_value():
+    substituted = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
+    example = env_file_variables(ENV_EXAMPLE)
+    assert substituted | {"LOOPS_WEBHOOK_SECRET"} <= example.keys()
+    assert set(example.values()) == {""}
+
+
+def test_a_filled_in_env_file_is_ignored_by_git():
+    assert ".env" in (DEPLOY / ".gitignore").read_text().splitlines()
+
+
+# --- Kubernetes --------------------------------------------------------------------------
+
+
+def test_k8s_manifests_leave_the_namespace_to_kubectl():
+    assert [o["metadata"]["name"] for o in k8s_objects() if "namespace" in o["metadata"]] == []
+
+
+def test_receiver_is_ready_on_readyz_and_alive_on_healthz():
+    receiver = the_container("Deployment", RECEIVER)
+    assert receiver["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert receiver["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    ports = {port["name"]: port["containerPort"] for port in receiver["ports"]}
+    assert ports[receiver["readinessProbe"]["httpGet"]["port"]] == 8080
+    assert ports[receiver["livenessProbe"]["httpGet"]["port"]] == 8080
+
+
+def test_worker_is_alive_on_healthz_at_its_metrics_port():
+    worker = the_container("Deployment", WORKER)
+    ports = {port["name"]: port["containerPort"] for port in worker["ports"]}
+    probe = worker["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    assert ports[probe["port"]] == int(literal_env(worker)["LOOPS_METRICS_PORT"])
+
+
+def test_worker_termination_grace_exceeds_its_shutdown_grace():
+    worker = k8s_object("Deployment", WORKER)
+    grace = pod_spec(worker)["terminationGracePeriodSeconds"]
+    assert grace > shutdown_grace_seconds(literal_env(the_container("Deployment", WORKER)))
+
+
+def test_pods_are_scraped_by_prometheus_on_their_metrics_ports():
+    expected = {
+        RECEIVER: "8080",
+        WORKER: literal_env(the_container("Deployment", WORKER))["LOOPS_METRICS_PORT"],
+    }
+    for name, port in expected.items():
+        annotations = k8s_object("Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == port
+        assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_secrets_reach_containers_only_through_secret_key_refs():
+    inline = [
+        (workload, entry["name"])
+        for workload, container in containers()
+        for entry in container.get("env", [])
+        if entry["name"] in SECRET_VARIABLES and "secretKeyRef" not in entry.get("valueFrom", {})
+    ]
+    assert inline == []
+
+
+def test_every_secret_key_ref_names_a_key_of_the_example_secrets():
+    example_keys = {
+        (secret["metadata"]["name"], key)
+        for secret in yaml_documents(EXAMPLE_SECRETS)
+        for key in secret["stringData"]
+    }
+    referenced = {
+        (entry["valueFrom"]["secretKeyRef"]["name"], entry["valueFrom"]["secretKeyRef"]["key"])
+        for _, container in containers()
+        for entry in container.get("env", [])
+        if "secretKeyRef" in entry.get("valueFrom", {})
+    }
+    assert referenced <= example_keys
+
+
+def test_example_secrets_applied_unedited_start_nothing():
+    values = {
+        (secret["metadata"]["name"], key): value
+        for secret in yaml_documents(EXAMPLE_SECRETS)
+        for key, value in secret["stringData"].items()
+    }
+    assert values[("loops-webhooks-signing", "webhook-secret")] == ""
+    assert values[("loops-webhooks-redis", "password")] == ""
+
+
+def test_kubectl_apply_of_the_k8s_directory_applies_no_secret():
+    top_level = [document for path in K8S.glob("*.yaml") for document in yaml_documents(path)]
+    assert [o["metadata"]["name"] for o in top_level if o["kind"] == "Secret"] == []
+
+
+def test_receiver_pdb_selects_the_receiver_pods_only():
+    selector = k8s_object("PodDisruptionBudget", RECEIVER)["spec"]["selector"]["matchLabels"]
+    for workload in workloads():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        selected = selector.items() <= labels.items()
+        assert selected == (workload["metadata"]["name"] == RECEIVER)
+
+
+def test_receiver_service_routes_to_the_receiver_pods():
+    selector = k8s_object("Service", RECEIVER)["spec"]["selector"]
+    labels = k8s_object("Deployment", RECEIVER)["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= labels.items()
+
+
+def test_receiver_hpa_scales_the_receiver_on_cpu():
+    hpa = k8s_object("HorizontalPodAutoscaler", RECEIVER)
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", RECEIVER)
+    assert [metric["resource"]["name"] for metric in hpa["spec"]["metrics"]] == ["cpu"]
+    assert hpa["spec"]["minReplicas"] >= 2
+
+
+def test_receiver_deployment_leaves_its_replica_count_to_the_hpa():
+    assert "replicas" not in k8s_object("Deployment", RECEIVER)["spec"]
+
+
+def test_every_pod_runs_as_non_root():
+    for workload in workloads():
+        security = pod_spec(workload)["securityContext"]
+        assert security["runAsNonRoot"] is True
+        assert security.get("runAsUser", 1) != 0
+
+
+def test_every_container_has_a_read_only_root_filesystem():
+    writable = [w for w, c in containers() if not c["securityContext"]["readOnlyRootFilesystem"]]
+    assert writable == []
+
+
+def test_every_container_declares_resource_requests_and_a_memory_limit():
+    for _, container in containers():
+        assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
+        assert "memory" in container["resources"]["limits"]
+
+
+def test_k8s_redis_config_is_deploy_redis_conf():
+    config_maps = [o for o in k8s_objects() if o["kind"] == "ConfigMap"]
+    (config_map,) = [c for c in config_maps if "redis.conf" in c["data"]]
+    assert config_map["data"]["redis.conf"] == REDIS_CONF.read_text()
+
+
+def test_redis_statefulset_runs_redis_with_the_mounted_config():
+    redis = k8s_object("StatefulSet", REDIS)
+    container = the_container("StatefulSet", REDIS)
+    volumes = {volume["name"]: volume for volume in pod_spec(redis)["volumes"]}
+    (mount,) = [m for m in container["volumeMounts"] if "configMap" in volumes.get(m["name"], {})]
+    config_map = k8s_object("ConfigMap", volumes[mount["name"]]["configMap"]["name"])
+    assert "redis.conf" in config_map["data"]
+    assert mount["readOnly"] is True
+    assert container["args"][:2] == ["redis-server", f"{mount['mountPath']}/redis.conf"]
+
+
+def test_redis_statefulset_keeps_its_data_on_a_persistent_claim():
+    redis = k8s_object("StatefulSet", REDIS)
+    claims = {claim["metadata"]["name"] for claim in redis["spec"]["volumeClaimTemplates"]}
+    container = the_container("StatefulSet", REDIS)
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    assert mounts[redis_directives(REDIS_CONF.read_text())["dir"]] in claims
+
+
+def test_redis_statefulset_runs_a_single_primary():
+    assert k8s_object("StatefulSet", REDIS)["spec"]["replicas"] == 1
+
+
+def test_redis_statefulset_memory_limit_leaves_room_above_maxmemory():
+    limit = the_container("StatefulSet", REDIS)["resources"]["limits"]["memory"]
+    maxmemory = redis_directives(REDIS_CONF.read_text())["maxmemory"]
+    assert size_in_bytes(maxmemory) <= 0.75 * size_in_bytes(limit)
