@@ -13,9 +13,10 @@ import asyncio
 import time
 import traceback
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 import structlog
@@ -29,6 +30,7 @@ from workers import metrics
 from workers.dead_letters import TRACEBACK_LIMIT, DeadLetter, DeadLetterReason, dead_letter_id
 from workers.event_store import (
     Action,
+    Begun,
     EventStatus,
     EventStore,
     HandlerState,
@@ -43,6 +45,8 @@ DISPATCHER = "loops_dispatcher"
 """The key of the Dispatcher in arq's worker context."""
 
 log = structlog.get_logger("workers")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +82,7 @@ class Dispatcher:
 
     async def process(self, event_id: str, event_type: str) -> None:
         handlers = self._router.handlers_for(event_type)
-        limits = [(handler.name, self._max_attempts_of(handler)) for handler in handlers]
-        begun = await self._store.begin(event_id, limits, _now_ms())
+        begun = await self._begin(event_id, handlers)
         if begun is None:
             log.warning("event not in the store; nothing to do", event_id=event_id)
             return
@@ -103,17 +106,41 @@ class Dispatcher:
             outcomes += cancelled.finished
             finished = {outcome.handler.name for outcome in cancelled.finished}
             refunds = [(h, state) for h, state in to_run if h.name not in finished]
-            await asyncio.shield(self._record(event, handlers, outcomes, refunds))
+            await _despite_cancellation(self._record(event, handlers, outcomes, refunds))
             raise
-        next_due = await self._record(event, handlers, outcomes)
+        next_due = await _despite_cancellation(self._record(event, handlers, outcomes))
         if next_due is not None:
             raise Retry(defer=max(0, next_due - _now_ms()) / 1000)
+
+    async def _begin(self, event_id: str, handlers: list[Handler]) -> Begun | None:
+        """Count the attempts of the due handlers; if the job is cancelled while Redis answers,
+        give back the attempts that were counted, since no handler ran."""
+        limits = [(handler.name, self._max_attempts_of(handler)) for handler in handlers]
+        begin = asyncio.ensure_future(self._store.begin(event_id, limits, _now_ms()))
+        try:
+            return await asyncio.shield(begin)
+        except asyncio.CancelledError:
+            begun = await begin
+            if begun is not None and begun.event.status is EventStatus.PENDING:
+                counted = [
+                    (handler, begun.actions[handler.name][1])
+                    for handler in handlers
+                    if begun.actions[handler.name][0] is Action.RUN
+                ]
+                await self._record(begun.event, handlers, [], counted)
+            raise
 
     async def _run_all(
         self, event: StoredEvent, to_run: list[tuple[Handler, HandlerState]]
     ) -> list[Outcome]:
         """Run the due handlers concurrently; on cancellation, keep what finished."""
         models: dict[type[Event], Event | pydantic.ValidationError] = {}
+        if len(to_run) == 1:
+            handler, state = to_run[0]
+            try:
+                return [await self._run_one(event, handler, state, models)]
+            except asyncio.CancelledError:
+                raise _PartiallyRun([]) from None
         tasks = [
             asyncio.create_task(self._run_one(event, handler, state, models))
             for handler, state in to_run
@@ -160,10 +187,11 @@ class Dispatcher:
         timeout = self._timeout_of(handler)
         started = time.perf_counter()
         try:
-            if handler.is_async:
-                await asyncio.wait_for(handler.func(parsed, context), timeout)
-            else:
-                await asyncio.wait_for(asyncio.to_thread(handler.func, parsed, context), timeout)
+            async with asyncio.timeout(timeout) as deadline:
+                if handler.is_async:
+                    await handler.func(parsed, context)
+                else:
+                    await asyncio.to_thread(handler.func, parsed, context)
         except Reject as rejected:
             return Outcome(
                 handler, state, _ms_since(started), rejected, dead_reason=DeadLetterReason.REJECTED
@@ -171,6 +199,8 @@ class Dispatcher:
         except RetryLater as later:
             return self._failed(handler, state, started, later, retry_after=later.after)
         except TimeoutError as timed_out:
+            if not deadline.expired():
+                return self._failed(handler, state, started, timed_out)
             error = TimeoutError(f"handler did not finish within {timeout:g}s")
             error.__traceback__ = timed_out.__traceback__
             return self._failed(handler, state, started, error)
@@ -303,6 +333,16 @@ async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> 
     dispatcher: Dispatcher = ctx[DISPATCHER]
     with structlog.contextvars.bound_contextvars(event_id=event_id, event_type=event_type):
         await dispatcher.process(event_id, event_type)
+
+
+async def _despite_cancellation(write: Awaitable[T]) -> T:
+    """Finish a store write even if the job is cancelled meanwhile, then let that through."""
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def _parse_once(

@@ -21,6 +21,7 @@ from workers.dead_letters import DeadLetter
 
 __all__ = [
     "Action",
+    "Begun",
     "EventStatus",
     "EventStore",
     "HandlerState",
@@ -172,11 +173,11 @@ for _, name in ipairs(cjson.decode(ARGV[5])) do
 end
 if next_due then return next_due end
 local status = 'done'
-if any_dead then status = 'dead' end
+if any_dead or #letters > 0 then status = 'dead' end
 redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now)
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'outcome', ARGV[7]) end
 redis.call('ZREM', KEYS[2], ARGV[3])
-if not any_dead then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end
+if status == 'done' then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end
 return -2
 """
 

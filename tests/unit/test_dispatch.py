@@ -381,11 +381,6 @@ async def test_a_handler_that_overruns_its_timeout_is_retried(deliveries: Delive
     assert state.last_error == "TimeoutError: handler did not finish within 0.05s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Dispatcher._run_one catches every TimeoutError as its own timeout and replaces "
-    "the handler's message with 'handler did not finish within ...' (workers/dispatch.py)",
-)
 async def test_a_timeout_error_raised_by_the_handler_itself_keeps_its_own_message(
     deliveries: Deliveries,
 ) -> None:
@@ -450,8 +445,12 @@ async def test_an_unhandled_event_type_is_dead_lettered_when_so_configured(
     )
 
     letter = await deliveries.dead_letter(event_id, "")
+    stored = await deliveries.store.get(event_id)
+    assert stored is not None
     assert (letter.reason, letter.event_type) == ("unhandled", "refund.created")
-    assert letter.raw == (await deliveries.store.get(event_id)).raw  # type: ignore[union-attr]
+    assert letter.raw == stored.raw
+    assert stored.status == EventStatus.DEAD
+    assert await deliveries.redis.ttl(keys.event_key(event_id)) == -1
     assert not await deliveries.is_pending(event_id)
 
 
@@ -550,12 +549,6 @@ class SlowToAnswerStore(EventStore):
         return begun
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Dispatcher.process awaits EventStore.begin unshielded and refunds only inside "
-    "_run_all, so a shutdown arriving while begin's reply is in flight spends an attempt "
-    "the handler never made (workers/dispatch.py, Dispatcher.process)",
-)
 async def test_a_shutdown_while_begin_is_answering_spends_no_attempt(
     deliveries: Deliveries,
 ) -> None:
