@@ -26,18 +26,25 @@ log = structlog.get_logger("workers.reconciler")
 
 BATCH_SIZE = 500
 
-_REENQUEUE_IF_ORPHANED = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'pending' then
-  redis.call('ZREM', KEYS[4], ARGV[5])
-  return 0
+MAX_EVENTS_PER_PASS = 10_000
+"""The oldest pending events one pass looks at; the rest wait for the next pass."""
+
+_REENQUEUE_ORPHANS = """
+-- KEYS: pending set, queue, then per event: event key, job key
+-- ARGV: job ttl ms, score, then per event: event id, job id, job payload
+local repaired = 0
+for i = 1, (#KEYS - 2) / 2 do
+  local event_key, job_key = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local event_id, job_id, payload = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  if redis.call('HGET', event_key, 'status') ~= 'pending' then
+    redis.call('ZREM', KEYS[1], event_id)
+  elseif redis.call('EXISTS', job_key) == 0 or not redis.call('ZSCORE', KEYS[2], job_id) then
+    redis.call('SET', job_key, payload, 'PX', ARGV[1])
+    redis.call('ZADD', KEYS[2], ARGV[2], job_id)
+    repaired = repaired + 1
+  end
 end
-if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('ZSCORE', KEYS[3], ARGV[1]) then
-  return 0
-end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-return 1
+return repaired
 """
 
 
@@ -49,7 +56,7 @@ class Reconciler:
         self._queue_name = queue_name
         self._interval = interval_seconds
         self._grace_ms = int(grace_seconds * 1000)
-        self._reenqueue = redis.register_script(_REENQUEUE_IF_ORPHANED)
+        self._reenqueue = redis.register_script(_REENQUEUE_ORPHANS)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -75,30 +82,27 @@ class Reconciler:
     async def reconcile_once(self) -> int:
         """One pass; returns how many events were re-enqueued."""
         now_ms = int(time.time() * 1000)
-        repaired = 0
-        offset = 0
-        while True:
-            event_ids = await self._redis.zrangebyscore(
-                keys.PENDING_EVENTS, "-inf", now_ms - self._grace_ms, start=offset, num=BATCH_SIZE
-            )
-            if not event_ids:
-                RECONCILER_REPAIRS.inc(repaired)
-                return repaired
-            offset += len(event_ids)
-            for event_id in (raw.decode() for raw in event_ids):
-                repaired += await self._repair(event_id, now_ms)
-
-    async def _repair(self, event_id: str, now_ms: int) -> int:
-        event_type = await self._redis.hget(keys.event_key(event_id), "type")  # type: ignore[misc]
-        job_id = keys.job_id_for_event(event_id)
-        payload = job_payload(event_id, (event_type or b"").decode(), now_ms)
-        reenqueued = await self._reenqueue(
-            keys=[
-                keys.event_key(event_id),
-                keys.arq_job_key(job_id),
-                self._queue_name,
-                keys.PENDING_EVENTS,
-            ],
-            args=[job_id, payload, JOB_TTL_MS, now_ms, event_id],
+        event_ids = await self._redis.zrangebyscore(
+            keys.PENDING_EVENTS, "-inf", now_ms - self._grace_ms, start=0, num=MAX_EVENTS_PER_PASS
         )
-        return int(reenqueued)
+        repaired = 0
+        for start in range(0, len(event_ids), BATCH_SIZE):
+            batch = [raw.decode() for raw in event_ids[start : start + BATCH_SIZE]]
+            repaired += await self._repair(batch, now_ms)
+        RECONCILER_REPAIRS.inc(repaired)
+        return repaired
+
+    async def _repair(self, event_ids: list[str], now_ms: int) -> int:
+        """Two round trips for a whole batch: read the types, then one atomic script."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_id in event_ids:
+                pipe.hget(keys.event_key(event_id), "type")
+            types = await pipe.execute()
+        script_keys: list[str] = [keys.PENDING_EVENTS, self._queue_name]
+        args: list[str | int | bytes] = [JOB_TTL_MS, now_ms]
+        for event_id, event_type in zip(event_ids, types, strict=True):
+            job_id = keys.job_id_for_event(event_id)
+            script_keys += [keys.event_key(event_id), keys.arq_job_key(job_id)]
+            payload = job_payload(event_id, (event_type or b"").decode(), now_ms)
+            args += [event_id, job_id, payload]
+        return int(await self._reenqueue(keys=script_keys, args=args))

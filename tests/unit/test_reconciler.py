@@ -1,0 +1,98 @@
+"""The reconciler on fakeredis (Lua through lupa): nothing acknowledged stays pending forever."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from fakeredis import FakeAsyncRedis
+
+from workers import keys
+from workers.intake import EventIntake, ReceivedEvent
+from workers.reconciler import Reconciler
+
+QUEUE = "loops:queue"
+AN_HOUR_AGO_MS = int(time.time() * 1000) - 3_600_000
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[FakeAsyncRedis]:
+    client = FakeAsyncRedis()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def reconciler(redis: FakeAsyncRedis, grace_seconds: float = 60) -> Reconciler:
+    return Reconciler(redis, queue_name=QUEUE, interval_seconds=1, grace_seconds=grace_seconds)
+
+
+async def record(redis: FakeAsyncRedis, event_id: str, received_at_ms: int = AN_HOUR_AGO_MS) -> str:
+    raw = orjson.dumps({"id": event_id, "type": "checkout.session.completed"})
+    event = ReceivedEvent(event_id, "checkout.session.completed", raw, {}, received_at_ms)
+    await EventIntake(redis, queue_name=QUEUE).submit(event)
+    return keys.job_id_for_event(event_id)
+
+
+async def lose_job(redis: FakeAsyncRedis, job_id: str) -> None:
+    await redis.delete(keys.arq_job_key(job_id))
+    await redis.zrem(QUEUE, job_id)
+
+
+async def test_a_pending_event_without_a_job_is_enqueued_again(redis: FakeAsyncRedis) -> None:
+    job_id = await record(redis, "evt_orphan")
+    await lose_job(redis, job_id)
+
+    repaired = await reconciler(redis).reconcile_once()
+
+    assert repaired == 1
+    assert await redis.zscore(QUEUE, job_id) is not None
+    payload = orjson.loads(await redis.get(keys.arq_job_key(job_id)))
+    assert payload["a"] == ["evt_orphan", "checkout.session.completed"]
+
+
+async def test_a_job_missing_only_from_the_queue_is_put_back(redis: FakeAsyncRedis) -> None:
+    job_id = await record(redis, "evt_dropped")
+    await redis.zrem(QUEUE, job_id)
+
+    assert await reconciler(redis).reconcile_once() == 1
+    assert await redis.zscore(QUEUE, job_id) is not None
+
+
+async def test_an_event_with_a_live_job_is_left_alone(redis: FakeAsyncRedis) -> None:
+    job_id = await record(redis, "evt_queued")
+    before = await redis.zscore(QUEUE, job_id)
+
+    assert await reconciler(redis).reconcile_once() == 0
+    assert await redis.zscore(QUEUE, job_id) == before
+
+
+async def test_events_younger_than_the_grace_period_are_not_touched(redis: FakeAsyncRedis) -> None:
+    job_id = await record(redis, "evt_fresh", received_at_ms=int(time.time() * 1000))
+    await lose_job(redis, job_id)
+
+    assert await reconciler(redis, grace_seconds=60).reconcile_once() == 0
+    assert await redis.zscore(QUEUE, job_id) is None
+
+
+async def test_a_finished_event_left_in_the_pending_set_is_removed_from_it(
+    redis: FakeAsyncRedis,
+) -> None:
+    job_id = await record(redis, "evt_finished")
+    await lose_job(redis, job_id)
+    await redis.hset(keys.event_key("evt_finished"), "status", "done")
+
+    assert await reconciler(redis).reconcile_once() == 0
+    assert await redis.zscore(keys.PENDING_EVENTS, "evt_finished") is None
+    assert await redis.zscore(QUEUE, job_id) is None
+
+
+async def test_many_orphans_are_repaired_in_one_pass(redis: FakeAsyncRedis) -> None:
+    for number in range(1200):
+        await lose_job(redis, await record(redis, f"evt_{number}"))
+
+    assert await reconciler(redis).reconcile_once() == 1200
+    assert await redis.zcard(QUEUE) == 1200
