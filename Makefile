@@ -4,13 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: dev serve worker test unit integration lint typecheck check bench clean
+.PHONY: install dev serve worker test unit integration lint typecheck check bench clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(INSTALLED)
+
+install: $(INSTALLED)  ## the virtual environment with the project and its test tools
 
 dev: $(INSTALLED)  ## receiver + worker on the embedded Redis, with the example handlers
 	$(BIN)/loops-webhooks dev

@@ -56,6 +56,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from ingest.app import create_app
 
+    settings.require_webhook_secrets()
     app = create_app(settings, redis_url_for(settings))
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
     return EXIT_OK

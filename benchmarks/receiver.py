@@ -1,0 +1,352 @@
+"""Load test: the receiver against a bare aiohttp handler, in one run, on this machine's loopback.
+
+Each server gets core 0 (the receiver shares it with its Redis); ``wrk`` gets core 1 and sends
+the same load to both: unique, signed, ~600-byte Loops events over 64 connections for N
+seconds. Prints req/s, p50, p99 and errors for both and their ratio, and writes the figures
+as JSON to ``benchmarks/results/``. See ``benchmarks/README.md``.
+
+    python benchmarks/receiver.py [--seconds 10] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SERVER_CORE = 0
+LOAD_CORE = 1
+SECRET = "whsec_benchmark_only"
+WEBHOOK_PATH = "/webhooks/loops"
+EVENTS_PER_SECOND_OF_LOAD = 20_000
+"""Events generated per second of load; more than either server answers, so none repeats."""
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+STARTUP_TIMEOUT_SECONDS = 20.0
+
+WRK_SCRIPT = r"""
+-- Sends pre-generated events, each once, in order: "<signature>\t<body>" per line of args[1].
+local prepared = {}
+local position = 0
+
+function init(args)
+  for line in io.lines(args[1]) do
+    local tab = line:find("\t", 1, true)
+    prepared[#prepared + 1] = wrk.format("POST", nil, {
+      ["Content-Type"] = "application/json",
+      ["loops-signature"] = line:sub(1, tab - 1),
+    }, line:sub(tab + 1))
+  end
+end
+
+function request()
+  position = position % #prepared + 1
+  return prepared[position]
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
+    '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def bare_server(port: int) -> None:
+    """The baseline: read the body, answer 200 ``{"received": true}``, nothing else."""
+    from aiohttp import web
+
+    async def receive(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"received": True})
+
+    app = web.Application()
+    app.router.add_post(WEBHOOK_PATH, receive)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def write_events(path: Path, count: int) -> None:
+    """``count`` unique ~600-byte events shaped like the seed's, each with its signature."""
+    with path.open("wb") as out:
+        for n in range(count):
+            body = orjson.dumps(
+                {
+                    "id": f"evt_bench_{n:09d}",
+                    "type": "checkout.session.completed",
+                    "created": "2025-01-15T10:35:00Z",
+                    "data": {
+                        "id": f"cs_bench_{n:09d}",
+                        "url": f"https://checkout.loops.fi/cs_bench_{n:09d}",
+                        "status": "completed",
+                        "paymentLinkId": "pl_1234567890",
+                        "externalCustomerId": f"customer_{n % 5000}",
+                        "metadata": {
+                            "orderId": f"order_{n:09d}",
+                            "source": "website",
+                            "campaign": "spring-sale-2025",
+                            "note": "x" * 154,
+                        },
+                        "createdAt": "2025-01-15T10:30:00Z",
+                        "completedAt": "2025-01-15T10:35:00Z",
+                    },
+                }
+            )
+            signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+            out.write(signature.encode() + b"\t" + body + b"\n")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"{process.args!r} exited with {process.returncode} at startup")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"nothing listened on port {port} in {STARTUP_TIMEOUT_SECONDS}s")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def pinned_process(
+    command: Sequence[str], core: int, log: Path, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` on one CPU core only (every thread it starts inherits the mask).
+
+    No LOOPS_* or REDIS_URL of the caller's environment reaches it: only ``env``.
+    """
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("LOOPS_") and name != "REDIS_URL"
+    }
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            env={**inherited, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
+    """User + system CPU time the process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
+def run_wrk(
+    wrk: str, url: str, events: Path, workdir: Path, seconds: int, connections: int
+) -> dict[str, Any]:
+    script = workdir / "events.lua"
+    script.write_text(WRK_SCRIPT)
+    command = [
+        wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+        "-s", str(script), url, "--", str(events),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {LOAD_CORE}),
+    )
+    [line] = [line for line in completed.stdout.splitlines() if line.startswith("WRK_JSON ")]
+    raw = json.loads(line.removeprefix("WRK_JSON "))
+    return {
+        "requests": raw["requests"],
+        "req_per_s": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "errors": sum(raw["errors"].values()),
+        "error_kinds": raw["errors"],
+    }
+
+
+def measure_bare(wrk: str, events: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    command = [sys.executable, __file__, "bare-server", "--port", str(port)]
+    with pinned_process(command, SERVER_CORE, workdir / "bare.log") as server:
+        wait_for_port(port, server)
+        url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+        before = cpu_seconds(server)
+        figures = run_wrk(wrk, url, events, workdir, args.seconds, args.connections)
+        figures["cpu_seconds"] = {"server": round(cpu_seconds(server) - before, 2)}
+    return figures
+
+
+def measure_receiver(
+    wrk: str, events: Path, workdir: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    from loops_webhooks.embedded_redis import find_redis_server
+
+    redis_port, port = free_port(), free_port()
+    redis_dir = workdir / "redis"
+    redis_dir.mkdir()
+    redis_command = [
+        str(find_redis_server()),
+        "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(redis_dir),
+        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+    ]  # fmt: skip
+    receiver_command = [
+        str(Path(sys.executable).parent / "loops-webhooks"),
+        "serve", "--port", str(port),
+    ]  # fmt: skip
+    receiver_env = {
+        "LOOPS_WEBHOOK_SECRET": SECRET,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+    }
+    with (
+        pinned_process(redis_command, SERVER_CORE, workdir / "redis.log") as redis_server,
+        pinned_process(
+            receiver_command, SERVER_CORE, workdir / "receiver.log", receiver_env
+        ) as receiver,
+    ):
+        wait_for_port(redis_port, redis_server)
+        wait_for_port(port, receiver)
+        url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+        before = cpu_seconds(receiver), cpu_seconds(redis_server)
+        figures = run_wrk(wrk, url, events, workdir, args.seconds, args.connections)
+        figures["cpu_seconds"] = {
+            "receiver": round(cpu_seconds(receiver) - before[0], 2),
+            "redis": round(cpu_seconds(redis_server) - before[1], 2),
+        }
+        figures["events_stored"] = stored_events(redis_port)
+    return figures
+
+
+def stored_events(redis_port: int) -> int:
+    """Events recorded and not yet processed (no worker runs): one per accepted request."""
+    import redis
+
+    from workers import keys
+
+    with redis.Redis(port=redis_port) as client:
+        return int(client.zcard(keys.PENDING_EVENTS))
+
+
+def print_table(results: dict[str, Any]) -> None:
+    rows = [("target", "req/s", "p50 ms", "p99 ms", "errors", "requests")]
+    for name in ("bare_aiohttp", "receiver"):
+        r = results[name]
+        rows.append(
+            (
+                name,
+                f"{r['req_per_s']:.0f}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                str(r["errors"]),
+                str(r["requests"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
+    print(f"receiver / bare = {results['ratio']:.2f}x")
+    print(
+        f"events stored by the receiver: {results['receiver']['events_stored']} "
+        "(requests still in flight when wrk stopped are stored too)"
+    )
+    for name in ("bare_aiohttp", "receiver"):
+        used = ", ".join(f"{k} {v:.1f}" for k, v in results[name]["cpu_seconds"].items())
+        print(f"CPU seconds under load on core {SERVER_CORE}, {name}: {used}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="load per target (%(default)s)")
+    parser.add_argument("--connections", type=int, default=64, help="(%(default)s)")
+    commands = parser.add_subparsers(dest="command")
+    bare = commands.add_parser("bare-server", help="run the baseline server (used internally)")
+    bare.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "bare-server":
+        bare_server(args.port)
+        return 0
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+    if len(os.sched_getaffinity(0)) < 2:
+        print("needs two CPU cores: one for the servers, one for the load", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="loops-bench-") as tmp:
+        workdir = Path(tmp)
+        events = workdir / "events.tsv"
+        event_count = EVENTS_PER_SECOND_OF_LOAD * args.seconds
+        write_events(events, event_count)
+        results: dict[str, Any] = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": {
+                "cpu": platform.processor() or platform.machine(),
+                "cores": os.cpu_count(),
+                "python": platform.python_version(),
+                "load_average_before": os.getloadavg(),
+            },
+            "load": {
+                "generator": "wrk -t1, pre-generated signed events",
+                "connections": args.connections,
+                "seconds": args.seconds,
+                "events_generated": event_count,
+                "event_bytes": events.stat().st_size // event_count - 66,
+            },
+            "bare_aiohttp": measure_bare(wrk, events, workdir, args),
+            "receiver": measure_receiver(wrk, events, workdir, args),
+        }
+    results["ratio"] = round(
+        results["receiver"]["req_per_s"] / results["bare_aiohttp"]["req_per_s"], 3
+    )
+    for name in ("bare_aiohttp", "receiver"):
+        if results[name]["requests"] > event_count:
+            print(f"warning: {name} got more requests than unique events", file=sys.stderr)
+
+    print_table(results)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / f"receiver-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""EventIntake against a real Redis: what fakeredis cannot show in ``tests/unit/test_intake.py``.
+
+Script calls are counted by the Redis server itself (``INFO commandstats``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from workers import keys
+from workers.intake import MAX_EVENTS_PER_CALL, EventIntake, ReceivedEvent
+
+QUEUE = "loops:queue"
+RECEIVED_AT_MS = 1_736_937_300_000
+
+
+@pytest.fixture
+async def intake(redis_url: str, redis: Redis) -> AsyncIterator[EventIntake]:
+    """An intake whose scripts the server has cached, with its statistics reset."""
+    client = Redis.from_url(redis_url)
+    try:
+        intake = EventIntake(client, queue_name=QUEUE)
+        await intake.submit(received("evt_warm_up"))
+        await redis.config_resetstat()
+        yield intake
+    finally:
+        await client.aclose()
+
+
+def received(event_id: str) -> ReceivedEvent:
+    raw = orjson.dumps({"id": event_id, "type": "checkout.session.completed"})
+    return ReceivedEvent(event_id, "checkout.session.completed", raw, {}, RECEIVED_AT_MS)
+
+
+async def script_calls(redis: Redis) -> int:
+    """How many EVALSHA/EVAL commands the server ran since the last ``CONFIG RESETSTAT``."""
+    stats = await redis.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+
+
+async def test_submits_in_one_event_loop_tick_reach_the_server_as_one_script_call(intake, redis):
+    created = await asyncio.gather(*(intake.submit(received(f"evt_{n}")) for n in range(50)))
+
+    assert created == [True] * 50
+    assert await script_calls(redis) == 1
+    assert await redis.zcard(keys.PENDING_EVENTS) == 51
+
+
+async def test_a_batch_larger_than_one_script_call_takes_is_split(intake, redis):
+    count = MAX_EVENTS_PER_CALL + 10
+
+    created = await asyncio.gather(*(intake.submit(received(f"evt_{n}")) for n in range(count)))
+
+    assert created == [True] * count
+    assert await script_calls(redis) == 2
+
+
+async def test_every_waiting_submit_raises_when_redis_is_unreachable(free_port):
+    client = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    unreachable = EventIntake(client, queue_name=QUEUE)
+    try:
+        outcomes = await asyncio.gather(
+            *(unreachable.submit(received(f"evt_{n}")) for n in range(3)), return_exceptions=True
+        )
+    finally:
+        await client.aclose()
+
+    assert all(isinstance(outcome, RedisConnectionError) for outcome in outcomes)
