@@ -18,7 +18,7 @@ from workers.intake import EventIntake
 
 __all__ = ["create_app"]
 
-log = structlog.get_logger("ingest")
+log = structlog.get_logger(logger_name="ingest")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -27,7 +27,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     """Build the receiver. Raises ConfigurationError when no signing secret is configured."""
     verifier = SignatureVerifier(settings.require_webhook_secrets())
     app = web.Application(
-        middlewares=[_canonical_log_line, _json_errors],
+        middlewares=[_answer_and_log],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -56,39 +56,23 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
 
 
 @web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as ``{"error", "detail"}`` JSON with its one status code."""
+async def _answer_and_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as ``{"error", "detail"}`` JSON with its one status code; every
+    request leaves one log line with its outcome and duration; webhook requests are counted."""
+    started = time.perf_counter()
+    structlog.contextvars.clear_contextvars()
     try:
-        return await handler(request)
+        response = await handler(request)
     except web.HTTPException as http_error:
         if http_error.status < 400:
             raise
-        code = http_error.reason.lower().replace(" ", "_")
-        response = error_response(http_error.status, code, http_error.reason)
-        if http_error.status == 405:
-            response.headers["Allow"] = http_error.headers.get("Allow", "POST")
-            request[OUTCOME] = "method_not_allowed"
-        return response
+        response = _http_error_response(request, http_error)
     except Exception as error:
-        known = response_for(error)
-        if known is not None:
-            response, request[OUTCOME] = known
-            return response
-        log.exception("unexpected error")
-        request[OUTCOME] = "error"
-        return error_response(500, "internal_error", "unexpected error; see the receiver's log")
-
-
-@web.middleware
-async def _canonical_log_line(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One log line per request, with its outcome and duration; webhook requests counted."""
-    started = time.perf_counter()
-    structlog.contextvars.clear_contextvars()
-    response = await handler(request)
+        response = _error_response(request, error)
     duration = time.perf_counter() - started
     outcome = request.get(OUTCOME)
     if outcome is not None:
-        metrics.REQUESTS.labels(outcome=outcome).inc()
+        metrics.REQUESTS_BY_OUTCOME[outcome].inc()
         metrics.REQUEST_DURATION.observe(duration)
     log.info(
         "request",
@@ -99,3 +83,22 @@ async def _canonical_log_line(request: web.Request, handler: Handler) -> web.Str
         duration_ms=round(duration * 1000, 2),
     )
     return response
+
+
+def _http_error_response(request: web.Request, http_error: web.HTTPException) -> web.Response:
+    code = http_error.reason.lower().replace(" ", "_")
+    response = error_response(http_error.status, code, http_error.reason)
+    if http_error.status == 405:
+        response.headers["Allow"] = http_error.headers.get("Allow", "POST")
+        request[OUTCOME] = "method_not_allowed"
+    return response
+
+
+def _error_response(request: web.Request, error: Exception) -> web.Response:
+    known = response_for(error)
+    if known is not None:
+        response, request[OUTCOME] = known
+        return response
+    log.exception("unexpected error")
+    request[OUTCOME] = "error"
+    return error_response(500, "internal_error", "unexpected error; see the receiver's log")

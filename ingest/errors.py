@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
 from ingest.signature import InvalidSignature
@@ -11,6 +12,7 @@ __all__ = [
     "PayloadTooLarge",
     "ReceiverUnavailable",
     "error_response",
+    "json_response",
     "response_for",
 ]
 
@@ -37,10 +39,19 @@ _STATUS_CODE_OUTCOME: dict[type[Exception], tuple[int, str, str]] = {
 }
 
 
+def json_response(
+    data: object, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response, serialised with orjson (several times faster than the json module)."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
 def error_response(status: int, code: str, detail: str) -> web.Response:
     """The one shape of every error body: ``{"error": code, "detail": detail}``."""
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
-    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+    return json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
 
 def response_for(error: Exception) -> tuple[web.Response, str] | None:

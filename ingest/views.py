@@ -14,14 +14,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from ingest.app_keys import INTAKE, OUTCOME, REDIS, SETTINGS, VERIFIER
-from ingest.errors import InvalidPayload, PayloadTooLarge, ReceiverUnavailable
+from ingest.errors import InvalidPayload, PayloadTooLarge, ReceiverUnavailable, json_response
 from ingest.metrics import REDIS_WRITE_DURATION
 from ingest.signature import SIGNATURE_HEADER
 from workers.intake import ReceivedEvent
 
 __all__ = ["healthz", "metrics", "readyz", "receive_webhook"]
 
-log = structlog.get_logger("ingest")
+log = structlog.get_logger(logger_name="ingest")
 
 MAX_EVENT_ID_LENGTH = 255
 _REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
@@ -46,7 +46,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         created = await _within_deadline(request, request.app[INTAKE].submit(event))
     structlog.contextvars.bind_contextvars(event_id=event_id, event_type=event_type)
     request[OUTCOME] = "accepted" if created else "duplicate"
-    return web.json_response({"received": True, "id": event_id, "duplicate": not created})
+    return json_response({"received": True, "id": event_id, "duplicate": not created})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -56,7 +56,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """The process is up; no I/O, so a slow Redis never restarts healthy receivers."""
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -64,8 +64,8 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await _within_deadline(request, request.app[REDIS].ping())
     except ReceiverUnavailable as problem:
-        return web.json_response({"status": "unavailable", "detail": str(problem)}, status=503)
-    return web.json_response({"status": "ready"})
+        return json_response({"status": "unavailable", "detail": str(problem)}, status=503)
+    return json_response({"status": "ready"})
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -108,7 +108,8 @@ def _headers_worth_keeping(request: web.Request) -> dict[str, str]:
 async def _within_deadline(request: web.Request, write: Awaitable[T]) -> T:
     """Await a Redis write within ``LOOPS_REDIS_TIMEOUT_SECONDS``, or say the store is down."""
     try:
-        return await asyncio.wait_for(write, request.app[SETTINGS].redis_timeout_seconds)
+        async with asyncio.timeout(request.app[SETTINGS].redis_timeout_seconds):
+            return await write
     except _REDIS_FAILURES as error:
         log.warning("event store unavailable", error=type(error).__name__, detail=str(error))
         raise ReceiverUnavailable(

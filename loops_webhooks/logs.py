@@ -1,15 +1,19 @@
 """Logging for every command: structlog, JSON lines off a terminal, a readable console on one.
 
-The standard library's loggers (aiohttp, arq) go through the same renderer, so an operator
-reads one format. Context is bound per request and per job with structlog's contextvars.
+Our own log lines go straight from structlog to stderr (no standard-library detour: one
+canonical line per request is on the receiver's hot path); the standard library's loggers
+(aiohttp, arq) are rendered by the same processors, so an operator reads one format.
+Context is bound per request and per job with structlog's contextvars; every logger carries
+its name as ``logger`` (``structlog.get_logger(logger_name="ingest")``).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal
 
+import orjson
 import structlog
 
 __all__ = ["configure_logging"]
@@ -17,38 +21,53 @@ __all__ = ["configure_logging"]
 LogFormat = Literal["auto", "json", "console"]
 
 
+def _name_the_logger(
+    logger: Any, method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """``logger_name`` bound at ``get_logger`` becomes ``logger``, as for stdlib records."""
+    name = event_dict.pop("logger_name", None)
+    if name is not None:
+        event_dict["logger"] = name
+    return event_dict
+
+
+def _orjson_text(value: Any, **_: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
 def configure_logging(log_format: LogFormat = "auto", level: str = "info") -> None:
     """Configure structlog and the standard library once, at the edge (the CLI)."""
     render_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if render_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
+    level_number = logging.getLevelNamesMapping()[level.upper()]
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if render_json:
         shared.append(structlog.processors.format_exc_info)
+        ours: structlog.typing.Processor = structlog.processors.JSONRenderer(orjson.dumps)
+        logger_factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        foreign: structlog.typing.Processor = structlog.processors.JSONRenderer(_orjson_text)
+    else:
+        ours = foreign = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        logger_factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, _name_the_logger, ours],
+        logger_factory=logger_factory,
+        wrapper_class=structlog.make_filtering_bound_logger(level_number),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, foreign],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(level_number)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    if root.level > logging.DEBUG:
+    if level_number > logging.DEBUG:
         logging.getLogger("arq.worker").setLevel(logging.WARNING)

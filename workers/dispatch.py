@@ -44,7 +44,7 @@ __all__ = ["DISPATCHER", "Dispatcher", "process_event", "slowest_handler_timeout
 DISPATCHER = "loops_dispatcher"
 """The key of the Dispatcher in arq's worker context."""
 
-log = structlog.get_logger("workers")
+log = structlog.get_logger(logger_name="workers")
 
 T = TypeVar("T")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
 __all__ = [
+    "ARQ_IN_PROGRESS_PREFIX",
     "DEAD_LETTER_INDEX",
     "OUTCOME_COUNTS_TTL_SECONDS",
     "PENDING_EVENTS",
-    "arq_in_progress_key",
     "arq_job_key",
     "dead_letter_key",
     "event_key",
@@ -57,5 +57,5 @@ def arq_job_key(job_id: str) -> str:
     return job_key_prefix + job_id
 
 
-def arq_in_progress_key(job_id: str) -> str:
-    return in_progress_key_prefix + job_id
+ARQ_IN_PROGRESS_PREFIX = in_progress_key_prefix
+"""arq marks a job taken by a worker with this prefix and the job id."""

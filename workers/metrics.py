@@ -29,7 +29,7 @@ __all__ = [
     "MetricsServer",
 ]
 
-log = structlog.get_logger("workers.metrics")
+log = structlog.get_logger(logger_name="workers.metrics")
 
 GAUGE_REFRESH_SECONDS = 5.0
 

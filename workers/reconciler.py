@@ -22,7 +22,7 @@ from workers.metrics import RECONCILER_REPAIRS
 
 __all__ = ["Reconciler"]
 
-log = structlog.get_logger("workers.reconciler")
+log = structlog.get_logger(logger_name="workers.reconciler")
 
 BATCH_SIZE = 500
 

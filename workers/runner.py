@@ -12,10 +12,12 @@ from typing import Any
 import orjson
 import structlog
 from arq.connections import RedisSettings
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
 from handlers import Router
 from loops_webhooks.settings import Settings
+from workers import keys
 from workers.dispatch import DISPATCHER, Dispatcher, process_event, slowest_handler_timeout
 from workers.event_store import EventStore
 from workers.intake import PROCESS_EVENT_JOB
@@ -23,7 +25,7 @@ from workers.metrics import MetricsServer
 from workers.reconciler import Reconciler
 from workers.retry_policy import RetryPolicy
 
-__all__ = ["build_worker"]
+__all__ = ["EventWorker", "build_worker"]
 
 JOB_MARGIN_SECONDS = 5.0
 """Time a job may take beyond its slowest handler's timeout, for its own bookkeeping."""
@@ -37,7 +39,58 @@ NEVER_BY_ARQ = 2**31 - 1
 RECONCILER = "loops_reconciler"
 METRICS_SERVER = "loops_metrics_server"
 
-log = structlog.get_logger("workers")
+log = structlog.get_logger(logger_name="workers")
+
+
+_CLAIM_DUE_JOBS = """
+-- KEYS: queue; ARGV: now ms, in-progress ttl ms, how many, in-progress key prefix, job ids...
+local claimed = {}
+for i = 5, #ARGV do
+  if #claimed >= 2 * tonumber(ARGV[3]) then break end
+  local in_progress = ARGV[4] .. ARGV[i]
+  if redis.call('EXISTS', in_progress) == 0 then
+    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if score and tonumber(score) <= tonumber(ARGV[1]) then
+      redis.call('PSETEX', in_progress, ARGV[2], '1')
+      claimed[#claimed + 1] = ARGV[i]
+      claimed[#claimed + 1] = score
+    end
+  end
+end
+return claimed
+"""
+
+
+class EventWorker(Worker):
+    """arq's Worker, claiming all the due jobs it has room for in one script call per poll.
+
+    arq claims each job with WATCH, EXISTS, ZSCORE and MULTI/EXEC: four round trips per job,
+    the largest cost of a short job. The script makes the same checks and sets the same
+    in-progress marker atomically, once per poll; everything else is arq's own code.
+    """
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        room = self.max_jobs - self.job_counter
+        if room <= 0 or not job_ids:
+            return
+        if not hasattr(self, "_claim_due_jobs"):
+            self._claim_due_jobs = self.pool.register_script(_CLAIM_DUE_JOBS)
+        claimed = await self._claim_due_jobs(
+            keys=[self.queue_name],
+            args=[
+                timestamp_ms(),
+                int(self.in_progress_timeout_s * 1000),
+                room,
+                keys.ARQ_IN_PROGRESS_PREFIX,
+                *job_ids,
+            ],
+        )
+        for job_id, score in zip(claimed[0::2], claimed[1::2], strict=True):
+            await self.sem.acquire()
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id.decode(), int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id.decode()] = task
 
 
 def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
@@ -88,7 +141,7 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
         if metrics_server is not None:
             await metrics_server.stop()
 
-    worker = Worker(
+    worker = EventWorker(
         functions=[
             func(
                 process_event,
