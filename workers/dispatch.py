@@ -39,10 +39,20 @@ from workers.event_store import (
 )
 from workers.retry_policy import RetryPolicy
 
-__all__ = ["DISPATCHER", "Dispatcher", "process_event", "slowest_handler_timeout"]
+__all__ = [
+    "DISPATCHER",
+    "SETTLED_JOBS",
+    "Dispatcher",
+    "process_event",
+    "slowest_handler_timeout",
+]
 
 DISPATCHER = "loops_dispatcher"
 """The key of the Dispatcher in arq's worker context."""
+
+SETTLED_JOBS = "loops_settled_jobs"
+"""The key, in arq's worker context, of the set of job ids whose job our own final write
+already rescheduled or removed (see ``EventWorker.finish_job``)."""
 
 log = structlog.get_logger(logger_name="workers")
 
@@ -80,18 +90,24 @@ class Dispatcher:
         self._dead_letter_unhandled = dead_letter_unhandled
         self._unhandled_types_logged: set[str] = set()
 
-    async def process(self, event_id: str, event_type: str) -> None:
+    async def process(self, event_id: str, event_type: str, *, job_id: str = "") -> bool:
+        """Run what is due for one event and record it.
+
+        With ``job_id`` (the arq job running this), the final write also reschedules or
+        removes that job, and True says so: arq must not finish the job itself. Without it, a
+        later retry is asked for by raising ``arq.Retry``.
+        """
         handlers = self._router.handlers_for(event_type)
         begun = await self._begin(event_id, handlers)
         if begun is None:
             log.warning("event not in the store; nothing to do", event_id=event_id)
-            return
+            return False
         event = begun.event
         if event.status is not EventStatus.PENDING:
-            return
+            return False
         if not handlers:
-            await self._finish_unhandled(event)
-            return
+            await self._finish_unhandled(event, job_id)
+            return bool(job_id)
         outcomes: list[Outcome] = []
         to_run: list[tuple[Handler, HandlerState]] = []
         for handler in handlers:
@@ -108,9 +124,13 @@ class Dispatcher:
             refunds = [(h, state) for h, state in to_run if h.name not in finished]
             await _despite_cancellation(self._record(event, handlers, outcomes, refunds))
             raise
-        next_due = await _despite_cancellation(self._record(event, handlers, outcomes))
+        record = self._record(event, handlers, outcomes, settle_job=job_id)
+        next_due = await _despite_cancellation(record)
+        if job_id:
+            return True
         if next_due is not None:
             raise Retry(defer=max(0, next_due - _now_ms()) / 1000)
+        return False
 
     async def _begin(self, event_id: str, handlers: list[Handler]) -> Begun | None:
         """Count the attempts of the due handlers; if the job is cancelled while Redis answers,
@@ -242,6 +262,8 @@ class Dispatcher:
         handlers: list[Handler],
         outcomes: list[Outcome],
         refunds: list[tuple[Handler, HandlerState]] | None = None,
+        *,
+        settle_job: str = "",
     ) -> int | None:
         """Write outcomes in one step; ``refunds`` are attempts cancelled by a shutdown, which
         do not count, so those handlers are due again at once."""
@@ -260,7 +282,9 @@ class Dispatcher:
             log.info("handler cancelled by shutdown; it will run again", handler=handler.name)
         names = [handler.name for handler in handlers]
         counts = Counter(_counted_outcome(outcome) for outcome in outcomes)
-        return await self._store.finish(event, states, names, letters, now_ms=now, counts=counts)
+        return await self._store.finish(
+            event, states, names, letters, now_ms=now, counts=counts, settle_job=settle_job
+        )
 
     def _next_state(self, outcome: Outcome, now: int) -> HandlerState:
         state = replace(outcome.state, duration_ms=round(outcome.duration_ms, 3))
@@ -273,7 +297,7 @@ class Dispatcher:
             return replace(state, status=HandlerStatus.RETRY, next_attempt_at=due)
         return replace(state, status=HandlerStatus.DONE, next_attempt_at=None)
 
-    async def _finish_unhandled(self, event: StoredEvent) -> None:
+    async def _finish_unhandled(self, event: StoredEvent, job_id: str) -> None:
         metrics.UNHANDLED_EVENTS.inc()
         if self._dead_letter_unhandled:
             metrics.DEAD_LETTERS.labels(reason=DeadLetterReason.UNHANDLED).inc()
@@ -300,6 +324,7 @@ class Dispatcher:
             now_ms=now,
             outcome=DeadLetterReason.UNHANDLED,
             counts={"unhandled": 1},
+            settle_job=job_id,
         )
 
     def _timeout_of(self, handler: Handler) -> float:
@@ -331,8 +356,10 @@ class _PartiallyRun(asyncio.CancelledError):
 async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> None:
     """The arq job: everything that happens to one stored event on one delivery."""
     dispatcher: Dispatcher = ctx[DISPATCHER]
+    job_id: str = ctx["job_id"]
     with structlog.contextvars.bound_contextvars(event_id=event_id, event_type=event_type):
-        await dispatcher.process(event_id, event_type)
+        if await dispatcher.process(event_id, event_type, job_id=job_id):
+            ctx[SETTLED_JOBS].add(job_id)
 
 
 async def _despite_cancellation(write: Awaitable[T]) -> T:

@@ -128,7 +128,24 @@ return out
 """
 
 _FINISH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+-- KEYS: event, pending set, dead-letter index, outcome counts, queue, then the job's key,
+--   in-progress marker and retry counter (arq's), then one key per dead letter
+-- ARGV: now, expire at, event id, states, handler names, letters, outcome, counts,
+--   counts ttl, job id ('' to leave the job to arq)
+local function settle_job(next_due)
+  if ARGV[10] == '' then return end
+  if next_due then
+    redis.call('ZADD', KEYS[5], next_due, ARGV[10])
+  else
+    redis.call('DEL', KEYS[6], KEYS[8])
+    redis.call('ZREM', KEYS[5], ARGV[10])
+  end
+  redis.call('DEL', KEYS[7])
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  settle_job(nil)
+  return -1
+end
 local now = ARGV[1]
 for outcome, count in pairs(cjson.decode(ARGV[8])) do
   redis.call('HINCRBY', KEYS[4], outcome, count)
@@ -147,8 +164,8 @@ if #letters > 0 then
       flat[#flat + 1] = name
       flat[#flat + 1] = value
     end
-    redis.call('DEL', KEYS[4 + i])
-    redis.call('HSET', KEYS[4 + i], 'raw', event[1], 'headers', event[2],
+    redis.call('DEL', KEYS[8 + i])
+    redis.call('HSET', KEYS[8 + i], 'raw', event[1], 'headers', event[2],
                'received_at', event[3], 'event_type', event[4], unpack(flat))
     redis.call('ZADD', KEYS[3], now, letter.id)
   end
@@ -171,7 +188,11 @@ for _, name in ipairs(cjson.decode(ARGV[5])) do
   end
   if due and (next_due == nil or due < next_due) then next_due = due end
 end
-if next_due then return next_due end
+if next_due then
+  settle_job(next_due)
+  return next_due
+end
+settle_job(nil)
 local status = 'done'
 if any_dead or #letters > 0 then status = 'dead' end
 redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now)
@@ -194,8 +215,9 @@ class Begun:
 
 
 class EventStore:
-    def __init__(self, redis: Redis, *, dedupe_ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, *, dedupe_ttl_seconds: int, queue_name: str = "") -> None:
         self._redis = redis
+        self._queue_name = queue_name
         self._dedupe_ttl_ms = dedupe_ttl_seconds * 1000
         self._begin = redis.register_script(_BEGIN)
         self._finish = redis.register_script(_FINISH)
@@ -240,10 +262,14 @@ class EventStore:
         now_ms: int,
         outcome: str = "",
         counts: Mapping[str, int] | None = None,
+        settle_job: str = "",
     ) -> int | None:
         """Record handler outcomes and dead letters; close the event if every handler is final.
 
-        ``counts`` (outcome name to number) feed the per-minute figures of ``stats``.
+        ``counts`` (outcome name to number) feed the per-minute figures of ``stats``. With
+        ``settle_job`` (the running arq job's id), the same script also does what arq would
+        do next, saving it a round trip: reschedule the job at the next due time, or remove
+        it when the event is finished; the worker then skips arq's own ``finish_job``.
         Returns when the next handler is due (ms since the epoch), or None if the event is
         finished (or gone).
         """
@@ -254,6 +280,10 @@ class EventStore:
             keys.PENDING_EVENTS,
             keys.DEAD_LETTER_INDEX,
             keys.outcome_counts_key(now_ms),
+            self._queue_name,
+            keys.arq_job_key(settle_job),
+            keys.arq_in_progress_key(settle_job),
+            keys.arq_retry_key(settle_job),
             *(keys.dead_letter_key(letter.id) for letter in dead_letters),
         ]
         reply = await self._finish(
@@ -268,6 +298,7 @@ class EventStore:
                 outcome,
                 orjson.dumps(counts or {}) if counts else b"{}",
                 keys.OUTCOME_COUNTS_TTL_SECONDS,
+                settle_job,
             ],
         )
         next_due = int(reply)

@@ -6,14 +6,16 @@ receiver can enqueue a job in the same atomic step that records the event.
 
 from __future__ import annotations
 
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 __all__ = [
     "ARQ_IN_PROGRESS_PREFIX",
     "DEAD_LETTER_INDEX",
     "OUTCOME_COUNTS_TTL_SECONDS",
     "PENDING_EVENTS",
+    "arq_in_progress_key",
     "arq_job_key",
+    "arq_retry_key",
     "dead_letter_key",
     "event_key",
     "job_id_for_event",
@@ -59,3 +61,12 @@ def arq_job_key(job_id: str) -> str:
 
 ARQ_IN_PROGRESS_PREFIX = in_progress_key_prefix
 """arq marks a job taken by a worker with this prefix and the job id."""
+
+
+def arq_in_progress_key(job_id: str) -> str:
+    return in_progress_key_prefix + job_id
+
+
+def arq_retry_key(job_id: str) -> str:
+    """arq's count of a job's runs; ours are per handler, in the event record."""
+    return retry_key_prefix + job_id

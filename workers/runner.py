@@ -18,7 +18,13 @@ from arq.worker import Worker, func
 from handlers import Router
 from loops_webhooks.settings import Settings
 from workers import keys
-from workers.dispatch import DISPATCHER, Dispatcher, process_event, slowest_handler_timeout
+from workers.dispatch import (
+    DISPATCHER,
+    SETTLED_JOBS,
+    Dispatcher,
+    process_event,
+    slowest_handler_timeout,
+)
 from workers.event_store import EventStore
 from workers.intake import PROCESS_EVENT_JOB
 from workers.metrics import MetricsServer
@@ -92,6 +98,31 @@ class EventWorker(Worker):
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id.decode()] = task
 
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """Skip arq's own bookkeeping for a job whose final event-store write already did it."""
+        settled: set[str] = self.ctx[SETTLED_JOBS]
+        if job_id in settled:
+            settled.discard(job_id)
+            return
+        await super().finish_job(
+            job_id,
+            finish,
+            result_data,
+            result_timeout_s,
+            keep_result_forever,
+            incr_score,
+            keep_in_progress,
+        )
+
 
 def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
     """An arq Worker for ``router``'s handlers; ``worker.run()`` runs it until a signal."""
@@ -107,7 +138,11 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
         redis = ctx["redis"]
         ctx[DISPATCHER] = Dispatcher(
             router,
-            EventStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds),
+            EventStore(
+                redis,
+                dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
+                queue_name=settings.queue_name,
+            ),
             retry_policy=retry_policy,
             handler_timeout_seconds=settings.handler_timeout_seconds,
             dead_letter_unhandled=settings.unhandled == "dead-letter",
@@ -165,6 +200,7 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
         job_serializer=orjson.dumps,
         job_deserializer=orjson.loads,
         log_results=False,
+        ctx={SETTLED_JOBS: set()},
     )
     # arq lets a job that lost its worker be taken over 10 s after its timeout; a job's
     # timeout already bounds it, so a shorter margin redelivers sooner without overlap.

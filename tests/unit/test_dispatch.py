@@ -613,3 +613,57 @@ async def test_a_redelivered_job_of_an_event_that_already_finished_runs_nothing(
     await dispatcher.process(event_id, COMPLETED)
 
     assert calls.attempts == [1]
+
+
+def settling_store(deliveries: Deliveries) -> None:
+    """The worker's store: its final write also settles the running arq job."""
+    deliveries.store = EventStore(deliveries.redis, dedupe_ttl_seconds=3600, queue_name=QUEUE)
+
+
+async def claim_job(deliveries: Deliveries, event_id: str) -> str:
+    """Mark the event's job as taken by a worker, as arq does before running it."""
+    job_id = keys.job_id_for_event(event_id)
+    await deliveries.redis.set(keys.arq_in_progress_key(job_id), b"1")
+    await deliveries.redis.set(keys.arq_retry_key(job_id), b"1")
+    return job_id
+
+
+async def test_a_finished_event_removes_its_job_in_the_same_write_when_settling(
+    deliveries: Deliveries,
+) -> None:
+    settling_store(deliveries)
+    router = Router()
+    router.on(COMPLETED, name="fulfil")(Calls().recording())
+    event_id = await deliveries.record()
+    job_id = await claim_job(deliveries, event_id)
+
+    settled = await deliveries.dispatcher(router).process(event_id, COMPLETED, job_id=job_id)
+
+    assert settled
+    assert await deliveries.status(event_id) == EventStatus.DONE
+    assert await deliveries.redis.zscore(QUEUE, job_id) is None
+    for key in (
+        keys.arq_job_key(job_id),
+        keys.arq_in_progress_key(job_id),
+        keys.arq_retry_key(job_id),
+    ):
+        assert not await deliveries.redis.exists(key), key
+
+
+async def test_a_retry_reschedules_the_job_at_the_due_time_when_settling(
+    deliveries: Deliveries,
+) -> None:
+    settling_store(deliveries)
+    router = Router()
+    router.on(COMPLETED, name="flaky")(Calls().recording(fail))
+    event_id = await deliveries.record()
+    job_id = await claim_job(deliveries, event_id)
+
+    settled = await deliveries.dispatcher(router).process(event_id, COMPLETED, job_id=job_id)
+
+    state = await deliveries.state(event_id, "flaky")
+    assert settled
+    assert state.status == HandlerStatus.RETRY
+    assert await deliveries.redis.zscore(QUEUE, job_id) == state.next_attempt_at
+    assert await deliveries.redis.exists(keys.arq_job_key(job_id))
+    assert not await deliveries.redis.exists(keys.arq_in_progress_key(job_id))
