@@ -29,6 +29,8 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app = web.Application(
         middlewares=[_answer_and_log],
         client_max_size=settings.max_body_bytes,
+        # The signature covers the bytes as sent: never decompress them before verifying.
+        handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
     app[REDIS_URL] = redis_url

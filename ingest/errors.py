@@ -8,6 +8,7 @@ from aiohttp import web
 from ingest.signature import InvalidSignature
 
 __all__ = [
+    "InvalidBody",
     "InvalidPayload",
     "PayloadTooLarge",
     "ReceiverUnavailable",
@@ -23,6 +24,10 @@ class PayloadTooLarge(Exception):
     """The body is over ``LOOPS_MAX_BODY_BYTES``; it was refused without being read whole."""
 
 
+class InvalidBody(Exception):
+    """The body could not be read as sent (e.g. a broken chunked encoding); nothing to verify."""
+
+
 class InvalidPayload(Exception):
     """A correctly signed body that is not a usable event; it was kept as a dead letter."""
 
@@ -35,6 +40,7 @@ _STATUS_CODE_OUTCOME: dict[type[Exception], tuple[int, str, str]] = {
     InvalidSignature: (401, "invalid_signature", "invalid_signature"),
     PayloadTooLarge: (413, "payload_too_large", "too_large"),
     InvalidPayload: (400, "invalid_payload", "invalid_payload"),
+    InvalidBody: (400, "invalid_body", "invalid_body"),
     ReceiverUnavailable: (503, "unavailable", "unavailable"),
 }
 

@@ -14,6 +14,7 @@ OUTCOMES = (
     "duplicate",
     "invalid_signature",
     "invalid_payload",
+    "invalid_body",
     "too_large",
     "unavailable",
     "method_not_allowed",

@@ -10,11 +10,18 @@ from typing import TypeVar
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from ingest.app_keys import INTAKE, OUTCOME, REDIS, SETTINGS, VERIFIER
-from ingest.errors import InvalidPayload, PayloadTooLarge, ReceiverUnavailable, json_response
+from ingest.errors import (
+    InvalidBody,
+    InvalidPayload,
+    PayloadTooLarge,
+    ReceiverUnavailable,
+    json_response,
+)
 from ingest.metrics import REDIS_WRITE_DURATION
 from ingest.signature import SIGNATURE_HEADER
 from workers.intake import ReceivedEvent
@@ -77,6 +84,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    except RequestPayloadError as error:
+        raise InvalidBody(f"the body could not be read: {error}") from None
 
 
 def _event_identity(body: bytes) -> tuple[str, str]:
@@ -102,8 +111,16 @@ def _headers_worth_keeping(request: web.Request) -> dict[str, str]:
     for name, value in request.headers.items():
         lowered = name.lower()
         if lowered in ("content-type", "user-agent") or lowered.startswith("loops-"):
-            kept[lowered] = value
+            kept[lowered] = _as_text(value)
     return kept
+
+
+def _as_text(value: str) -> str:
+    """A header value as valid UTF-8: aiohttp hands bytes that are not UTF-8 over as lone
+    surrogates, which no JSON encoder accepts; they are kept as U+FFFD instead."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 async def _within_deadline(request: web.Request, write: Awaitable[T]) -> T:
