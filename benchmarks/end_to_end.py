@@ -316,7 +316,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             receiver_env,
         ) as receiver,
         pinned_process(
-            [loops_webhooks, "worker"], args.worker_core, workdir / "worker.log", worker_env
+            [
+                loops_webhooks,
+                "worker",
+                *(["--concurrency", str(args.concurrency)] if args.concurrency else []),
+            ],
+            args.worker_core,
+            workdir / "worker.log",
+            worker_env,
         ) as worker,
     ):
         wait_for_port(redis_port, redis_server, workdir / "redis.log")
@@ -429,6 +436,7 @@ def summarize(
             "redis": SERVER_CORE,
             "receiver": SERVER_CORE,
             "worker": args.worker_core,
+            "worker_concurrency": args.concurrency,
             "load_generator": LOAD_CORE,
         },
         "targets": {
@@ -505,6 +513,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=SERVER_CORE,
         help="core of the worker: with Redis and the receiver (%(default)s) or beside the "
         "load generator",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="the worker's --concurrency (default: the service's own default)",
     )
     args = parser.parse_args(argv)
     if args.rate * args.seconds < 2:

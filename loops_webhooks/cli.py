@@ -175,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--concurrency",
             type=int,
-            help="events processed at once (default: LOOPS_WORKER_CONCURRENCY, else 20)",
+            help="events processed at once (default: LOOPS_WORKER_CONCURRENCY, else 50)",
         )
 
     network_options(command("serve", serve, "Run the webhook receiver."))

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         default="handlers.examples:router",
         description="Comma-separated module:attribute paths of the Router objects to run.",
     )
-    worker_concurrency: int = Field(default=20, gt=0)
+    worker_concurrency: int = Field(default=50, gt=0)
     max_attempts: int = Field(default=8, gt=0)
     retry_base_seconds: float = Field(default=5.0, gt=0)
     retry_max_delay_seconds: float = Field(default=3600.0, gt=0)
