@@ -41,9 +41,10 @@ typecheck: $(INSTALLED)
 
 check: lint typecheck test
 
-bench: $(INSTALLED)  ## receiver and worker benchmarks against bare baselines
+bench: $(INSTALLED)  ## receiver and worker against bare baselines, then end to end (needs wrk)
 	$(BIN)/python benchmarks/receiver.py
 	$(BIN)/python benchmarks/worker.py
+	$(BIN)/python benchmarks/end_to_end.py
 
 clean:
 	rm -rf $(VENV) .loops-webhooks .pytest_cache .mypy_cache .ruff_cache
