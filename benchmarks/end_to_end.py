@@ -26,26 +26,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import math
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from processes import cpu_seconds, free_port, memory_mib, pinned_process, wait_for_port
 
 SERVER_CORE = 0
 LOAD_CORE = 1
@@ -57,7 +55,6 @@ CONNECTIONS = 256
 """The generator's connection pool; a send waiting for a connection is late, and counted so."""
 REQUEST_TIMEOUT_SECONDS = 10.0
 DRAIN_TIMEOUT_SECONDS = 120.0
-STARTUP_TIMEOUT_SECONDS = 20.0
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGETS = {"p50_ms": 20.0, "p99_ms": 100.0, "rss_mib": 100.0}
 
@@ -101,72 +98,6 @@ def event_body(n: int) -> bytes:
             },
         }
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-    while True:
-        if process.poll() is not None:
-            output = log.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"{process.args!r} exited with {process.returncode}:\n{output}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"nothing listened on port {port} in {STARTUP_TIMEOUT_SECONDS}s")
-        time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def pinned_process(
-    command: Sequence[str], core: int, log: Path, env: Mapping[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` on one core (its threads inherit the mask), no LOOPS_* but ``env``'s."""
-    inherited = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("LOOPS_") and name != "REDIS_URL"
-    }
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            env={**inherited, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.sched_setaffinity(0, {core}),
-        )
-    try:
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def memory_mib(pid: int) -> dict[str, float]:
-    """Resident set size now (``VmRSS``) and at its peak so far (``VmHWM``), in MiB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            values[name] = round(int(rest.split()[0]) / 1024, 1)
-    return {"rss_mib": values["VmRSS"], "peak_rss_mib": values["VmHWM"]}
 
 
 @dataclass(frozen=True, slots=True)

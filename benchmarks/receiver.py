@@ -11,24 +11,22 @@ as JSON to ``benchmarks/results/``. See ``benchmarks/README.md``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import hmac
 import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from processes import cpu_seconds, free_port, pinned_process, wait_for_port
 
 SERVER_CORE = 0
 LOAD_CORE = 1
@@ -37,7 +35,6 @@ WEBHOOK_PATH = "/webhooks/loops"
 EVENTS_PER_SECOND_OF_LOAD = 20_000
 """Events generated per second of load; more than either server answers, so none repeats."""
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-STARTUP_TIMEOUT_SECONDS = 20.0
 
 WRK_SCRIPT = r"""
 -- Sends pre-generated events, each once, in order: "<signature>\t<body>" per line of args[1].
@@ -113,64 +110,6 @@ def write_events(path: Path, count: int) -> None:
             out.write(signature.encode() + b"\t" + body + b"\n")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"{process.args!r} exited with {process.returncode} at startup")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"nothing listened on port {port} in {STARTUP_TIMEOUT_SECONDS}s")
-        time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def pinned_process(
-    command: Sequence[str], core: int, log: Path, env: Mapping[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` on one CPU core only (every thread it starts inherits the mask).
-
-    No LOOPS_* or REDIS_URL of the caller's environment reaches it: only ``env``.
-    """
-    inherited = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("LOOPS_") and name != "REDIS_URL"
-    }
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            env={**inherited, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.sched_setaffinity(0, {core}),
-        )
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
-    """User + system CPU time the process has used so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
-
-
 def run_wrk(
     wrk: str, url: str, events: Path, workdir: Path, seconds: int, connections: int
 ) -> dict[str, Any]:
@@ -206,9 +145,9 @@ def measure_bare(wrk: str, events: Path, workdir: Path, args: argparse.Namespace
     with pinned_process(command, SERVER_CORE, workdir / "bare.log") as server:
         wait_for_port(port, server)
         url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
-        before = cpu_seconds(server)
+        before = cpu_seconds(server.pid)
         figures = run_wrk(wrk, url, events, workdir, args.seconds, args.connections)
-        figures["cpu_seconds"] = {"server": round(cpu_seconds(server) - before, 2)}
+        figures["cpu_seconds"] = {"server": round(cpu_seconds(server.pid) - before, 2)}
     return figures
 
 
@@ -242,11 +181,11 @@ def measure_receiver(
         wait_for_port(redis_port, redis_server)
         wait_for_port(port, receiver)
         url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
-        before = cpu_seconds(receiver), cpu_seconds(redis_server)
+        before = cpu_seconds(receiver.pid), cpu_seconds(redis_server.pid)
         figures = run_wrk(wrk, url, events, workdir, args.seconds, args.connections)
         figures["cpu_seconds"] = {
-            "receiver": round(cpu_seconds(receiver) - before[0], 2),
-            "redis": round(cpu_seconds(redis_server) - before[1], 2),
+            "receiver": round(cpu_seconds(receiver.pid) - before[0], 2),
+            "redis": round(cpu_seconds(redis_server.pid) - before[1], 2),
         }
         figures["events_stored"] = stored_events(redis_port)
     return figures

@@ -27,19 +27,18 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from processes import cpu_seconds, free_port, pinned_process
 
 WORKER_CORE = 0
 REDIS_CORE = 1
@@ -153,49 +152,6 @@ async def preload_loops(redis_url: str, count: int) -> None:
             assert all(created), "the benchmark's Redis was not empty"
     finally:
         await redis.aclose()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def pinned_process(
-    command: Sequence[str], core: int, log: Path, env: Mapping[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` on one core, with no LOOPS_* or REDIS_URL but those in ``env``."""
-    inherited = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("LOOPS_") and name != "REDIS_URL"
-    }
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            env={**inherited, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.sched_setaffinity(0, {core}),
-        )
-    try:
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
