@@ -123,6 +123,16 @@ def send(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if accepted == args.count else EXIT_FAILURE
 
 
+def stop_redis(args: argparse.Namespace, settings: Settings) -> int:
+    from loops_webhooks.embedded_redis import stop_embedded_redis
+
+    if stop_embedded_redis(settings.data_dir):
+        print(f"stopped the embedded Redis of {settings.data_dir.resolve()} (its data is kept)")
+    else:
+        print(f"no embedded Redis runs for {settings.data_dir.resolve()}")
+    return EXIT_OK
+
+
 def _data_overrides(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
@@ -249,6 +259,11 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     purge.set_defaults(run=_operation(operations.purge_letters))
 
+    command(
+        "stop-redis",
+        stop_redis,
+        "Stop the embedded development Redis of LOOPS_DATA_DIR (its data stays on disk).",
+    )
     stats = command("stats", _operation(operations.show_stats), "Queue and dead-letter figures.")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")

@@ -203,6 +203,29 @@ def test_dev_on_the_embedded_redis_processes_after_a_restart_what_was_received_b
         stop_embedded_redis(tmp_path / "data")
 
 
+def test_stop_redis_stops_the_embedded_redis_and_keeps_its_data(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in workspace.env.items() if k != "REDIS_URL"}
+    env["LOOPS_DATA_DIR"] = str(tmp_path / "data")
+    try:
+        assert run_cli("stats", env=env).returncode == 0
+        port = int((tmp_path / "data" / "redis.port").read_text())
+
+        stopped = run_cli("stop-redis", env=env)
+
+        assert stopped.returncode == 0, stopped.stderr
+        assert "stopped the embedded Redis" in stopped.stdout
+        with pytest.raises(redis_sync.ConnectionError):
+            redis_sync.Redis(port=port, socket_connect_timeout=1).ping()
+        assert (tmp_path / "data" / "appendonly.aof").exists() or any(
+            (tmp_path / "data").glob("appendonlydir/*")
+        )
+        assert "no embedded Redis runs" in run_cli("stop-redis", env=env).stdout
+    finally:
+        stop_embedded_redis(tmp_path / "data")
+
+
 def test_dev_stops_cleanly_on_sigint(
     workspace: Workspace, start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
 ) -> None:
@@ -408,7 +431,8 @@ def test_an_unknown_event_exits_1(workspace: Workspace) -> None:
 
 def test_help_is_available_for_every_command(workspace: Workspace) -> None:
     for command in (["serve"], ["worker"], ["dev"], ["send"], ["events", "show"], ["dlq", "list"],
-                    ["dlq", "show"], ["dlq", "replay"], ["dlq", "purge"], ["stats"]):  # fmt: skip
+                    ["dlq", "show"], ["dlq", "replay"], ["dlq", "purge"], ["stats"],
+                    ["stop-redis"]):  # fmt: skip
         result = run_cli(*command, "--help", env=workspace.env)
         assert result.returncode == 0, command
         assert "usage: loops-webhooks" in result.stdout
