@@ -13,7 +13,7 @@ import asyncio
 import time
 import traceback
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -82,7 +82,15 @@ class Dispatcher:
         retry_policy: RetryPolicy,
         handler_timeout_seconds: float,
         dead_letter_unhandled: bool,
+        settled_jobs: set[str] | None = None,
+        shutting_down: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``settled_jobs``: where to note the arq jobs our own final write rescheduled or
+        removed (the worker then skips arq's finishing step for them); None leaves every job
+        to arq. ``shutting_down``: whether a cancellation is a graceful shutdown (the attempt
+        is given back) rather than the job's time limit (the attempt counts as failed)."""
+        self._settled_jobs = settled_jobs
+        self._shutting_down = shutting_down
         self._router = router
         self._store = store
         self._retry_policy = retry_policy
@@ -93,10 +101,11 @@ class Dispatcher:
     async def process(self, event_id: str, event_type: str, *, job_id: str = "") -> bool:
         """Run what is due for one event and record it.
 
-        With ``job_id`` (the arq job running this), the final write also reschedules or
-        removes that job, and True says so: arq must not finish the job itself. Without it, a
-        later retry is asked for by raising ``arq.Retry``.
+        With ``job_id`` (the arq job running this) and ``settled_jobs``, the final write also
+        reschedules or removes that job, and True says so: arq must not finish the job
+        itself. Otherwise a later retry is asked for by raising ``arq.Retry``.
         """
+        settle = job_id if self._settled_jobs is not None else ""
         handlers = self._router.handlers_for(event_type)
         begun = await self._begin(event_id, handlers)
         if begun is None:
@@ -106,8 +115,8 @@ class Dispatcher:
         if event.status is not EventStatus.PENDING:
             return False
         if not handlers:
-            await self._finish_unhandled(event, job_id)
-            return bool(job_id)
+            await self._finish_unhandled(event, settle)
+            return bool(settle)
         outcomes: list[Outcome] = []
         to_run: list[tuple[Handler, HandlerState]] = []
         for handler in handlers:
@@ -121,12 +130,18 @@ class Dispatcher:
         except _PartiallyRun as cancelled:
             outcomes += cancelled.finished
             finished = {outcome.handler.name for outcome in cancelled.finished}
-            refunds = [(h, state) for h, state in to_run if h.name not in finished]
-            await _despite_cancellation(self._record(event, handlers, outcomes, refunds))
+            unfinished = [(h, state) for h, state in to_run if h.name not in finished]
+            refunds: list[tuple[Handler, HandlerState]] = []
+            if self._shutting_down():
+                refunds = unfinished
+            else:
+                outcomes += [self._cut_short(h, state) for h, state in unfinished]
+            record = self._record(event, handlers, outcomes, refunds, settle_job=settle)
+            await _despite_cancellation(record)
             raise
-        record = self._record(event, handlers, outcomes, settle_job=job_id)
+        record = self._record(event, handlers, outcomes, settle_job=settle)
         next_due = await _despite_cancellation(record)
-        if job_id:
+        if settle:
             return True
         if next_due is not None:
             raise Retry(defer=max(0, next_due - _now_ms()) / 1000)
@@ -218,6 +233,13 @@ class Dispatcher:
             )
         except RetryLater as later:
             return self._failed(handler, state, started, later, retry_after=later.after)
+        except asyncio.CancelledError as cancelled:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            stray = RuntimeError("the handler raised CancelledError without being cancelled")
+            stray.__cause__ = cancelled
+            return self._failed(handler, state, started, stray)
         except TimeoutError as timed_out:
             if not deadline.expired():
                 return self._failed(handler, state, started, timed_out)
@@ -248,6 +270,11 @@ class Dispatcher:
             )
         delay = policy.delay(state.attempts) if retry_after is None else retry_after
         return Outcome(handler, state, _ms_since(started), error, retry_after=delay)
+
+    def _cut_short(self, handler: Handler, state: HandlerState) -> Outcome:
+        """A handler still running when the job hit its time limit: a failed attempt."""
+        error = TimeoutError("the job was cancelled at its time limit while the handler ran")
+        return self._failed(handler, state, time.perf_counter(), error)
 
     def _exhausted_by_crashes(self, handler: Handler, state: HandlerState) -> Outcome:
         error = RuntimeError(
@@ -282,9 +309,16 @@ class Dispatcher:
             log.info("handler cancelled by shutdown; it will run again", handler=handler.name)
         names = [handler.name for handler in handlers]
         counts = Counter(_counted_outcome(outcome) for outcome in outcomes)
-        return await self._store.finish(
+        next_due = await self._store.finish(
             event, states, names, letters, now_ms=now, counts=counts, settle_job=settle_job
         )
+        self._note_settled(settle_job)
+        return next_due
+
+    def _note_settled(self, job_id: str) -> None:
+        """Our write settled the job: arq must not finish it too (even if cancelled now)."""
+        if job_id and self._settled_jobs is not None:
+            self._settled_jobs.add(job_id)
 
     def _next_state(self, outcome: Outcome, now: int) -> HandlerState:
         state = replace(outcome.state, duration_ms=round(outcome.duration_ms, 3))
@@ -326,6 +360,7 @@ class Dispatcher:
             counts={"unhandled": 1},
             settle_job=job_id,
         )
+        self._note_settled(job_id)
 
     def _timeout_of(self, handler: Handler) -> float:
         return handler.timeout if handler.timeout is not None else self._handler_timeout
@@ -356,10 +391,8 @@ class _PartiallyRun(asyncio.CancelledError):
 async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> None:
     """The arq job: everything that happens to one stored event on one delivery."""
     dispatcher: Dispatcher = ctx[DISPATCHER]
-    job_id: str = ctx["job_id"]
     with structlog.contextvars.bound_contextvars(event_id=event_id, event_type=event_type):
-        if await dispatcher.process(event_id, event_type, job_id=job_id):
-            ctx[SETTLED_JOBS].add(job_id)
+        await dispatcher.process(event_id, event_type, job_id=ctx["job_id"])
 
 
 async def _despite_cancellation(write: Awaitable[T]) -> T:

@@ -7,6 +7,7 @@ keyword arguments from a validated Settings model, so a mistake fails at start-u
 from __future__ import annotations
 
 import math
+from signal import Signals
 from typing import Any
 
 import orjson
@@ -74,6 +75,17 @@ class EventWorker(Worker):
     the largest cost of a short job. The script makes the same checks and sets the same
     in-progress marker atomically, once per poll; everything else is arq's own code.
     """
+
+    shutting_down = False
+    """Set by SIGTERM/SIGINT: a job cancelled from now on was stopped, not timed out."""
+
+    def handle_sig(self, signum: Signals) -> None:
+        self.shutting_down = True
+        super().handle_sig(signum)
+
+    def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+        self.shutting_down = True
+        super().handle_sig_wait_for_completion(signum)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         room = self.max_jobs - self.job_counter
@@ -146,6 +158,8 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
             retry_policy=retry_policy,
             handler_timeout_seconds=settings.handler_timeout_seconds,
             dead_letter_unhandled=settings.unhandled == "dead-letter",
+            settled_jobs=ctx[SETTLED_JOBS],
+            shutting_down=lambda: worker.shutting_down,
         )
         reconciler = Reconciler(
             redis,

@@ -615,9 +615,23 @@ async def test_a_redelivered_job_of_an_event_that_already_finished_runs_nothing(
     assert calls.attempts == [1]
 
 
-def settling_store(deliveries: Deliveries) -> None:
-    """The worker's store: its final write also settles the running arq job."""
-    deliveries.store = EventStore(deliveries.redis, dedupe_ttl_seconds=3600, queue_name=QUEUE)
+def worker_dispatcher(
+    deliveries: Deliveries, router: Router, *, shutting_down: bool = True, max_attempts: int = 3
+) -> tuple[Dispatcher, set[str]]:
+    """The dispatcher as the worker builds it: its final write settles the running arq job."""
+    settled: set[str] = set()
+    dispatcher = Dispatcher(
+        router,
+        EventStore(deliveries.redis, dedupe_ttl_seconds=3600, queue_name=QUEUE),
+        retry_policy=RetryPolicy(
+            max_attempts=max_attempts, base_seconds=10.0, max_delay_seconds=3600
+        ),
+        handler_timeout_seconds=5.0,
+        dead_letter_unhandled=False,
+        settled_jobs=settled,
+        shutting_down=lambda: shutting_down,
+    )
+    return dispatcher, settled
 
 
 async def claim_job(deliveries: Deliveries, event_id: str) -> str:
@@ -631,15 +645,15 @@ async def claim_job(deliveries: Deliveries, event_id: str) -> str:
 async def test_a_finished_event_removes_its_job_in_the_same_write_when_settling(
     deliveries: Deliveries,
 ) -> None:
-    settling_store(deliveries)
     router = Router()
     router.on(COMPLETED, name="fulfil")(Calls().recording())
+    dispatcher, settled = worker_dispatcher(deliveries, router)
     event_id = await deliveries.record()
     job_id = await claim_job(deliveries, event_id)
 
-    settled = await deliveries.dispatcher(router).process(event_id, COMPLETED, job_id=job_id)
+    assert await dispatcher.process(event_id, COMPLETED, job_id=job_id)
 
-    assert settled
+    assert settled == {job_id}
     assert await deliveries.status(event_id) == EventStatus.DONE
     assert await deliveries.redis.zscore(QUEUE, job_id) is None
     for key in (
@@ -653,17 +667,61 @@ async def test_a_finished_event_removes_its_job_in_the_same_write_when_settling(
 async def test_a_retry_reschedules_the_job_at_the_due_time_when_settling(
     deliveries: Deliveries,
 ) -> None:
-    settling_store(deliveries)
     router = Router()
     router.on(COMPLETED, name="flaky")(Calls().recording(fail))
+    dispatcher, settled = worker_dispatcher(deliveries, router)
     event_id = await deliveries.record()
     job_id = await claim_job(deliveries, event_id)
 
-    settled = await deliveries.dispatcher(router).process(event_id, COMPLETED, job_id=job_id)
+    assert await dispatcher.process(event_id, COMPLETED, job_id=job_id)
 
     state = await deliveries.state(event_id, "flaky")
-    assert settled
+    assert settled == {job_id}
     assert state.status == HandlerStatus.RETRY
     assert await deliveries.redis.zscore(QUEUE, job_id) == state.next_attempt_at
     assert await deliveries.redis.exists(keys.arq_job_key(job_id))
     assert not await deliveries.redis.exists(keys.arq_in_progress_key(job_id))
+
+
+async def test_a_handler_raising_cancelled_error_itself_fails_its_attempt_and_is_not_refunded(
+    deliveries: Deliveries,
+) -> None:
+    async def cancels_itself(event: Event, ctx: HandlerContext) -> None:
+        raise asyncio.CancelledError
+
+    event_id = await deliveries.record()
+    dispatcher = deliveries.dispatcher(router_with(("stray", cancels_itself)), max_attempts=1)
+
+    await dispatcher.process(event_id, COMPLETED)
+
+    letter = await deliveries.dead_letter(event_id, "stray")
+    assert (letter.reason, letter.attempts) == ("max_attempts", 1)
+    assert "CancelledError" in letter.error_message
+
+
+async def test_a_job_cancelled_at_its_time_limit_counts_the_attempt_and_reschedules_the_job(
+    deliveries: Deliveries,
+) -> None:
+    started = asyncio.Event()
+
+    async def slow(event: Event, ctx: HandlerContext) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    dispatcher, settled = worker_dispatcher(
+        deliveries, router_with(("slow", slow)), shutting_down=False
+    )
+    event_id = await deliveries.record()
+    job_id = await claim_job(deliveries, event_id)
+    job = asyncio.create_task(dispatcher.process(event_id, COMPLETED, job_id=job_id))
+    await started.wait()
+
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+
+    state = await deliveries.state(event_id, "slow")
+    assert (state.status, state.attempts) == (HandlerStatus.RETRY, 1)
+    assert state.next_attempt_at is not None
+    assert settled == {job_id}
+    assert await deliveries.redis.zscore(QUEUE, job_id) == state.next_attempt_at
