@@ -56,13 +56,25 @@ return 1
 """
 
 _PURGE = """
--- KEYS: dead letter, dead-letter index, event; ARGV: letter id, dedupe ttl ms
+-- KEYS: dead letter, dead-letter index, event
+-- ARGV: letter id, dedupe ttl ms, event id, dead-letter key prefix
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('HGET', KEYS[3], 'status') == 'dead' and redis.call('TTL', KEYS[3]) < 0 then
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+if redis.call('HGET', KEYS[3], 'status') ~= 'dead' or redis.call('TTL', KEYS[3]) >= 0 then
+  return 1
 end
+-- the record stays while another dead letter of the event may still be replayed
+if redis.call('EXISTS', ARGV[4] .. ARGV[3] .. ':') == 1 then return 1 end
+local fields = redis.call('HGETALL', KEYS[3])
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  if string.sub(name, 1, 8) == 'handler:' and cjson.decode(fields[i + 1]).status == 'dead'
+     and redis.call('EXISTS', ARGV[4] .. ARGV[3] .. ':' .. string.sub(name, 9)) == 1 then
+    return 1
+  end
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
 return 1
 """
 
@@ -99,13 +111,15 @@ async def replay_dead_letter(
 
 
 async def purge_dead_letter(redis: Redis, letter: DeadLetter, *, dedupe_ttl_seconds: int) -> bool:
-    """Delete a dead letter for good; its event record then expires like a finished one."""
+    """Delete a dead letter for good. Once no other dead letter of its event is left, the
+    event record expires like a finished one (until then a replay still needs it to skip
+    the handlers that succeeded)."""
     purged = await redis.register_script(_PURGE)(
         keys=[
             keys.dead_letter_key(letter.id),
             keys.DEAD_LETTER_INDEX,
             keys.event_key(letter.event_id),
         ],
-        args=[letter.id, dedupe_ttl_seconds * 1000],
+        args=[letter.id, dedupe_ttl_seconds * 1000, letter.event_id, keys.dead_letter_key("")],
     )
     return bool(purged)
