@@ -27,7 +27,8 @@ log = structlog.get_logger(logger_name="workers.reconciler")
 BATCH_SIZE = 500
 
 MAX_EVENTS_PER_PASS = 10_000
-"""The oldest pending events one pass looks at; the rest wait for the next pass."""
+"""Pending events one pass looks at; the next pass goes on where it stopped, so events
+waiting on long retries at the front never hide a newer one that lost its job."""
 
 _REENQUEUE_ORPHANS = """
 -- KEYS: pending set, queue, then per event: event key, job key
@@ -58,6 +59,7 @@ class Reconciler:
         self._grace_ms = int(grace_seconds * 1000)
         self._reenqueue = redis.register_script(_REENQUEUE_ORPHANS)
         self._task: asyncio.Task[None] | None = None
+        self._resume_at = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run_forever(), name="loops-reconciler")
@@ -83,8 +85,14 @@ class Reconciler:
         """One pass; returns how many events were re-enqueued."""
         now_ms = int(time.time() * 1000)
         event_ids = await self._redis.zrangebyscore(
-            keys.PENDING_EVENTS, "-inf", now_ms - self._grace_ms, start=0, num=MAX_EVENTS_PER_PASS
+            keys.PENDING_EVENTS,
+            "-inf",
+            now_ms - self._grace_ms,
+            start=self._resume_at,
+            num=MAX_EVENTS_PER_PASS,
         )
+        full_pass = len(event_ids) == MAX_EVENTS_PER_PASS
+        self._resume_at = self._resume_at + len(event_ids) if full_pass else 0
         repaired = 0
         for start in range(0, len(event_ids), BATCH_SIZE):
             batch = [raw.decode() for raw in event_ids[start : start + BATCH_SIZE]]

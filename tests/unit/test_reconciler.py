@@ -96,3 +96,19 @@ async def test_many_orphans_are_repaired_in_one_pass(redis: FakeAsyncRedis) -> N
 
     assert await reconciler(redis).reconcile_once() == 1200
     assert await redis.zcard(QUEUE) == 1200
+
+
+async def test_a_pass_goes_on_where_the_previous_one_stopped(
+    redis: FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("workers.reconciler.MAX_EVENTS_PER_PASS", 3)
+    for number in range(3):
+        await record(redis, f"evt_waiting_{number}", received_at_ms=AN_HOUR_AGO_MS - 1000)
+    orphan = await record(redis, "evt_orphan_behind")
+    await lose_job(redis, orphan)
+    reconcile = reconciler(redis)
+
+    first, second = await reconcile.reconcile_once(), await reconcile.reconcile_once()
+
+    assert (first, second) == (0, 1)
+    assert await redis.zscore(QUEUE, orphan) is not None
