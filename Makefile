@@ -1,50 +1,45 @@
-# The README's quick start is `make dev` and `make test`; both install into .venv first.
+# Thin aliases: the install steps live in loops_webhooks/bootstrap.py (standard library only),
+# which is what the README's quick start runs directly.
 PYTHON ?= python3
-VENV := .venv
-BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
+BOOTSTRAP := $(PYTHON) -m loops_webhooks.bootstrap
+BIN := .venv/bin
 
 .PHONY: install dev serve worker test unit integration lint typecheck check bench clean
 
-$(INSTALLED): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(INSTALLED)
+install:  ## the virtual environment with the project and its test tools
+	$(BOOTSTRAP) install
 
-install: $(INSTALLED)  ## the virtual environment with the project and its test tools
+dev:  ## receiver + worker on the embedded Redis, with the example handlers
+	$(BOOTSTRAP) dev
 
-dev: $(INSTALLED)  ## receiver + worker on the embedded Redis, with the example handlers
-	$(BIN)/loops-webhooks dev
-
-serve: $(INSTALLED)  ## the receiver alone
+serve: install  ## the receiver alone
 	$(BIN)/loops-webhooks serve
 
-worker: $(INSTALLED)  ## one worker alone
+worker: install  ## one worker alone
 	$(BIN)/loops-webhooks worker
 
-test: $(INSTALLED)  ## every test: unit (fakeredis) and integration (real Redis, real processes)
-	$(BIN)/python -m pytest -q
+test:  ## every test: unit (fakeredis) and integration (real Redis, real processes)
+	$(BOOTSTRAP) test
 
-unit: $(INSTALLED)
-	$(BIN)/python -m pytest -q tests/unit
+unit:
+	$(BOOTSTRAP) test tests/unit
 
-integration: $(INSTALLED)
-	$(BIN)/python -m pytest -q tests/integration
+integration:
+	$(BOOTSTRAP) test tests/integration tests/faults
 
-lint: $(INSTALLED)
+lint: install
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m ruff format --check .
 
-typecheck: $(INSTALLED)
+typecheck: install
 	$(BIN)/python -m mypy
 
 check: lint typecheck test
 
-bench: $(INSTALLED)  ## receiver and worker against bare baselines, then end to end (needs wrk)
+bench: install  ## receiver and worker against bare baselines, then end to end (needs wrk)
 	$(BIN)/python benchmarks/receiver.py
 	$(BIN)/python benchmarks/worker.py
 	$(BIN)/python benchmarks/end_to_end.py
 
 clean:
-	rm -rf $(VENV) .loops-webhooks .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .loops-webhooks .pytest_cache .mypy_cache .ruff_cache
