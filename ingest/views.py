@@ -46,11 +46,11 @@ async def receive_webhook(request: web.Request) -> web.Response:
     except InvalidPayload as problem:
         intake = request.app[INTAKE]
         keep = intake.dead_letter_unparseable(body, headers, received_at_ms, str(problem))
-        await _within_deadline(request, keep)
+        await _acknowledged(keep)
         raise
     event = ReceivedEvent(event_id, event_type, body, headers, received_at_ms)
     write_started = time.perf_counter()
-    created = await _within_deadline(request, request.app[INTAKE].submit(event))
+    created = await _acknowledged(request.app[INTAKE].submit(event))
     REDIS_WRITE_DURATION.observe(time.perf_counter() - write_started)
     structlog.contextvars.bind_contextvars(event_id=event_id, event_type=event_type)
     request[OUTCOME] = "accepted" if created else "duplicate"
@@ -70,7 +70,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready to accept events: Redis answers within the write deadline."""
     try:
-        await _within_deadline(request, request.app[REDIS].ping())
+        await _acknowledged(request.app[REDIS].ping())
     except ReceiverUnavailable as problem:
         return json_response({"status": "unavailable", "detail": str(problem)}, status=503)
     return json_response({"status": "ready"})
@@ -123,10 +123,10 @@ def _as_text(value: str) -> str:
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-async def _within_deadline(request: web.Request, write: Awaitable[T]) -> T:
-    """Await a Redis write, or say the store is down.
+async def _acknowledged(write: Awaitable[T]) -> T:
+    """Await a Redis write, or say the store is down (or too slow).
 
-    The deadline, ``LOOPS_REDIS_TIMEOUT_SECONDS``, is the Redis client's own connect and
+    The time limit, ``LOOPS_REDIS_TIMEOUT_SECONDS``, is the Redis client's own connect and
     socket timeout (see ``app._redis_context``): no timer per request on the hot path.
     """
     try:
