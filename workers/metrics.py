@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import structlog
 from aiohttp import web
@@ -17,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from workers import keys
+from workers.stats import queue_figures
 
 __all__ = [
     "DEAD_LETTERS",
@@ -99,17 +98,11 @@ class MetricsServer:
             await self._runner.cleanup()
 
     async def refresh_gauges(self) -> None:
-        now_ms = int(time.time() * 1000)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(self._queue_name, "-inf", now_ms)
-            pipe.zcount(self._queue_name, f"({now_ms}", "+inf")
-            pipe.zcard(keys.DEAD_LETTER_INDEX)
-            pipe.zrange(keys.PENDING_EVENTS, 0, 0, withscores=True)
-            due, later, dead, oldest = await pipe.execute()
-        QUEUE_DEPTH.set(due)
-        SCHEDULED_RETRIES.set(later)
-        DEAD_LETTER_QUEUE_SIZE.set(dead)
-        OLDEST_PENDING_AGE.set((now_ms - oldest[0][1]) / 1000 if oldest else 0)
+        figures = await queue_figures(self._redis, queue_name=self._queue_name)
+        QUEUE_DEPTH.set(figures.due)
+        SCHEDULED_RETRIES.set(figures.scheduled)
+        DEAD_LETTER_QUEUE_SIZE.set(figures.dead_letters)
+        OLDEST_PENDING_AGE.set(figures.oldest_pending_age_seconds or 0)
 
     async def _refresh_forever(self) -> None:
         while True:

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from workers import keys
 
-__all__ = ["Stats", "collect_stats"]
+__all__ = ["QueueFigures", "Stats", "collect_stats", "queue_figures"]
 
 WINDOW_MINUTES = 60
 
@@ -31,17 +31,46 @@ class Stats:
     oldest_pending_age_seconds: float | None = None
 
 
-async def collect_stats(redis: Redis, *, queue_name: str) -> Stats:
+@dataclass(frozen=True, slots=True)
+class QueueFigures:
+    """The cheap figures (one round trip), for ``stats`` and the worker's gauges alike.
+
+    ``due`` counts jobs whose time has come, waiting or running; ``scheduled`` those due later.
+    """
+
+    due: int
+    scheduled: int
+    pending_events: int
+    dead_letters: int
+    oldest_pending_age_seconds: float | None
+
+
+async def queue_figures(redis: Redis, *, queue_name: str) -> QueueFigures:
     now_ms = int(time.time() * 1000)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcount(queue_name, "-inf", now_ms)
         pipe.zcount(queue_name, f"({now_ms}", "+inf")
         pipe.zcard(keys.PENDING_EVENTS)
         pipe.zrange(keys.PENDING_EVENTS, 0, 0, withscores=True)
+        pipe.zcard(keys.DEAD_LETTER_INDEX)
+        due, scheduled, pending, oldest, dead = await pipe.execute()
+    return QueueFigures(
+        due=due,
+        scheduled=scheduled,
+        pending_events=pending,
+        dead_letters=dead,
+        oldest_pending_age_seconds=(now_ms - oldest[0][1]) / 1000 if oldest else None,
+    )
+
+
+async def collect_stats(redis: Redis, *, queue_name: str) -> Stats:
+    figures = await queue_figures(redis, queue_name=queue_name)
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
         pipe.zrange(keys.DEAD_LETTER_INDEX, 0, -1)
         for minute in range(WINDOW_MINUTES):
             pipe.hgetall(keys.outcome_counts_key(now_ms - minute * 60_000))
-        queued, scheduled, pending, oldest, letter_ids, *minutes = await pipe.execute()
+        letter_ids, *minutes = await pipe.execute()
     running = 0
     async for _ in redis.scan_iter(match=in_progress_key_prefix + "event:*", count=1000):
         running += 1
@@ -53,12 +82,12 @@ async def collect_stats(redis: Redis, *, queue_name: str) -> Stats:
     for counts in minutes:
         last_hour.update({name.decode(): int(value) for name, value in counts.items()})
     return Stats(
-        queued=max(0, queued - running),
+        queued=max(0, figures.due - running),
         running=running,
-        scheduled_retries=scheduled,
-        pending_events=pending,
-        dead_letters=len(letter_ids),
+        scheduled_retries=figures.scheduled,
+        pending_events=figures.pending_events,
+        dead_letters=figures.dead_letters,
         dead_letters_by_reason=dict(Counter(r.decode() for r in reasons if r is not None)),
         last_hour=dict(last_hour),
-        oldest_pending_age_seconds=(now_ms - oldest[0][1]) / 1000 if oldest else None,
+        oldest_pending_age_seconds=figures.oldest_pending_age_seconds,
     )
