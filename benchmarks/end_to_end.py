@@ -62,7 +62,7 @@ HANDLERS_MODULE = """\
 import os
 import time
 
-from handlers import Router
+from loops_webhooks.handlers import Router
 
 router = Router()
 _starts = os.open({path!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -171,7 +171,7 @@ def receipt_times(redis_url: str, event_ids: list[str]) -> dict[str, float]:
     """Event id -> ``received_at`` of its hash, in seconds."""
     from redis import Redis
 
-    from workers import keys
+    from loops_webhooks.workers import keys
 
     received: dict[str, float] = {}
     with Redis.from_url(redis_url) as client:

@@ -195,7 +195,7 @@ def stored_events(redis_port: int) -> int:
     """Events recorded and not yet processed (no worker runs): one per accepted request."""
     import redis
 
-    from workers import keys
+    from loops_webhooks.workers import keys
 
     with redis.Redis(port=redis_port) as client:
         return int(client.zcard(keys.PENDING_EVENTS))

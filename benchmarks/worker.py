@@ -51,7 +51,7 @@ BARE_QUEUE = "bench:bare"
 BARE_JOB = "noop"
 
 HANDLERS_MODULE = """\
-from handlers import Router
+from loops_webhooks.handlers import Router
 
 router = Router()
 
@@ -131,7 +131,7 @@ async def preload_loops(redis_url: str, count: int) -> None:
     from redis.asyncio import Redis
 
     from loops_webhooks.settings import Settings
-    from workers.intake import EventIntake, ReceivedEvent
+    from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
 
     redis = Redis.from_url(redis_url)
     intake = EventIntake(redis, queue_name=Settings().queue_name)
@@ -305,7 +305,7 @@ def reset_stats(redis_url: str) -> None:
 def pending_events(redis_url: str) -> int:
     from redis import Redis
 
-    from workers import keys
+    from loops_webhooks.workers import keys
 
     with Redis.from_url(redis_url) as client:
         return int(client.zcard(keys.PENDING_EVENTS))

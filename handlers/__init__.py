@@ -4,8 +4,8 @@ Importing it needs no Redis, aiohttp or arq, so a handler module is importable a
 on its own.
 """
 
-from handlers.context import HandlerContext
-from handlers.errors import RegistrationError, Reject, RetryLater
-from handlers.router import Handler, Router
+from loops_webhooks.handlers.context import HandlerContext
+from loops_webhooks.handlers.errors import RegistrationError, Reject, RetryLater
+from loops_webhooks.handlers.router import Handler, Router
 
 __all__ = ["Handler", "HandlerContext", "RegistrationError", "Reject", "RetryLater", "Router"]

@@ -4,8 +4,8 @@ Copy this module to start your own and point ``LOOPS_HANDLERS`` at its router, e
 ``LOOPS_HANDLERS=myshop.webhooks:router``.
 """
 
-from handlers import HandlerContext, Reject, Router
-from handlers.events import CheckoutSessionEvent
+from loops_webhooks.handlers import HandlerContext, Reject, Router
+from loops_webhooks.handlers.events import CheckoutSessionEvent
 
 __all__ = ["router"]
 

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from handlers import events
-from handlers.errors import RegistrationError
-from handlers.events import Event
+from loops_webhooks.handlers import events
+from loops_webhooks.handlers.errors import RegistrationError
+from loops_webhooks.handlers.events import Event
 
 __all__ = ["Handler", "Router"]
 

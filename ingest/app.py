@@ -9,16 +9,16 @@ import structlog
 from aiohttp import web
 from redis.asyncio import Redis
 
-from ingest import metrics, views
-from ingest.app_keys import INTAKE, OUTCOME, REDIS, REDIS_URL, SETTINGS, VERIFIER
-from ingest.errors import error_response, response_for
-from ingest.signature import SignatureVerifier
+from loops_webhooks.ingest import metrics, views
+from loops_webhooks.ingest.app_keys import INTAKE, OUTCOME, REDIS, REDIS_URL, SETTINGS, VERIFIER
+from loops_webhooks.ingest.errors import error_response, response_for
+from loops_webhooks.ingest.signature import SignatureVerifier
 from loops_webhooks.settings import Settings
-from workers.intake import EventIntake
+from loops_webhooks.workers.intake import EventIntake
 
 __all__ = ["create_app"]
 
-log = structlog.get_logger(logger_name="ingest")
+log = structlog.get_logger(logger_name="loops_webhooks.ingest")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
-from ingest.signature import SignatureVerifier
+from loops_webhooks.ingest.signature import SignatureVerifier
 from loops_webhooks.settings import Settings
-from workers.intake import EventIntake
+from loops_webhooks.workers.intake import EventIntake
 
 __all__ = ["INTAKE", "OUTCOME", "REDIS", "REDIS_URL", "SETTINGS", "VERIFIER"]
 

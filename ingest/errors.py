@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from ingest.signature import InvalidSignature
+from loops_webhooks.ingest.signature import InvalidSignature
 
 __all__ = [
     "InvalidBody",

@@ -14,21 +14,21 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from ingest.app_keys import INTAKE, OUTCOME, REDIS, SETTINGS, VERIFIER
-from ingest.errors import (
+from loops_webhooks.ingest.app_keys import INTAKE, OUTCOME, REDIS, SETTINGS, VERIFIER
+from loops_webhooks.ingest.errors import (
     InvalidBody,
     InvalidPayload,
     PayloadTooLarge,
     ReceiverUnavailable,
     json_response,
 )
-from ingest.metrics import REDIS_WRITE_DURATION
-from ingest.signature import SIGNATURE_HEADER
-from workers.intake import ReceivedEvent
+from loops_webhooks.ingest.metrics import REDIS_WRITE_DURATION
+from loops_webhooks.ingest.signature import SIGNATURE_HEADER
+from loops_webhooks.workers.intake import ReceivedEvent
 
 __all__ = ["healthz", "metrics", "readyz", "receive_webhook"]
 
-log = structlog.get_logger(logger_name="ingest")
+log = structlog.get_logger(logger_name="loops_webhooks.ingest")
 
 MAX_EVENT_ID_LENGTH = 255
 _REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)

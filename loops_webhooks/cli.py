@@ -25,7 +25,7 @@ from loops_webhooks.embedded_redis import EmbeddedRedisError, ensure_embedded_re
 from loops_webhooks.logs import configure_logging
 from loops_webhooks.operations import UsageError
 from loops_webhooks.settings import ConfigurationError, Settings
-from workers.registry import HandlerLoadError
+from loops_webhooks.workers.registry import HandlerLoadError
 
 __all__ = ["main"]
 
@@ -54,7 +54,7 @@ def _worker_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
-    from ingest.app import create_app
+    from loops_webhooks.ingest.app import create_app
 
     settings.require_webhook_secrets()
     app = create_app(settings, redis_url_for(settings))
@@ -63,8 +63,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.registry import load_router
-    from workers.runner import build_worker
+    from loops_webhooks.workers.registry import load_router
+    from loops_webhooks.workers.runner import build_worker
 
     settings = _worker_settings(args, settings)
     router = load_router(settings.handlers)
@@ -74,7 +74,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def dev(args: argparse.Namespace, settings: Settings) -> int:
     from loops_webhooks.dev import run_dev
-    from workers.registry import load_router
+    from loops_webhooks.workers.registry import load_router
 
     settings = _worker_settings(args, settings)
     load_router(settings.handlers)
@@ -180,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--handlers",
             help="comma-separated module:attribute paths of Router objects "
-            "(default: LOOPS_HANDLERS, else handlers.examples:router)",
+            "(default: LOOPS_HANDLERS, else loops_webhooks.handlers.examples:router)",
         )
         sub.add_argument(
             "--concurrency",

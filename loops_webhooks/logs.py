@@ -4,7 +4,7 @@ Our own log lines go straight from structlog to stderr (no standard-library deto
 canonical line per request is on the receiver's hot path); the standard library's loggers
 (aiohttp, arq) are rendered by the same processors, so an operator reads one format.
 Context is bound per request and per job with structlog's contextvars; every logger carries
-its name as ``logger`` (``structlog.get_logger(logger_name="ingest")``).
+its name as ``logger`` (``structlog.get_logger(logger_name="loops_webhooks.ingest")``).
 """
 
 from __future__ import annotations

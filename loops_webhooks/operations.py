@@ -20,10 +20,10 @@ import orjson
 from redis.asyncio import Redis
 
 from loops_webhooks.settings import Settings
-from workers.dead_letters import DeadLetter, get_dead_letter, list_dead_letters
-from workers.event_store import EventStore
-from workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
-from workers.stats import collect_stats
+from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter, list_dead_letters
+from loops_webhooks.workers.event_store import EventStore
+from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
+from loops_webhooks.workers.stats import collect_stats
 
 __all__ = ["CommandFailed", "UsageError", "parse_since", "run_operation"]
 

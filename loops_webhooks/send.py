@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ingest.signature import SIGNATURE_HEADER, sign
+from loops_webhooks.ingest.signature import SIGNATURE_HEADER, sign
 from loops_webhooks.sample_events import sample_event
 
 __all__ = ["Delivery", "send_events"]

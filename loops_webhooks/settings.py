@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     queue_name: str = "loops:queue"
     handlers: str = Field(
-        default="handlers.examples:router",
+        default="loops_webhooks.handlers.examples:router",
         description="Comma-separated module:attribute paths of the Router objects to run.",
     )
     worker_concurrency: int = Field(default=50, gt=0)

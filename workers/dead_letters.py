@@ -14,7 +14,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from workers import keys
+from loops_webhooks.workers import keys
 
 __all__ = [
     "TRACEBACK_LIMIT",

@@ -22,13 +22,18 @@ import pydantic
 import structlog
 from arq import Retry
 
-from handlers import HandlerContext, Reject, RetryLater, Router
-from handlers.context import idempotency_key
-from handlers.events import Event, parse_event
-from handlers.router import Handler
-from workers import metrics
-from workers.dead_letters import TRACEBACK_LIMIT, DeadLetter, DeadLetterReason, dead_letter_id
-from workers.event_store import (
+from loops_webhooks.handlers import HandlerContext, Reject, RetryLater, Router
+from loops_webhooks.handlers.context import idempotency_key
+from loops_webhooks.handlers.events import Event, parse_event
+from loops_webhooks.handlers.router import Handler
+from loops_webhooks.workers import metrics
+from loops_webhooks.workers.dead_letters import (
+    TRACEBACK_LIMIT,
+    DeadLetter,
+    DeadLetterReason,
+    dead_letter_id,
+)
+from loops_webhooks.workers.event_store import (
     Action,
     Begun,
     EventStatus,
@@ -37,7 +42,7 @@ from workers.event_store import (
     HandlerStatus,
     StoredEvent,
 )
-from workers.retry_policy import RetryPolicy
+from loops_webhooks.workers.retry_policy import RetryPolicy
 
 __all__ = [
     "DISPATCHER",
@@ -54,7 +59,7 @@ SETTLED_JOBS = "loops_settled_jobs"
 """The key, in arq's worker context, of the set of job ids whose job our own final write
 already rescheduled or removed (see ``EventWorker.finish_job``)."""
 
-log = structlog.get_logger(logger_name="workers")
+log = structlog.get_logger(logger_name="loops_webhooks.workers")
 
 T = TypeVar("T")
 

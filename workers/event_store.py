@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from workers import keys
-from workers.dead_letters import DeadLetter
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.dead_letters import DeadLetter
 
 __all__ = [
     "Action",

@@ -20,8 +20,8 @@ import orjson
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
-from workers import keys
-from workers.dead_letters import DeadLetter, DeadLetterReason
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason
 
 __all__ = ["PROCESS_EVENT_JOB", "EventIntake", "ReceivedEvent", "job_payload"]
 

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from workers.stats import queue_figures
+from loops_webhooks.workers.stats import queue_figures
 
 __all__ = [
     "DEAD_LETTERS",
@@ -28,7 +28,7 @@ __all__ = [
     "MetricsServer",
 ]
 
-log = structlog.get_logger(logger_name="workers.metrics")
+log = structlog.get_logger(logger_name="loops_webhooks.workers.metrics")
 
 GAUGE_REFRESH_SECONDS = 5.0
 

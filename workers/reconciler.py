@@ -16,13 +16,13 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from workers import keys
-from workers.intake import JOB_TTL_MS, job_payload
-from workers.metrics import RECONCILER_REPAIRS
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.intake import JOB_TTL_MS, job_payload
+from loops_webhooks.workers.metrics import RECONCILER_REPAIRS
 
 __all__ = ["Reconciler"]
 
-log = structlog.get_logger(logger_name="workers.reconciler")
+log = structlog.get_logger(logger_name="loops_webhooks.workers.reconciler")
 
 BATCH_SIZE = 500
 

@@ -3,11 +3,11 @@
 import importlib
 from typing import Any
 
-from handlers import RegistrationError, Router
+from loops_webhooks.handlers import RegistrationError, Router
 
 __all__ = ["DEFAULT_HANDLERS", "HandlerLoadError", "load_router"]
 
-DEFAULT_HANDLERS = "handlers.examples:router"
+DEFAULT_HANDLERS = "loops_webhooks.handlers.examples:router"
 
 
 class HandlerLoadError(ValueError):
@@ -63,7 +63,7 @@ def _import_router(path: str) -> Router:
     if not isinstance(found, Router):
         raise HandlerLoadError(
             f"cannot load handlers {path!r}: {attribute!r} is a {type(found).__name__}, "
-            "not a handlers.Router"
+            "not a loops_webhooks.Router"
         )
     return found
 

@@ -13,9 +13,9 @@ from enum import StrEnum
 
 from redis.asyncio import Redis
 
-from workers import keys
-from workers.dead_letters import DeadLetter, DeadLetterReason
-from workers.intake import JOB_TTL_MS, job_payload
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason
+from loops_webhooks.workers.intake import JOB_TTL_MS, job_payload
 
 __all__ = ["ReplayResult", "purge_dead_letter", "replay_dead_letter"]
 

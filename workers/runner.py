@@ -16,21 +16,21 @@ from arq.connections import RedisSettings
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
-from handlers import Router
+from loops_webhooks.handlers import Router
 from loops_webhooks.settings import Settings
-from workers import keys
-from workers.dispatch import (
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.dispatch import (
     DISPATCHER,
     SETTLED_JOBS,
     Dispatcher,
     process_event,
     slowest_handler_timeout,
 )
-from workers.event_store import EventStore
-from workers.intake import PROCESS_EVENT_JOB
-from workers.metrics import MetricsServer
-from workers.reconciler import Reconciler
-from workers.retry_policy import RetryPolicy
+from loops_webhooks.workers.event_store import EventStore
+from loops_webhooks.workers.intake import PROCESS_EVENT_JOB
+from loops_webhooks.workers.metrics import MetricsServer
+from loops_webhooks.workers.reconciler import Reconciler
+from loops_webhooks.workers.retry_policy import RetryPolicy
 
 __all__ = ["EventWorker", "build_worker"]
 
@@ -46,7 +46,7 @@ NEVER_BY_ARQ = 2**31 - 1
 RECONCILER = "loops_reconciler"
 METRICS_SERVER = "loops_metrics_server"
 
-log = structlog.get_logger(logger_name="workers")
+log = structlog.get_logger(logger_name="loops_webhooks.workers")
 
 
 _CLAIM_DUE_JOBS = """

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
-from workers import keys
+from loops_webhooks.workers import keys
 
 __all__ = ["QueueFigures", "Stats", "collect_stats", "queue_figures"]
 

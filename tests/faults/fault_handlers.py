@@ -20,8 +20,8 @@ from pathlib import Path
 import redis
 import redis.asyncio
 
-from handlers import HandlerContext, Router
-from handlers.events import CheckoutSessionEvent, Event
+from loops_webhooks.handlers import HandlerContext, Router
+from loops_webhooks.handlers.events import CheckoutSessionEvent, Event
 
 router = Router()
 EFFECTS_URL = os.environ["FAULTS_EFFECTS_URL"]

@@ -42,9 +42,9 @@ import orjson
 import redis as redis_sync
 from redis.asyncio import Redis
 
-from handlers.context import idempotency_key
 from loops_webhooks.embedded_redis import find_redis_server
-from workers import keys
+from loops_webhooks.handlers.context import idempotency_key
+from loops_webhooks.workers import keys
 
 __all__ = [
     "COMPLETED",

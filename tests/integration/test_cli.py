@@ -19,9 +19,9 @@ import pytest
 import redis as redis_sync
 
 from loops_webhooks.embedded_redis import stop_embedded_redis
+from loops_webhooks.workers import keys
 from tests.conftest import WEBHOOK_SECRET
 from tests.integration.conftest import StartLoopsWebhooks
-from workers import keys
 
 LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
 DEADLINE_SECONDS = 30.0
@@ -30,8 +30,8 @@ HANDLERS_MODULE = """
 import os
 from pathlib import Path
 
-from handlers import HandlerContext, Router
-from handlers.events import CheckoutSessionEvent
+from loops_webhooks.handlers import HandlerContext, Router
+from loops_webhooks.handlers.events import CheckoutSessionEvent
 
 router = Router()
 EFFECTS = Path(os.environ["EFFECTS_FILE"])

@@ -13,8 +13,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from workers import keys
-from workers.intake import MAX_EVENTS_PER_CALL, EventIntake, ReceivedEvent
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.intake import MAX_EVENTS_PER_CALL, EventIntake, ReceivedEvent
 
 QUEUE = "loops:queue"
 RECEIVED_AT_MS = 1_736_937_300_000

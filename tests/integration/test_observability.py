@@ -17,7 +17,7 @@ import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-from ingest.app import create_app
+from loops_webhooks.ingest.app import create_app
 from loops_webhooks.settings import Settings
 from tests.conftest import WEBHOOK_SECRET, LoopsSender
 from tests.integration.conftest import StartLoopsWebhooks
@@ -26,7 +26,7 @@ LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
 WEBHOOK_PATH = "/webhooks/loops"
 
 HANDLERS_MODULE = """
-from handlers import Reject, Router
+from loops_webhooks.handlers import Reject, Router
 
 router = Router()
 

@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from arq.jobs import deserialize_job_raw
 from redis.asyncio import Redis
 
-from ingest.app import create_app
+from loops_webhooks.ingest.app import create_app
 from loops_webhooks.settings import MIB, Settings
-from workers import keys
-from workers.intake import PROCESS_EVENT_JOB
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.intake import PROCESS_EVENT_JOB
 
 WEBHOOK_PATH = "/webhooks/loops"
 QUEUE = "loops:queue"

@@ -43,11 +43,11 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from ingest.app import create_app
-from ingest.views import MAX_EVENT_ID_LENGTH
+from loops_webhooks.ingest.app import create_app
+from loops_webhooks.ingest.views import MAX_EVENT_ID_LENGTH
 from loops_webhooks.settings import Settings
-from workers import keys
-from workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
 
 LIMIT = 4096
 """``max_body_bytes`` of the fuzzed receiver: small, so bodies around it are cheap to send."""

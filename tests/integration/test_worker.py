@@ -16,11 +16,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 from worker_harness import QUEUE, Supervisor, Workbench, eventually
 
-from handlers.context import idempotency_key
-from ingest.app import create_app
+from loops_webhooks.handlers.context import idempotency_key
+from loops_webhooks.ingest.app import create_app
 from loops_webhooks.settings import Settings
-from workers import keys
-from workers.runner import IN_PROGRESS_MARGIN_SECONDS, JOB_MARGIN_SECONDS
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.runner import IN_PROGRESS_MARGIN_SECONDS, JOB_MARGIN_SECONDS
 
 COMPLETED = "checkout.session.completed"
 EXPIRED = "checkout.session.expired"
@@ -327,7 +327,7 @@ async def test_an_event_posted_to_the_receiver_reaches_its_handler_parsed(
 ) -> None:
     bench.write_handlers(
         """
-        from handlers.events import CheckoutSessionEvent
+        from loops_webhooks.handlers.events import CheckoutSessionEvent
 
 
         @router.on("checkout.session.completed", name="fulfil")

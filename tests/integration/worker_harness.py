@@ -21,9 +21,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from loops_webhooks.settings import Settings
-from workers.dead_letters import DeadLetter, dead_letter_id, get_dead_letter
-from workers.event_store import EventStore, StoredEvent
-from workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.dead_letters import DeadLetter, dead_letter_id, get_dead_letter
+from loops_webhooks.workers.event_store import EventStore, StoredEvent
+from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
 
 __all__ = [
     "HANDLERS_MODULE",
@@ -42,7 +42,7 @@ import json
 import os
 import time
 
-from handlers import HandlerContext, Reject, RetryLater, Router
+from loops_webhooks.handlers import HandlerContext, Reject, RetryLater, Router
 
 router = Router()
 

@@ -5,8 +5,8 @@ from datetime import UTC, datetime
 import pytest
 import structlog
 
-from handlers import HandlerContext
-from handlers.context import idempotency_key
+from loops_webhooks.handlers import HandlerContext
+from loops_webhooks.handlers.context import idempotency_key
 
 
 def test_the_idempotency_key_is_the_truncated_sha256_of_event_id_and_handler_name() -> None:

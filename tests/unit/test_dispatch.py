@@ -17,15 +17,15 @@ import orjson
 import pytest
 from arq import Retry
 
-from handlers import HandlerContext, Reject, RetryLater, Router
-from handlers.context import idempotency_key
-from handlers.events import CheckoutSessionEvent, Event
-from workers import keys
-from workers.dead_letters import DeadLetter, dead_letter_id, get_dead_letter
-from workers.dispatch import Dispatcher
-from workers.event_store import EventStatus, EventStore, HandlerState, HandlerStatus
-from workers.intake import EventIntake, ReceivedEvent
-from workers.retry_policy import RetryPolicy
+from loops_webhooks.handlers import HandlerContext, Reject, RetryLater, Router
+from loops_webhooks.handlers.context import idempotency_key
+from loops_webhooks.handlers.events import CheckoutSessionEvent, Event
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.dead_letters import DeadLetter, dead_letter_id, get_dead_letter
+from loops_webhooks.workers.dispatch import Dispatcher
+from loops_webhooks.workers.event_store import EventStatus, EventStore, HandlerState, HandlerStatus
+from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.retry_policy import RetryPolicy
 
 QUEUE = "loops:queue"
 COMPLETED = "checkout.session.completed"

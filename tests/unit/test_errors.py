@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from handlers import Reject, RetryLater
+from loops_webhooks.handlers import Reject, RetryLater
 
 
 def test_reject_keeps_its_reason() -> None:

@@ -8,9 +8,14 @@ import fakeredis
 import orjson
 import pytest
 
-from workers import keys
-from workers.dead_letters import DeadLetter, DeadLetterReason, dead_letter_id, get_dead_letter
-from workers.event_store import (
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.dead_letters import (
+    DeadLetter,
+    DeadLetterReason,
+    dead_letter_id,
+    get_dead_letter,
+)
+from loops_webhooks.workers.event_store import (
     Action,
     EventStatus,
     EventStore,
@@ -18,7 +23,7 @@ from workers.event_store import (
     HandlerStatus,
     StoredEvent,
 )
-from workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
 
 QUEUE = "loops:queue"
 DEDUPE_TTL_SECONDS = 3600

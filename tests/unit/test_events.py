@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from handlers.events import (
+from loops_webhooks.handlers.events import (
     CHECKOUT_SESSION_EVENT_TYPES,
     CheckoutSession,
     CheckoutSessionEvent,

@@ -16,8 +16,8 @@ import pytest
 from arq.jobs import deserialize_job_raw
 from fakeredis import FakeAsyncRedis
 
-from workers import keys
-from workers.intake import PROCESS_EVENT_JOB, EventIntake, ReceivedEvent, job_payload
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.intake import PROCESS_EVENT_JOB, EventIntake, ReceivedEvent, job_payload
 
 QUEUE = "loops:queue"
 RECEIVED_AT_MS = 1_736_937_300_000

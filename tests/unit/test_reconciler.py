@@ -9,9 +9,9 @@ import orjson
 import pytest
 from fakeredis import FakeAsyncRedis
 
-from workers import keys
-from workers.intake import EventIntake, ReceivedEvent
-from workers.reconciler import Reconciler
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.reconciler import Reconciler
 
 QUEUE = "loops:queue"
 AN_HOUR_AGO_MS = int(time.time() * 1000) - 3_600_000
@@ -101,7 +101,7 @@ async def test_many_orphans_are_repaired_in_one_pass(redis: FakeAsyncRedis) -> N
 async def test_a_pass_goes_on_where_the_previous_one_stopped(
     redis: FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("workers.reconciler.MAX_EVENTS_PER_PASS", 3)
+    monkeypatch.setattr("loops_webhooks.workers.reconciler.MAX_EVENTS_PER_PASS", 3)
     for number in range(3):
         await record(redis, f"evt_waiting_{number}", received_at_ms=AN_HOUR_AGO_MS - 1000)
     orphan = await record(redis, "evt_orphan_behind")

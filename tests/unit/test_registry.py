@@ -11,10 +11,10 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from handlers import HandlerContext, RegistrationError, Reject, Router
-from handlers.context import idempotency_key
-from handlers.events import CheckoutSessionEvent
-from workers.registry import DEFAULT_HANDLERS, HandlerLoadError, load_router
+from loops_webhooks.handlers import HandlerContext, RegistrationError, Reject, Router
+from loops_webhooks.handlers.context import idempotency_key
+from loops_webhooks.handlers.events import CheckoutSessionEvent
+from loops_webhooks.workers.registry import DEFAULT_HANDLERS, HandlerLoadError, load_router
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def write_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Wr
 
 
 HANDLERS_NAMED = """
-    from handlers import Router
+    from loops_webhooks.handlers import Router
 
     router = Router()
 
@@ -54,14 +54,14 @@ def test_the_default_spec_loads_the_example_handlers() -> None:
     router = load_router(DEFAULT_HANDLERS)
 
     assert [(handler.pattern, handler.name) for handler in router.handlers] == [
-        ("checkout.session.completed", "handlers.examples:fulfil_order"),
-        ("checkout.session.expired", "handlers.examples:release_order"),
-        ("checkout.session.failed", "handlers.examples:note_failed_payment"),
+        ("checkout.session.completed", "loops_webhooks.handlers.examples:fulfil_order"),
+        ("checkout.session.expired", "loops_webhooks.handlers.examples:release_order"),
+        ("checkout.session.failed", "loops_webhooks.handlers.examples:note_failed_payment"),
     ]
 
 
 def test_the_default_spec_is_the_examples_router() -> None:
-    assert DEFAULT_HANDLERS == "handlers.examples:router"
+    assert DEFAULT_HANDLERS == "loops_webhooks.handlers.examples:router"
 
 
 def test_comma_separated_specs_are_combined_in_the_order_given(write_module: WriteModule) -> None:
@@ -87,7 +87,7 @@ def test_a_router_nested_in_an_attribute_path_is_found(write_module: WriteModule
     module = write_module(
         """
         from types import SimpleNamespace
-        from handlers import Router
+        from loops_webhooks.handlers import Router
 
         webhooks = SimpleNamespace(router=Router())
         """
@@ -97,7 +97,13 @@ def test_a_router_nested_in_an_attribute_path_is_found(write_module: WriteModule
 
 
 @pytest.mark.parametrize(
-    "spec", ["handlers.examples", "handlers.examples:", ":router", "handlers.examples.router"]
+    "spec",
+    [
+        "loops_webhooks.handlers.examples",
+        "loops_webhooks.handlers.examples:",
+        ":router",
+        "loops_webhooks.handlers.examples.router",
+    ],
 )
 def test_a_spec_without_module_and_attribute_is_rejected(spec: str) -> None:
     with pytest.raises(HandlerLoadError, match=f"{spec!r} is not of the form 'module:attribute'"):
@@ -110,7 +116,7 @@ def test_an_empty_spec_is_rejected(spec: str) -> None:
         load_router(spec)
 
 
-@pytest.mark.parametrize("spec", ["handlers.examples:router,", "a:b,,c:d"])
+@pytest.mark.parametrize("spec", ["loops_webhooks.handlers.examples:router,", "a:b,,c:d"])
 def test_a_spec_with_an_empty_entry_is_rejected(spec: str) -> None:
     with pytest.raises(HandlerLoadError, match="has an empty entry"):
         load_router(spec)
@@ -133,7 +139,7 @@ def test_a_registration_error_raised_while_importing_is_reported(
 ) -> None:
     module = write_module(
         """
-        from handlers import Router
+        from loops_webhooks.handlers import Router
 
         router = Router()
 
@@ -158,7 +164,7 @@ def test_a_multi_line_import_error_is_reported_on_one_line(write_module: WriteMo
 
 
 def test_a_missing_attribute_is_reported(write_module: WriteModule) -> None:
-    module = write_module("from handlers import Router\n")
+    module = write_module("from loops_webhooks import Router\n")
 
     with pytest.raises(HandlerLoadError, match=f"{module!r} has no attribute 'router'") as caught:
         load_router(f"{module}:router")
@@ -168,7 +174,7 @@ def test_a_missing_attribute_is_reported(write_module: WriteModule) -> None:
 def test_an_attribute_that_is_not_a_router_is_reported(write_module: WriteModule) -> None:
     module = write_module("router = {}\n")
 
-    with pytest.raises(HandlerLoadError, match=r"'router' is a dict, not a handlers\.Router"):
+    with pytest.raises(HandlerLoadError, match=r"'router' is a dict, not a loops_webhooks\.Router"):
         load_router(f"{module}:router")
 
 
@@ -187,7 +193,9 @@ def test_a_handler_load_error_is_a_value_error() -> None:
 
 def test_importing_the_handler_api_loads_no_aiohttp_arq_or_redis() -> None:
     script = (
-        "import sys, handlers, handlers.examples, handlers.events, handlers.context\n"
+        "import sys, loops_webhooks.handlers.examples\n"
+        "from loops_webhooks import Router, HandlerContext, Reject, RetryLater, RegistrationError\n"
+        "from loops_webhooks.events import Event, CheckoutSessionEvent, CheckoutSession\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'aiohttp', 'arq', 'redis'}))"
     )
 

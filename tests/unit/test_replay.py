@@ -9,11 +9,16 @@ import orjson
 import pytest
 from fakeredis import FakeAsyncRedis
 
-from workers import keys
-from workers.dead_letters import DeadLetter, DeadLetterReason, dead_letter_id, get_dead_letter
-from workers.event_store import EventStore, HandlerState, HandlerStatus
-from workers.intake import EventIntake, ReceivedEvent
-from workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.dead_letters import (
+    DeadLetter,
+    DeadLetterReason,
+    dead_letter_id,
+    get_dead_letter,
+)
+from loops_webhooks.workers.event_store import EventStore, HandlerState, HandlerStatus
+from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
 
 QUEUE = "loops:queue"
 TYPE = "checkout.session.completed"

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handlers import HandlerContext, RegistrationError, Router
-from handlers.events import CheckoutSessionEvent, Event
+from loops_webhooks.handlers import HandlerContext, RegistrationError, Router
+from loops_webhooks.handlers.events import CheckoutSessionEvent, Event
 
 
 async def handle(event: Any, ctx: HandlerContext) -> None:

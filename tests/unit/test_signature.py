@@ -13,7 +13,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from ingest.signature import InvalidSignature, SignatureVerifier
+from loops_webhooks.ingest.signature import InvalidSignature, SignatureVerifier
 
 SECRET = b"whsec_test_5b8f0c2e9a1d4e7f"
 BODY = b'{"id":"evt_abc123","type":"checkout.session.completed","data":{"id":"cs_abc123"}}'
