@@ -20,10 +20,10 @@ import orjson
 import pydantic
 from redis.exceptions import RedisError
 
-from loops_webhooks import operations
+from loops_webhooks import operator_commands as operations
 from loops_webhooks.embedded_redis import EmbeddedRedisError, ensure_embedded_redis
 from loops_webhooks.logs import configure_logging
-from loops_webhooks.operations import UsageError
+from loops_webhooks.operator_commands import RedisUnreachable, UsageError
 from loops_webhooks.settings import ConfigurationError, Settings
 from loops_webhooks.workers.registry import HandlerLoadError
 
@@ -58,7 +58,13 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
     settings.require_webhook_secrets()
     app = create_app(settings, redis_url_for(settings))
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    try:
+        web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise operations.CommandFailed(
+            f"cannot listen on {args.host}:{args.port}: {reason}"
+        ) from None
     return EXIT_OK
 
 
@@ -68,7 +74,10 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = _worker_settings(args, settings)
     router = load_router(settings.handlers)
-    build_worker(settings, redis_url_for(settings), router).run()
+    try:
+        build_worker(settings, redis_url_for(settings), router).run()
+    except (RedisError, OSError) as error:
+        raise RedisUnreachable(str(error)) from None
     return EXIT_OK
 
 
@@ -300,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HandlerLoadError as error:
         print(f"loops-webhooks: cannot load handlers: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (RedisError, OSError) as error:
+    except RedisUnreachable as error:
         where = _safe_url(settings.redis_url) if settings.redis_url else "the embedded Redis"
         print(f"loops-webhooks: cannot reach Redis at {where}: {error}", file=sys.stderr)
         return EXIT_FAILURE

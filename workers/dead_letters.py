@@ -20,7 +20,6 @@ __all__ = [
     "TRACEBACK_LIMIT",
     "DeadLetter",
     "DeadLetterReason",
-    "dead_letter_id",
     "get_dead_letter",
     "list_dead_letters",
 ]
@@ -34,11 +33,6 @@ class DeadLetterReason(StrEnum):
     MAX_ATTEMPTS = "max_attempts"
     INVALID_PAYLOAD = "invalid_payload"
     UNHANDLED = "unhandled"
-
-
-def dead_letter_id(event_id: str, handler: str) -> str:
-    """Stable per (event, handler): dead-lettering the pair again replaces the earlier letter."""
-    return f"{event_id}:{handler}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,6 @@ from loops_webhooks.workers.dead_letters import (
     TRACEBACK_LIMIT,
     DeadLetter,
     DeadLetterReason,
-    dead_letter_id,
 )
 from loops_webhooks.workers.event_store import (
     Action,
@@ -42,6 +41,7 @@ from loops_webhooks.workers.event_store import (
     HandlerStatus,
     StoredEvent,
 )
+from loops_webhooks.workers.keys import dead_letter_id
 from loops_webhooks.workers.retry_policy import RetryPolicy
 
 __all__ = [

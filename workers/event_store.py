@@ -3,7 +3,8 @@
 Each (event, handler) pair has its own state: attempts, times, next attempt, last error and
 outcome. An attempt is counted *before* the handler runs (``begin``), so an event whose
 handler kills the worker is dead-lettered once its attempts are spent instead of looping.
-Both steps are single Lua scripts, so a reader never sees half of a transition.
+Both steps are single Lua scripts (``lua/begin.lua``, ``lua/finish.lua``), so a reader never
+sees half of a transition.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter
+from loops_webhooks.workers.scripts import register_script
 
 __all__ = [
     "Action",
@@ -28,8 +30,6 @@ __all__ = [
     "HandlerStatus",
     "StoredEvent",
 ]
-
-HANDLER_FIELD_PREFIX = "handler:"
 
 
 class EventStatus(StrEnum):
@@ -71,7 +71,10 @@ class HandlerState:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> HandlerState:
-        data = orjson.loads(raw)
+        return cls.from_dict(orjson.loads(raw))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HandlerState:
         for name in ("first_attempt_at", "last_attempt_at", "next_attempt_at", "attempts"):
             if name in data:
                 data[name] = int(data[name])
@@ -90,117 +93,9 @@ class StoredEvent:
     handlers: dict[str, HandlerState] = field(default_factory=dict)
     outcome: str | None = None
     finished_at_ms: int | None = None
+    history: dict[str, list[HandlerState]] = field(default_factory=dict)
+    """Per handler, the states that replays replaced, oldest first."""
 
-
-_BEGIN = """
-local event = redis.call('HMGET', KEYS[1], 'status', 'raw', 'type', 'received_at', 'headers')
-if not event[2] then return false end
-local out = {event[1], event[2], event[3], event[4], event[5]}
-if event[1] ~= 'pending' then return out end
-local now = tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do
-  local field = 'handler:' .. ARGV[i]
-  local limit = tonumber(ARGV[i + 1])
-  local stored = redis.call('HGET', KEYS[1], field)
-  local state = {status = 'pending', attempts = 0}
-  if stored then state = cjson.decode(stored) end
-  local action
-  if state.status == 'done' or state.status == 'dead' then
-    action = 'skip'
-  elseif state.status == 'retry' and state.next_attempt_at and state.next_attempt_at > now then
-    action = 'wait'
-  elseif state.attempts >= limit then
-    action = 'exhausted'
-  else
-    action = 'run'
-    state.attempts = state.attempts + 1
-    state.status = 'running'
-    if not state.first_attempt_at then state.first_attempt_at = now end
-    state.last_attempt_at = now
-    state.next_attempt_at = nil
-    stored = cjson.encode(state)
-    redis.call('HSET', KEYS[1], field, stored)
-  end
-  out[#out + 1] = action
-  out[#out + 1] = stored or cjson.encode(state)
-end
-return out
-"""
-
-_FINISH = """
--- KEYS: event, pending set, dead-letter index, outcome counts, queue, then the job's key,
---   in-progress marker and retry counter (arq's), then one key per dead letter
--- ARGV: now, expire at, event id, states, handler names, letters, outcome, counts,
---   counts ttl, job id ('' to leave the job to arq)
-local function settle_job(next_due)
-  if ARGV[10] == '' then return end
-  if next_due then
-    redis.call('ZADD', KEYS[5], next_due, ARGV[10])
-  else
-    redis.call('DEL', KEYS[6], KEYS[8])
-    redis.call('ZREM', KEYS[5], ARGV[10])
-  end
-  redis.call('DEL', KEYS[7])
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  settle_job(nil)
-  return -1
-end
-local now = ARGV[1]
-for outcome, count in pairs(cjson.decode(ARGV[8])) do
-  redis.call('HINCRBY', KEYS[4], outcome, count)
-end
-redis.call('EXPIRE', KEYS[4], ARGV[9])
-local states = cjson.decode(ARGV[4])
-for name, state in pairs(states) do
-  redis.call('HSET', KEYS[1], 'handler:' .. name, state)
-end
-local letters = cjson.decode(ARGV[6])
-if #letters > 0 then
-  local event = redis.call('HMGET', KEYS[1], 'raw', 'headers', 'received_at', 'type')
-  for i, letter in ipairs(letters) do
-    local flat = {}
-    for name, value in pairs(letter) do
-      flat[#flat + 1] = name
-      flat[#flat + 1] = value
-    end
-    redis.call('DEL', KEYS[8 + i])
-    redis.call('HSET', KEYS[8 + i], 'raw', event[1], 'headers', event[2],
-               'received_at', event[3], 'event_type', event[4], unpack(flat))
-    redis.call('ZADD', KEYS[3], now, letter.id)
-  end
-end
-local next_due = nil
-local any_dead = false
-for _, name in ipairs(cjson.decode(ARGV[5])) do
-  local stored = redis.call('HGET', KEYS[1], 'handler:' .. name)
-  local due = 0
-  if stored then
-    local state = cjson.decode(stored)
-    if state.status == 'dead' then
-      due = nil
-      any_dead = true
-    elseif state.status == 'done' then
-      due = nil
-    else
-      due = state.next_attempt_at or 0
-    end
-  end
-  if due and (next_due == nil or due < next_due) then next_due = due end
-end
-if next_due then
-  settle_job(next_due)
-  return next_due
-end
-settle_job(nil)
-local status = 'done'
-if any_dead or #letters > 0 then status = 'dead' end
-redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now)
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'outcome', ARGV[7]) end
-redis.call('ZREM', KEYS[2], ARGV[3])
-if status == 'done' then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end
-return -2
-"""
 
 FINISHED = -2
 MISSING = -1
@@ -219,8 +114,8 @@ class EventStore:
         self._redis = redis
         self._queue_name = queue_name
         self._dedupe_ttl_ms = dedupe_ttl_seconds * 1000
-        self._begin = redis.register_script(_BEGIN)
-        self._finish = redis.register_script(_FINISH)
+        self._begin = register_script(redis, "begin")
+        self._finish = register_script(redis, "finish")
 
     async def begin(
         self, event_id: str, limits: Sequence[tuple[str, int]], now_ms: int
@@ -230,7 +125,7 @@ class EventStore:
         ``limits`` is (handler name, max attempts) per matching handler. None if the event
         is not in the store (purged, or expired after it finished).
         """
-        args: list[Any] = [now_ms]
+        args: list[Any] = [now_ms, keys.HANDLER_FIELD_PREFIX]
         for name, limit in limits:
             args += [name, limit]
         reply = await self._begin(keys=[keys.event_key(event_id)], args=args)
@@ -284,6 +179,7 @@ class EventStore:
             keys.arq_job_key(settle_job),
             keys.arq_in_progress_key(settle_job),
             keys.arq_retry_key(settle_job),
+            keys.event_dead_letters_key(event.event_id),
             *(keys.dead_letter_key(letter.id) for letter in dead_letters),
         ]
         reply = await self._finish(
@@ -299,6 +195,7 @@ class EventStore:
                 orjson.dumps(counts or {}) if counts else b"{}",
                 keys.OUTCOME_COUNTS_TTL_SECONDS,
                 settle_job,
+                keys.HANDLER_FIELD_PREFIX,
             ],
         )
         next_due = int(reply)
@@ -309,11 +206,18 @@ class EventStore:
         stored = await self._redis.hgetall(keys.event_key(event_id))  # type: ignore[misc]
         if not stored:
             return None
-        handlers = {
-            name.decode()[len(HANDLER_FIELD_PREFIX) :]: HandlerState.from_json(value)
-            for name, value in stored.items()
-            if name.startswith(HANDLER_FIELD_PREFIX.encode())
-        }
+        handlers: dict[str, HandlerState] = {}
+        history: dict[str, list[HandlerState]] = {}
+        for field_name, value in stored.items():
+            name = field_name.decode()
+            if name.startswith(keys.HANDLER_FIELD_PREFIX):
+                handlers[name.removeprefix(keys.HANDLER_FIELD_PREFIX)] = HandlerState.from_json(
+                    value
+                )
+            elif name.startswith(keys.HANDLER_HISTORY_FIELD_PREFIX):
+                history[name.removeprefix(keys.HANDLER_HISTORY_FIELD_PREFIX)] = [
+                    HandlerState.from_dict(state) for state in orjson.loads(value)
+                ]
         finished = stored.get(b"finished_at")
         outcome = stored.get(b"outcome")
         return StoredEvent(
@@ -326,4 +230,5 @@ class EventStore:
             handlers=handlers,
             outcome=outcome.decode() if outcome else None,
             finished_at_ms=int(finished) if finished else None,
+            history=history,
         )

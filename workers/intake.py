@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason
+from loops_webhooks.workers.scripts import register_script
 
 __all__ = ["PROCESS_EVENT_JOB", "EventIntake", "ReceivedEvent", "job_payload"]
 
@@ -32,48 +33,9 @@ an event whose job expired before it ran."""
 
 MAX_EVENTS_PER_CALL = 256
 
-_RECORD_AND_ENQUEUE = """
--- KEYS: pending set, queue. ARGV[1]: job ttl (ms); then one record per event: its fields,
--- each "<length>:<bytes>": event key, job key, event id, type, raw body, headers, receipt
--- time, job id, job payload.
-local function fields_of(record)
-  local fields, position = {}, 1
-  while position <= #record do
-    local colon = string.find(record, ':', position, true)
-    local length = tonumber(string.sub(record, position, colon - 1))
-    fields[#fields + 1] = string.sub(record, colon + 1, colon + length)
-    position = colon + length + 1
-  end
-  return fields
-end
-local results = {}
-for i = 2, #ARGV do
-  local event_key, job_key, event_id, event_type, raw, headers, received_at, job_id, job =
-    unpack(fields_of(ARGV[i]))
-  if redis.call('EXISTS', event_key) == 1 then
-    results[#results + 1] = 0
-  else
-    redis.call('HSET', event_key, 'id', event_id, 'type', event_type, 'raw', raw,
-               'headers', headers, 'received_at', received_at, 'status', 'pending')
-    redis.call('ZADD', KEYS[1], received_at, event_id)
-    redis.call('SET', job_key, job, 'PX', ARGV[1])
-    redis.call('ZADD', KEYS[2], received_at, job_id)
-    results[#results + 1] = 1
-  end
-end
-return results
-"""
-
-_DEAD_LETTER_UNPARSEABLE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
-return 1
-"""
-
 
 def _record(event: ReceivedEvent, now_ms: int) -> bytes:
-    """The script's argument for one event (see ``_RECORD_AND_ENQUEUE``)."""
+    """The script's argument for one event (see ``lua/record_and_enqueue.lua``)."""
     job_id = keys.job_id_for_event(event.event_id)
     return _length_prefixed(
         keys.event_key(event.event_id).encode(),
@@ -123,8 +85,8 @@ class EventIntake:
     def __init__(self, redis: Redis, *, queue_name: str) -> None:
         self._redis = redis
         self._queue_name = queue_name
-        self._record_and_enqueue = redis.register_script(_RECORD_AND_ENQUEUE)
-        self._dead_letter_unparseable = redis.register_script(_DEAD_LETTER_UNPARSEABLE)
+        self._record_and_enqueue = register_script(redis, "record_and_enqueue")
+        self._dead_letter_unparseable = register_script(redis, "dead_letter_unparseable")
         self._waiting: list[tuple[ReceivedEvent, asyncio.Future[bool]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
@@ -165,7 +127,8 @@ class EventIntake:
             return
         try:
             results = await self._record_and_enqueue(
-                keys=[keys.PENDING_EVENTS, self._queue_name], args=[JOB_TTL_MS, *records]
+                keys=[keys.PENDING_EVENTS, keys.EVENT_INDEX, self._queue_name],
+                args=[JOB_TTL_MS, *records],
             )
         except BaseException as error:
             for future in waiting:
@@ -186,7 +149,7 @@ class EventIntake:
         Deduplicated by the body's hash; returns the dead letter's id.
         """
         letter = DeadLetter(
-            id="invalid_payload:" + hashlib.sha256(raw).hexdigest(),
+            id=keys.unparseable_dead_letter_id(hashlib.sha256(raw).hexdigest()),
             reason=DeadLetterReason.INVALID_PAYLOAD,
             error_type="InvalidPayload",
             error_message=detail,

@@ -1,7 +1,10 @@
-"""Every Redis key that loops-webhooks reads or writes is named here, and nowhere else.
+"""Every Redis key and id format that loops-webhooks reads or writes is built here, and nowhere
+else. Lua scripts receive keys as KEYS and prefixes as ARGV from this module; they never
+spell one out.
 
-arq's own keys (job payloads, in-progress markers) come from ``arq.constants`` so that the
-receiver can enqueue a job in the same atomic step that records the event.
+arq's own keys (job payloads, in-progress markers, retry counters) come from
+``arq.constants``, so that the receiver can enqueue a job in the same atomic step that
+records the event.
 """
 
 from __future__ import annotations
@@ -9,17 +12,27 @@ from __future__ import annotations
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 __all__ = [
+    "ARQ_EVENT_JOBS_IN_PROGRESS",
     "ARQ_IN_PROGRESS_PREFIX",
     "DEAD_LETTER_INDEX",
+    "DEAD_LETTER_PREFIX",
+    "EVENT_DEAD_LETTERS_PREFIX",
+    "EVENT_INDEX",
+    "EVENT_PREFIX",
+    "HANDLER_FIELD_PREFIX",
+    "HANDLER_HISTORY_FIELD_PREFIX",
     "OUTCOME_COUNTS_TTL_SECONDS",
     "PENDING_EVENTS",
     "arq_in_progress_key",
     "arq_job_key",
     "arq_retry_key",
+    "dead_letter_id",
     "dead_letter_key",
+    "event_dead_letters_key",
     "event_key",
     "job_id_for_event",
     "outcome_counts_key",
+    "unparseable_dead_letter_id",
 ]
 
 PREFIX = "loops:"
@@ -27,9 +40,23 @@ PREFIX = "loops:"
 PENDING_EVENTS = PREFIX + "pending"
 """Sorted set of event ids accepted but not finished, scored by receipt time (ms)."""
 
+EVENT_INDEX = PREFIX + "events"
+"""Sorted set of every stored event id, scored by receipt time (ms), for listing events.
+Ids whose record has expired are removed by the reconciler and skipped by readers."""
+
 DEAD_LETTER_INDEX = PREFIX + "dlq"
 """Sorted set of dead-letter ids, scored by the time they were dead-lettered (ms)."""
 
+EVENT_PREFIX = PREFIX + "event:"
+DEAD_LETTER_PREFIX = PREFIX + "dlq:"
+EVENT_DEAD_LETTERS_PREFIX = PREFIX + "event-dlq:"
+
+HANDLER_FIELD_PREFIX = "handler:"
+"""In an event's hash, ``handler:<name>`` holds that handler's state as JSON."""
+
+HANDLER_HISTORY_FIELD_PREFIX = "history:"
+"""In an event's hash, ``history:<name>`` holds a JSON array of that handler's states that
+replays replaced (oldest first), so an event's attempts before a replay stay visible."""
 
 OUTCOME_COUNTS_TTL_SECONDS = 2 * 60 * 60
 """Per-minute outcome counters live two hours: ``stats`` reads the last sixty minutes."""
@@ -42,12 +69,32 @@ def outcome_counts_key(now_ms: int) -> str:
 
 def event_key(event_id: str) -> str:
     """Hash holding one event: its raw bytes, receipt time, headers, status, handler states."""
-    return f"{PREFIX}event:{event_id}"
+    return EVENT_PREFIX + event_id
 
 
-def dead_letter_key(dead_letter_id: str) -> str:
+def event_dead_letters_key(event_id: str) -> str:
+    """Set of the ids of one event's dead letters: while it is not empty, the event record
+    is kept, since a replay needs it to skip the handlers that succeeded."""
+    return EVENT_DEAD_LETTERS_PREFIX + event_id
+
+
+def dead_letter_key(letter_id: str) -> str:
     """Hash holding one dead letter; it never expires."""
-    return f"{PREFIX}dlq:{dead_letter_id}"
+    return DEAD_LETTER_PREFIX + letter_id
+
+
+def dead_letter_id(event_id: str, handler: str) -> str:
+    """``<event id>:<handler>``, stable per (event, handler): dead-lettering the pair again
+    replaces the earlier letter. ``%`` and ``:`` in the event id are percent-escaped, so the
+    first ``:`` always ends the event id (handler names contain colons: ``module:function``).
+    A letter of an event no handler matched has an empty handler part."""
+    return event_id.replace("%", "%25").replace(":", "%3A") + ":" + handler
+
+
+def unparseable_dead_letter_id(body_sha256: str) -> str:
+    """A signed body that is not a usable event has no event id: its letter's id is ``:``
+    and the body's hash, an empty event part that no event's letter can have."""
+    return ":" + body_sha256
 
 
 def job_id_for_event(event_id: str) -> str:
@@ -61,6 +108,9 @@ def arq_job_key(job_id: str) -> str:
 
 ARQ_IN_PROGRESS_PREFIX = in_progress_key_prefix
 """arq marks a job taken by a worker with this prefix and the job id."""
+
+ARQ_EVENT_JOBS_IN_PROGRESS = in_progress_key_prefix + job_id_for_event("*")
+"""Pattern matching the in-progress markers of event jobs, for counting running ones."""
 
 
 def arq_in_progress_key(job_id: str) -> str:

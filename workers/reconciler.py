@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.intake import JOB_TTL_MS, job_payload
 from loops_webhooks.workers.metrics import RECONCILER_REPAIRS
+from loops_webhooks.workers.scripts import register_script
 
 __all__ = ["Reconciler"]
 
@@ -30,36 +31,32 @@ MAX_EVENTS_PER_PASS = 10_000
 """Pending events one pass looks at; the next pass goes on where it stopped, so events
 waiting on long retries at the front never hide a newer one that lost its job."""
 
-_REENQUEUE_ORPHANS = """
--- KEYS: pending set, queue, then per event: event key, job key
--- ARGV: job ttl ms, score, then per event: event id, job id, job payload
-local repaired = 0
-for i = 1, (#KEYS - 2) / 2 do
-  local event_key, job_key = KEYS[2 * i + 1], KEYS[2 * i + 2]
-  local event_id, job_id, payload = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
-  if redis.call('HGET', event_key, 'status') ~= 'pending' then
-    redis.call('ZREM', KEYS[1], event_id)
-  elseif redis.call('EXISTS', job_key) == 0 or not redis.call('ZSCORE', KEYS[2], job_id) then
-    redis.call('SET', job_key, payload, 'PX', ARGV[1])
-    redis.call('ZADD', KEYS[2], ARGV[2], job_id)
-    repaired = repaired + 1
-  end
-end
-return repaired
-"""
+TRIM_BATCH_SIZE = 1000
+"""Event-index entries one pass looks at for records that have expired."""
 
 
 class Reconciler:
     def __init__(
-        self, redis: Redis, *, queue_name: str, interval_seconds: float, grace_seconds: float
+        self,
+        redis: Redis,
+        *,
+        queue_name: str,
+        interval_seconds: float,
+        grace_seconds: float,
+        dedupe_ttl_seconds: int,
     ) -> None:
+        """``dedupe_ttl_seconds``: a finished event's record expires this long after receipt,
+        so older entries of the event index are checked and those expired removed."""
         self._redis = redis
         self._queue_name = queue_name
         self._interval = interval_seconds
         self._grace_ms = int(grace_seconds * 1000)
-        self._reenqueue = redis.register_script(_REENQUEUE_ORPHANS)
+        self._reenqueue = register_script(redis, "reenqueue_orphans")
+        self._trim = register_script(redis, "trim_event_index")
+        self._dedupe_ttl_ms = dedupe_ttl_seconds * 1000
         self._task: asyncio.Task[None] | None = None
         self._resume_at = 0
+        self._trim_resume_at = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run_forever(), name="loops-reconciler")
@@ -98,7 +95,25 @@ class Reconciler:
             batch = [raw.decode() for raw in event_ids[start : start + BATCH_SIZE]]
             repaired += await self._repair(batch, now_ms)
         RECONCILER_REPAIRS.inc(repaired)
+        await self.trim_event_index(now_ms)
         return repaired
+
+    async def trim_event_index(self, now_ms: int) -> int:
+        """Remove index entries of expired event records, a batch per pass; dead events keep
+        their records (and entries) until purged, so the next pass goes on after them."""
+        looked_at, removed = await self._trim(
+            keys=[keys.EVENT_INDEX],
+            args=[
+                keys.EVENT_PREFIX,
+                now_ms - self._dedupe_ttl_ms,
+                self._trim_resume_at,
+                TRIM_BATCH_SIZE,
+            ],
+        )
+        kept = int(looked_at) - int(removed)
+        full = int(looked_at) == TRIM_BATCH_SIZE
+        self._trim_resume_at = self._trim_resume_at + kept if full else 0
+        return int(removed)
 
     async def _repair(self, event_ids: list[str], now_ms: int) -> int:
         """Two round trips for a whole batch: read the types, then one atomic script."""

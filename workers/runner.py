@@ -31,6 +31,7 @@ from loops_webhooks.workers.intake import PROCESS_EVENT_JOB
 from loops_webhooks.workers.metrics import MetricsServer
 from loops_webhooks.workers.reconciler import Reconciler
 from loops_webhooks.workers.retry_policy import RetryPolicy
+from loops_webhooks.workers.scripts import register_script
 
 __all__ = ["EventWorker", "build_worker"]
 
@@ -47,25 +48,6 @@ RECONCILER = "loops_reconciler"
 METRICS_SERVER = "loops_metrics_server"
 
 log = structlog.get_logger(logger_name="loops_webhooks.workers")
-
-
-_CLAIM_DUE_JOBS = """
--- KEYS: queue; ARGV: now ms, in-progress ttl ms, how many, in-progress key prefix, job ids...
-local claimed = {}
-for i = 5, #ARGV do
-  if #claimed >= 2 * tonumber(ARGV[3]) then break end
-  local in_progress = ARGV[4] .. ARGV[i]
-  if redis.call('EXISTS', in_progress) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-    if score and tonumber(score) <= tonumber(ARGV[1]) then
-      redis.call('PSETEX', in_progress, ARGV[2], '1')
-      claimed[#claimed + 1] = ARGV[i]
-      claimed[#claimed + 1] = score
-    end
-  end
-end
-return claimed
-"""
 
 
 class EventWorker(Worker):
@@ -92,7 +74,7 @@ class EventWorker(Worker):
         if room <= 0 or not job_ids:
             return
         if not hasattr(self, "_claim_due_jobs"):
-            self._claim_due_jobs = self.pool.register_script(_CLAIM_DUE_JOBS)
+            self._claim_due_jobs = register_script(self.pool, "claim_due_jobs")
         claimed = await self._claim_due_jobs(
             keys=[self.queue_name],
             args=[
@@ -166,6 +148,7 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
             queue_name=settings.queue_name,
             interval_seconds=settings.reconcile_interval_seconds,
             grace_seconds=settings.reconcile_grace_seconds,
+            dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
         )
         reconciler.start()
         ctx[RECONCILER] = reconciler

@@ -6,7 +6,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
@@ -72,7 +71,7 @@ async def collect_stats(redis: Redis, *, queue_name: str) -> Stats:
             pipe.hgetall(keys.outcome_counts_key(now_ms - minute * 60_000))
         letter_ids, *minutes = await pipe.execute()
     running = 0
-    async for _ in redis.scan_iter(match=in_progress_key_prefix + "event:*", count=1000):
+    async for _ in redis.scan_iter(match=keys.ARQ_EVENT_JOBS_IN_PROGRESS, count=1000):
         running += 1
     async with redis.pipeline(transaction=False) as pipe:
         for letter_id in letter_ids:

@@ -270,7 +270,7 @@ def test_a_dead_letter_replayed_after_the_fix_ends_handled_without_rerunning_wha
     replayed = run_cli("dlq", "replay", dead_lettered, env=workspace.env)
 
     assert replayed.returncode == 0, replayed.stderr
-    assert "replayed 1, skipped 0, failed 0" in replayed.stdout
+    assert "replayed 1, skipped 0, already gone 0" in replayed.stdout
     wait_until(lambda: event_status(redis_url, "evt_cli_dead") == "done", "the replayed event")
     assert workspace.effects_of("notify", "evt_cli_dead") == 1
     assert workspace.effects_of("fulfil", "evt_cli_dead") == 1
@@ -380,7 +380,7 @@ def test_an_interrupted_bulk_replay_loses_nothing(
     assert {keys.job_id_for_event(letter.removesuffix(":notify")) for letter in requeued} <= queued
 
     rerun = run_cli("dlq", "replay", "--all", env=workspace.env)
-    assert f"replayed {total - len(requeued)}, skipped 0, failed 0" in rerun.stdout
+    assert f"replayed {total - len(requeued)}, skipped 0, already gone 0" in rerun.stdout
     workspace.broken.unlink()
     start_loops_webhooks("worker", env={**workspace.env, "LOOPS_WORKER_CONCURRENCY": "50"})
     wait_until(lambda: workspace.effects.read_text().count("notify ") == total, "every replay")

@@ -21,9 +21,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from loops_webhooks.settings import Settings
-from loops_webhooks.workers.dead_letters import DeadLetter, dead_letter_id, get_dead_letter
+from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
 from loops_webhooks.workers.event_store import EventStore, StoredEvent
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.keys import dead_letter_id
 
 __all__ = [
     "HANDLERS_MODULE",

@@ -12,7 +12,6 @@ from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import (
     DeadLetter,
     DeadLetterReason,
-    dead_letter_id,
     get_dead_letter,
 )
 from loops_webhooks.workers.event_store import (
@@ -24,6 +23,7 @@ from loops_webhooks.workers.event_store import (
     StoredEvent,
 )
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.keys import dead_letter_id
 
 QUEUE = "loops:queue"
 DEDUPE_TTL_SECONDS = 3600

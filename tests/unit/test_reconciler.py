@@ -27,7 +27,13 @@ async def redis() -> AsyncIterator[FakeAsyncRedis]:
 
 
 def reconciler(redis: FakeAsyncRedis, grace_seconds: float = 60) -> Reconciler:
-    return Reconciler(redis, queue_name=QUEUE, interval_seconds=1, grace_seconds=grace_seconds)
+    return Reconciler(
+        redis,
+        queue_name=QUEUE,
+        interval_seconds=1,
+        grace_seconds=grace_seconds,
+        dedupe_ttl_seconds=3600,
+    )
 
 
 async def record(redis: FakeAsyncRedis, event_id: str, received_at_ms: int = AN_HOUR_AGO_MS) -> str:

@@ -13,11 +13,11 @@ from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import (
     DeadLetter,
     DeadLetterReason,
-    dead_letter_id,
     get_dead_letter,
 )
 from loops_webhooks.workers.event_store import EventStore, HandlerState, HandlerStatus
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.keys import dead_letter_id
 from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
 
 QUEUE = "loops:queue"

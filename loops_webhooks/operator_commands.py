@@ -1,7 +1,8 @@
 """The operator's commands: ``events show``, ``dlq list|show|replay|purge`` and ``stats``.
 
-Each reads or changes Redis through the workers' API, prints for a person by default and
-JSON with ``--json``. Errors are raised as ``CommandFailed`` (exit 1) for the CLI to print.
+Each parses nothing and decides nothing: it calls ``loops_webhooks.workers.operations`` and
+prints the result for a person, or JSON with ``--json``. Redis errors are caught around the
+operation only (``run_operation``), so they are never confused with other failures.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import argparse
 import asyncio
 import re
 import sys
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -18,14 +18,13 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from loops_webhooks.settings import Settings
-from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter, list_dead_letters
-from loops_webhooks.workers.event_store import EventStore
-from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
-from loops_webhooks.workers.stats import collect_stats
+from loops_webhooks.workers.dead_letters import DeadLetter
+from loops_webhooks.workers.operations import DeadLetterFilter, NotFound, Operations
 
-__all__ = ["CommandFailed", "UsageError", "parse_since", "run_operation"]
+__all__ = ["CommandFailed", "RedisUnreachable", "UsageError", "parse_since", "run_operation"]
 
 PROGRESS_EVERY = 100
 SHOWN_FIELDS = (
@@ -42,7 +41,7 @@ SHOWN_FIELDS = (
 )
 WATCH_INTERVAL_SECONDS = 2.0
 
-Operation = Callable[[Redis, argparse.Namespace, Settings], Awaitable[int]]
+Operation = Callable[[Operations, argparse.Namespace], Awaitable[int]]
 
 
 class CommandFailed(Exception):
@@ -51,6 +50,10 @@ class CommandFailed(Exception):
 
 class UsageError(Exception):
     """The command line asks for something impossible or incomplete: exit code 2."""
+
+
+class RedisUnreachable(Exception):
+    """Redis refused or did not answer an operation's call: exit code 1."""
 
 
 def parse_since(text: str) -> int:
@@ -79,8 +82,17 @@ def run_operation(
 ) -> int:
     async def run() -> int:
         redis = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+        operations = Operations(
+            redis,
+            queue_name=settings.queue_name,
+            dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
+        )
         try:
-            return await operation(redis, args, settings)
+            return await operation(operations, args)
+        except NotFound as error:
+            raise CommandFailed(str(error.args[0])) from None
+        except (RedisError, OSError) as error:
+            raise RedisUnreachable(str(error)) from None
         finally:
             await redis.aclose()
 
@@ -109,11 +121,8 @@ def _letter_json(letter: DeadLetter, *, full: bool) -> dict[str, Any]:
     return data
 
 
-async def show_event(redis: Redis, args: argparse.Namespace, settings: Settings) -> int:
-    store = EventStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds)
-    event = await store.get(args.event_id)
-    if event is None:
-        raise CommandFailed(f"event {args.event_id!r} not found (never received, or expired)")
+async def show_event(operations: Operations, args: argparse.Namespace) -> int:
+    event = await operations.get_event(args.event_id)
     handlers = {
         name: {
             "status": state.status,
@@ -125,6 +134,19 @@ async def show_event(redis: Redis, args: argparse.Namespace, settings: Settings)
         }
         for name, state in event.handlers.items()
     }
+    replaced = {
+        name: [
+            {
+                "status": state.status,
+                "attempts": state.attempts,
+                "last_error": state.last_error,
+                "first_attempt_at": _time(state.first_attempt_at),
+                "last_attempt_at": _time(state.last_attempt_at),
+            }
+            for state in states
+        ]
+        for name, states in event.history.items()
+    }
     story = {
         "id": event.event_id,
         "type": event.event_type,
@@ -133,6 +155,7 @@ async def show_event(redis: Redis, args: argparse.Namespace, settings: Settings)
         "received_at": _time(event.received_at_ms),
         "finished_at": _time(event.finished_at_ms),
         "handlers": handlers,
+        "before_replays": replaced,
     }
     if args.json:
         _print_json(story)
@@ -150,29 +173,25 @@ async def show_event(redis: Redis, args: argparse.Namespace, settings: Settings)
         print(line)
         if state["last_error"]:
             print(f"    last error: {state['last_error']}")
+    for name, states in replaced.items():
+        for earlier in states:
+            line = f"  {name} (before a replay): {earlier['status']}, "
+            line += f"{earlier['attempts']} attempt(s), last at {earlier['last_attempt_at']}"
+            print(line)
+            if earlier["last_error"]:
+                print(f"    last error: {earlier['last_error']}")
     return 0
 
 
-async def _select(redis: Redis, args: argparse.Namespace) -> list[DeadLetter]:
+async def _select(operations: Operations, args: argparse.Namespace) -> list[DeadLetter]:
     """Dead letters by id, or by filters (type, handler, since), newest first."""
-    if getattr(args, "ids", None):
-        letters = []
-        for letter_id in args.ids:
-            letter = await get_dead_letter(redis, letter_id)
-            if letter is None:
-                raise CommandFailed(f"dead letter {letter_id!r} not found")
-            letters.append(letter)
-        return letters
-    letters = await list_dead_letters(redis, since_ms=args.since or 0)
-    if args.type:
-        letters = [letter for letter in letters if letter.event_type == args.type]
-    if args.handler:
-        letters = [letter for letter in letters if letter.handler == args.handler]
-    return letters
+    where = DeadLetterFilter(event_type=args.type, handler=args.handler, since_ms=args.since)
+    return await operations.select_dead_letters(getattr(args, "ids", None) or (), where)
 
 
-async def list_letters(redis: Redis, args: argparse.Namespace, settings: Settings) -> int:
-    letters = (await _select(redis, args))[: args.limit]
+async def list_letters(operations: Operations, args: argparse.Namespace) -> int:
+    where = DeadLetterFilter(event_type=args.type, handler=args.handler, since_ms=args.since)
+    letters = (await operations.list_dead_letters(where, limit=args.limit)).items
     if args.json:
         _print_json([_letter_json(letter, full=False) for letter in letters])
         return 0
@@ -187,10 +206,8 @@ async def list_letters(redis: Redis, args: argparse.Namespace, settings: Setting
     return 0
 
 
-async def show_letter(redis: Redis, args: argparse.Namespace, settings: Settings) -> int:
-    letter = await get_dead_letter(redis, args.id)
-    if letter is None:
-        raise CommandFailed(f"dead letter {args.id!r} not found")
+async def show_letter(operations: Operations, args: argparse.Namespace) -> int:
+    letter = await operations.get_dead_letter(args.id)
     data = _letter_json(letter, full=True)
     if args.json:
         _print_json(data)
@@ -209,38 +226,34 @@ def _has_selection(args: argparse.Namespace) -> bool:
     return bool(args.ids or args.all or args.type or args.handler or args.since)
 
 
-async def replay_letters(redis: Redis, args: argparse.Namespace, settings: Settings) -> int:
+async def replay_letters(operations: Operations, args: argparse.Namespace) -> int:
     if not _has_selection(args):
         raise UsageError("say what to replay: dead letter ids, --all, or a filter")
-    letters = await _select(redis, args)
+    letters = await _select(operations, args)
     if args.dry_run:
         for letter in letters:
             print(f"would replay {letter.id}  ({letter.reason}, {letter.handler or '-'})")
         print(f"{len(letters)} dead letter(s) would be replayed (dry run: nothing changed)")
         return 0
-    counts: Counter[str] = Counter()
-    for done, letter in enumerate(letters, start=1):
-        try:
-            result = await replay_dead_letter(
-                redis, letter, queue_name=settings.queue_name, force=args.force
-            )
-        except Exception as error:
-            counts["failed"] += 1
-            print(f"failed {letter.id}: {error}", file=sys.stderr)
-            continue
-        counts[{ReplayResult.MISSING: "failed"}.get(result, result)] += 1
-        if result is ReplayResult.SKIPPED:
-            print(f"skipped {letter.id}: it holds no usable event ({letter.reason})")
-        if len(letters) > PROGRESS_EVERY and done % PROGRESS_EVERY == 0:
-            print(f"... {done}/{len(letters)}", file=sys.stderr)
-    print(f"replayed {counts['replayed']}, skipped {counts['skipped']}, failed {counts['failed']}")
-    return 1 if counts["failed"] else 0
+
+    def progress(done: int, total: int) -> None:
+        if total > PROGRESS_EVERY and done % PROGRESS_EVERY == 0:
+            print(f"... {done}/{total}", file=sys.stderr)
+
+    report = await operations.replay_dead_letters(letters, force=args.force, on_progress=progress)
+    for letter_id in report.skipped:
+        print(f"skipped {letter_id}: it holds no event to replay (a body that was not one)")
+    print(
+        f"replayed {len(report.replayed)}, skipped {len(report.skipped)}, "
+        f"already gone {len(report.gone)} (replayed or purged meanwhile by someone else)"
+    )
+    return 0
 
 
-async def purge_letters(redis: Redis, args: argparse.Namespace, settings: Settings) -> int:
+async def purge_letters(operations: Operations, args: argparse.Namespace) -> int:
     if not _has_selection(args):
         raise UsageError("say what to purge: dead letter ids, --all, or a filter")
-    letters = await _select(redis, args)
+    letters = await _select(operations, args)
     if not letters:
         print("no dead letters match")
         return 0
@@ -248,11 +261,7 @@ async def purge_letters(redis: Redis, args: argparse.Namespace, settings: Settin
         answer = _ask(f"permanently delete {len(letters)} dead letter(s)? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             raise CommandFailed("aborted; nothing was deleted (pass --yes to skip this question)")
-    purged = 0
-    for letter in letters:
-        purged += await purge_dead_letter(
-            redis, letter, dedupe_ttl_seconds=settings.dedupe_ttl_seconds
-        )
+    purged = await operations.purge_dead_letters(letters)
     print(f"purged {purged} dead letter(s)")
     return 0
 
@@ -265,9 +274,9 @@ def _ask(question: str) -> str:
     return line
 
 
-async def show_stats(redis: Redis, args: argparse.Namespace, settings: Settings) -> int:
+async def show_stats(operations: Operations, args: argparse.Namespace) -> int:
     while True:
-        stats = await collect_stats(redis, queue_name=settings.queue_name)
+        stats = await operations.stats()
         if args.json:
             _print_json(asdict(stats))
         else:

@@ -1,0 +1,47 @@
+-- Loads one event and counts an attempt for each of its handlers that is due now, before
+-- any of them runs: a handler that kills its worker is dead-lettered once its attempts are
+-- spent instead of looping.
+--
+-- KEYS[1] event           the event's hash
+-- ARGV[1] now             ms
+-- ARGV[2] handler_prefix  of the handler-state fields in the event's hash
+-- ARGV[3..] per handler: its name, its max attempts
+-- Returns false if the event is not stored; else status, raw, type, received_at, headers,
+-- then, for a pending event only, per handler: its action (run, skip, wait, exhausted) and
+-- its state (JSON).
+local event = KEYS[1]
+local now, handler_prefix = tonumber(ARGV[1]), ARGV[2]
+
+local stored_event = redis.call('HMGET', event, 'status', 'raw', 'type', 'received_at', 'headers')
+local status = stored_event[1]
+if not stored_event[2] then return false end
+local out = {status, stored_event[2], stored_event[3], stored_event[4], stored_event[5]}
+if status ~= 'pending' then return out end
+
+for i = 3, #ARGV, 2 do
+  local field = handler_prefix .. ARGV[i]
+  local max_attempts = tonumber(ARGV[i + 1])
+  local stored = redis.call('HGET', event, field)
+  local state = {status = 'pending', attempts = 0}
+  if stored then state = cjson.decode(stored) end
+  local action
+  if state.status == 'done' or state.status == 'dead' then
+    action = 'skip'
+  elseif state.status == 'retry' and state.next_attempt_at and state.next_attempt_at > now then
+    action = 'wait'
+  elseif state.attempts >= max_attempts then
+    action = 'exhausted'
+  else
+    action = 'run'
+    state.attempts = state.attempts + 1
+    state.status = 'running'
+    if not state.first_attempt_at then state.first_attempt_at = now end
+    state.last_attempt_at = now
+    state.next_attempt_at = nil
+    stored = cjson.encode(state)
+    redis.call('HSET', event, field, stored)
+  end
+  out[#out + 1] = action
+  out[#out + 1] = stored or cjson.encode(state)
+end
+return out

@@ -1,0 +1,23 @@
+-- Deletes one dead letter for good. Once none of its event's letters is left, a dead event
+-- record expires like a finished one; until then a replay still needs it, to skip the
+-- handlers that succeeded.
+--
+-- KEYS[1] letter             the dead letter's hash
+-- KEYS[2] dead_letter_index  sorted set of dead-letter ids
+-- KEYS[3] event              the event's hash
+-- KEYS[4] event_letters      set of the event's dead-letter ids
+-- ARGV[1] letter_id
+-- ARGV[2] dedupe_ttl_ms      how long a finished event's id is still remembered
+-- Returns 1 purged, 0 already gone.
+local letter, dead_letter_index, event, event_letters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local letter_id, dedupe_ttl_ms = ARGV[1], ARGV[2]
+
+if redis.call('EXISTS', letter) == 0 then return 0 end
+redis.call('DEL', letter)
+redis.call('ZREM', dead_letter_index, letter_id)
+redis.call('SREM', event_letters, letter_id)
+if redis.call('SCARD', event_letters) > 0 then return 1 end
+if redis.call('HGET', event, 'status') == 'dead' and redis.call('TTL', event) < 0 then
+  redis.call('PEXPIRE', event, dedupe_ttl_ms)
+end
+return 1

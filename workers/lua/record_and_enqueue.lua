@@ -1,0 +1,40 @@
+-- Records verified events and enqueues their jobs in one atomic step, so that an event is
+-- never stored without its job. An id already recorded is left untouched: a redelivery.
+--
+-- KEYS[1] pending      sorted set of unfinished event ids, by receipt time
+-- KEYS[2] event_index  sorted set of every stored event id, by receipt time
+-- KEYS[3] queue        arq's queue
+-- ARGV[1] job_ttl_ms
+-- ARGV[2..] one record per event, its fields each written "<length>:<bytes>": event key,
+--   job key, event id, type, raw body, headers (JSON), receipt time (ms), job id, payload
+-- Returns one flag per record: 1 recorded, 0 already recorded.
+local pending, event_index, queue = KEYS[1], KEYS[2], KEYS[3]
+local job_ttl_ms = ARGV[1]
+
+local function fields_of(record)
+  local fields, position = {}, 1
+  while position <= #record do
+    local colon = string.find(record, ':', position, true)
+    local length = tonumber(string.sub(record, position, colon - 1))
+    fields[#fields + 1] = string.sub(record, colon + 1, colon + length)
+    position = colon + length + 1
+  end
+  return fields
+end
+
+local results = {}
+for i = 2, #ARGV do
+  local event_key, job_key, event_id, event_type, raw, headers, received_at, job_id, payload =
+    unpack(fields_of(ARGV[i]))
+  if redis.call('EXISTS', event_key) == 1 then
+    results[#results + 1] = 0
+  else
+    redis.call('HSET', event_key, 'id', event_id, 'type', event_type, 'raw', raw,
+               'headers', headers, 'received_at', received_at, 'status', 'pending')
+    redis.call('ZADD', pending, received_at, event_id)
+    redis.call('ZADD', event_index, received_at, event_id)
+    enqueue_job(queue, job_key, job_id, payload, received_at, job_ttl_ms)
+    results[#results + 1] = 1
+  end
+end
+return results

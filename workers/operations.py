@@ -1,0 +1,332 @@
+"""What an operator does, as a Python API: show and list events; list, show, replay and purge
+dead letters; the queue's figures.
+
+The CLI, the dashboard and users' own scripts call these functions. They take typed
+arguments, return typed data and never print. Lists are pages over the sorted sets, newest
+first, with an opaque cursor for the next page, so 10,000 events or letters are never loaded
+at once; filters that no index covers are applied while paging, within a bounded scan.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Generic, TypeVar
+
+from redis.asyncio import Redis
+
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.dead_letters import DeadLetter
+from loops_webhooks.workers.event_store import EventStatus, EventStore, StoredEvent
+from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
+from loops_webhooks.workers.stats import Stats, collect_stats
+
+__all__ = [
+    "DeadLetterFilter",
+    "EventFilter",
+    "EventSummary",
+    "InvalidCursor",
+    "NotFound",
+    "Operations",
+    "Page",
+    "ReplayReport",
+]
+
+T = TypeVar("T")
+
+MAX_PAGE_SIZE = 500
+SCAN_LIMIT = 5_000
+"""Index entries one list call looks at before it returns a short page and a cursor, so a
+filter that matches little never makes one call read everything."""
+
+_LETTER_SUMMARY_FIELDS = [f.name for f in fields(DeadLetter) if f.name not in ("raw", "traceback")]
+_EVENT_SUMMARY_FIELDS = ["id", "type", "status", "received_at", "finished_at", "outcome"]
+
+
+class NotFound(LookupError):
+    """An event or dead letter named by id is not stored (never was, expired, or purged)."""
+
+
+class InvalidCursor(ValueError):
+    """A cursor that no list call of this API returned."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+    """Pass it back for the next page; None when there is no more."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventSummary:
+    id: str
+    type: str
+    status: EventStatus
+    received_at_ms: int
+    finished_at_ms: int | None
+    outcome: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    event_type: str | None = None
+    status: EventStatus | None = None
+    since_ms: int | None = None
+    """Received at or after this time (ms since the epoch)."""
+
+    def matches(self, event: EventSummary) -> bool:
+        return (self.event_type is None or event.type == self.event_type) and (
+            self.status is None or event.status == self.status
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    event_type: str | None = None
+    handler: str | None = None
+    reason: str | None = None
+    since_ms: int | None = None
+    """Dead-lettered at or after this time (ms since the epoch)."""
+
+    def matches(self, letter: DeadLetter) -> bool:
+        return (
+            (self.event_type is None or letter.event_type == self.event_type)
+            and (self.handler is None or letter.handler == self.handler)
+            and (self.reason is None or letter.reason == self.reason)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    replayed: list[str]
+    skipped: list[str]
+    """Letters that hold no event to replay (a signed body that was not a usable event)."""
+    gone: list[str]
+    """Letters replayed or purged by someone else since they were selected: not failures."""
+
+
+class Operations:
+    """The operator's API over one Redis; ``queue_name`` and ``dedupe_ttl_seconds`` must be
+    the receivers' and workers' own (``LOOPS_QUEUE_NAME``, ``LOOPS_DEDUPE_TTL_SECONDS``)."""
+
+    def __init__(self, redis: Redis, *, queue_name: str, dedupe_ttl_seconds: int) -> None:
+        self._redis = redis
+        self._queue_name = queue_name
+        self._dedupe_ttl_seconds = dedupe_ttl_seconds
+        self._store = EventStore(redis, dedupe_ttl_seconds=dedupe_ttl_seconds)
+
+    async def get_event(self, event_id: str) -> StoredEvent:
+        event = await self._store.get(event_id)
+        if event is None:
+            raise NotFound(f"event {event_id!r} not found (never received, or expired)")
+        return event
+
+    async def list_events(
+        self, where: EventFilter = EventFilter(), *, limit: int = 50, cursor: str | None = None
+    ) -> Page[EventSummary]:
+        """Stored events, newest first."""
+        return await _newest_first(
+            self._redis,
+            keys.EVENT_INDEX,
+            since_ms=where.since_ms,
+            limit=limit,
+            cursor=cursor,
+            load=self._event_summaries,
+            keep=where.matches,
+        )
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter:
+        stored = await self._redis.hgetall(keys.dead_letter_key(letter_id))  # type: ignore[misc]
+        if not stored:
+            raise NotFound(f"dead letter {letter_id!r} not found")
+        return DeadLetter.from_redis(stored)
+
+    async def dead_letters_of_event(self, event_id: str) -> list[DeadLetter]:
+        """Every dead letter of one event, as the event's own set of letter ids lists them."""
+        ids = await self._redis.smembers(keys.event_dead_letters_key(event_id))  # type: ignore[misc]
+        letters = []
+        for letter_id in sorted(ids):
+            try:
+                letters.append(await self.get_dead_letter(letter_id.decode()))
+            except NotFound:
+                continue
+        return letters
+
+    async def list_dead_letters(
+        self,
+        where: DeadLetterFilter = DeadLetterFilter(),
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[DeadLetter]:
+        """Dead letters, newest first, without their raw bodies and tracebacks."""
+        return await _newest_first(
+            self._redis,
+            keys.DEAD_LETTER_INDEX,
+            since_ms=where.since_ms,
+            limit=limit,
+            cursor=cursor,
+            load=self._letter_summaries,
+            keep=where.matches,
+        )
+
+    async def select_dead_letters(
+        self, ids: Sequence[str] = (), where: DeadLetterFilter | None = None
+    ) -> list[DeadLetter]:
+        """The letters a bulk replay or purge acts on: those named (NotFound if one is not
+        stored), else every letter matching ``where``, newest first."""
+        if ids:
+            return [await self.get_dead_letter(letter_id) for letter_id in ids]
+        selected: list[DeadLetter] = []
+        cursor: str | None = None
+        while True:
+            page = await self.list_dead_letters(
+                where or DeadLetterFilter(), limit=MAX_PAGE_SIZE, cursor=cursor
+            )
+            selected += page.items
+            if page.next_cursor is None:
+                return selected
+            cursor = page.next_cursor
+
+    async def replay_dead_letters(
+        self,
+        letters: Sequence[DeadLetter],
+        *,
+        force: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> ReplayReport:
+        """Put each letter's event back on the queue with fresh attempts for its handler (for
+        every handler with ``force``); ``on_progress(done, total)`` after each one. Each
+        letter moves in one atomic step, so an interrupted run can simply be repeated."""
+        outcomes: dict[ReplayResult, list[str]] = {result: [] for result in ReplayResult}
+        for done, letter in enumerate(letters, start=1):
+            result = await replay_dead_letter(
+                self._redis, letter, queue_name=self._queue_name, force=force
+            )
+            outcomes[result].append(letter.id)
+            if on_progress is not None:
+                on_progress(done, len(letters))
+        return ReplayReport(
+            replayed=outcomes[ReplayResult.REPLAYED],
+            skipped=outcomes[ReplayResult.SKIPPED],
+            gone=outcomes[ReplayResult.GONE],
+        )
+
+    async def purge_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """Delete letters for good; returns how many were still there to delete."""
+        purged = 0
+        for letter in letters:
+            purged += await purge_dead_letter(
+                self._redis, letter, dedupe_ttl_seconds=self._dedupe_ttl_seconds
+            )
+        return purged
+
+    async def stats(self) -> Stats:
+        return await collect_stats(self._redis, queue_name=self._queue_name)
+
+    async def _event_summaries(self, ids: list[str]) -> list[EventSummary | None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_id in ids:
+                pipe.hmget(keys.event_key(event_id), _EVENT_SUMMARY_FIELDS)
+            rows = await pipe.execute()
+        summaries: list[EventSummary | None] = []
+        for event_id, (_, event_type, status, received_at, finished_at, outcome) in zip(
+            ids, rows, strict=True
+        ):
+            if status is None or received_at is None:
+                summaries.append(None)
+                continue
+            summaries.append(
+                EventSummary(
+                    id=event_id,
+                    type=(event_type or b"").decode(),
+                    status=EventStatus(status.decode()),
+                    received_at_ms=int(received_at),
+                    finished_at_ms=int(finished_at) if finished_at else None,
+                    outcome=outcome.decode() if outcome else None,
+                )
+            )
+        return summaries
+
+    async def _letter_summaries(self, ids: list[str]) -> list[DeadLetter | None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for letter_id in ids:
+                pipe.hmget(keys.dead_letter_key(letter_id), _LETTER_SUMMARY_FIELDS)
+            rows = await pipe.execute()
+        letters: list[DeadLetter | None] = []
+        for row in rows:
+            stored = {
+                name.encode(): value
+                for name, value in zip(_LETTER_SUMMARY_FIELDS, row, strict=True)
+                if value is not None
+            }
+            letters.append(DeadLetter.from_redis(stored) if b"id" in stored else None)
+        return letters
+
+
+async def _newest_first(
+    redis: Redis,
+    index: str,
+    *,
+    since_ms: int | None,
+    limit: int,
+    cursor: str | None,
+    load: Callable[[list[str]], Awaitable[Sequence[T | None]]],
+    keep: Callable[[T], bool],
+) -> Page[T]:
+    """One page of an index (a sorted set of ids scored by time), newest first.
+
+    The cursor is the last returned entry (score, id): the next page starts just after it,
+    so letters added or removed meanwhile neither repeat nor hide others. Entries whose
+    record is gone are skipped.
+    """
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    low: float | str = since_ms if since_ms is not None else "-inf"
+    high: float | str = "+inf"
+    offset = 0
+    if cursor is not None:
+        score, member = _decode_cursor(cursor)
+        high = score
+        ties = await redis.zrangebyscore(index, score, score)
+        offset = sum(1 for tie in ties if tie >= member.encode())
+    items: list[T] = []
+    last: tuple[float, str] | None = None
+    scanned = 0
+    chunk_size = max(limit, 100)
+    while scanned < SCAN_LIMIT:
+        entries = await redis.zrevrangebyscore(
+            index, high, low, start=offset, num=chunk_size, withscores=True
+        )
+        if not entries:
+            return Page(items, None)
+        ids = [member.decode() for member, _ in entries]
+        for (member_id, score_value), item in zip(
+            zip(ids, (score for _, score in entries), strict=True),
+            await load(ids),
+            strict=True,
+        ):
+            scanned += 1
+            if item is not None and keep(item):
+                items.append(item)
+                if len(items) == limit:
+                    return Page(items, _encode_cursor(score_value, member_id))
+            last = (score_value, member_id)
+        if len(entries) < chunk_size:
+            return Page(items, None)
+        offset += len(entries)
+    return Page(items, _encode_cursor(*last) if last is not None else None)
+
+
+def _encode_cursor(score: float, member: str) -> str:
+    return base64.urlsafe_b64encode(f"{int(score)}:{member}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, member = text.split(":", 1)
+        return int(score), member
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidCursor(f"invalid cursor {cursor!r}") from None
