@@ -127,15 +127,8 @@ class Operations:
         self, where: EventFilter = EventFilter(), *, limit: int = 50, cursor: str | None = None
     ) -> Page[EventSummary]:
         """Stored events, newest first."""
-        return await _newest_first(
-            self._redis,
-            keys.EVENT_INDEX,
-            since_ms=where.since_ms,
-            limit=limit,
-            cursor=cursor,
-            load=self._event_summaries,
-            keep=where.matches,
-        )
+        index = _Index(keys.EVENT_INDEX, self._event_summaries)
+        return await index.page(self._redis, where.since_ms, where.matches, limit, cursor)
 
     async def get_dead_letter(self, letter_id: str) -> DeadLetter:
         stored = await self._redis.hgetall(keys.dead_letter_key(letter_id))  # type: ignore[misc]
@@ -162,15 +155,8 @@ class Operations:
         cursor: str | None = None,
     ) -> Page[DeadLetter]:
         """Dead letters, newest first, without their raw bodies and tracebacks."""
-        return await _newest_first(
-            self._redis,
-            keys.DEAD_LETTER_INDEX,
-            since_ms=where.since_ms,
-            limit=limit,
-            cursor=cursor,
-            load=self._letter_summaries,
-            keep=where.matches,
-        )
+        index = _Index(keys.DEAD_LETTER_INDEX, self._letter_summaries)
+        return await index.page(self._redis, where.since_ms, where.matches, limit, cursor)
 
     async def select_dead_letters(
         self, ids: Sequence[str] = (), where: DeadLetterFilter | None = None
@@ -266,57 +252,59 @@ class Operations:
         return letters
 
 
-async def _newest_first(
-    redis: Redis,
-    index: str,
-    *,
-    since_ms: int | None,
-    limit: int,
-    cursor: str | None,
-    load: Callable[[list[str]], Awaitable[Sequence[T | None]]],
-    keep: Callable[[T], bool],
-) -> Page[T]:
-    """One page of an index (a sorted set of ids scored by time), newest first.
+@dataclass(frozen=True, slots=True)
+class _Index(Generic[T]):
+    """A sorted set of ids scored by time, and how to load the records it names."""
 
-    The cursor is the last returned entry (score, id): the next page starts just after it,
-    so letters added or removed meanwhile neither repeat nor hide others. Entries whose
-    record is gone are skipped.
-    """
-    limit = max(1, min(limit, MAX_PAGE_SIZE))
-    low: float | str = since_ms if since_ms is not None else "-inf"
-    high: float | str = "+inf"
-    offset = 0
-    if cursor is not None:
-        score, member = _decode_cursor(cursor)
-        high = score
-        ties = await redis.zrangebyscore(index, score, score)
-        offset = sum(1 for tie in ties if tie >= member.encode())
-    items: list[T] = []
-    last: tuple[float, str] | None = None
-    scanned = 0
-    chunk_size = max(limit, 100)
-    while scanned < SCAN_LIMIT:
-        entries = await redis.zrevrangebyscore(
-            index, high, low, start=offset, num=chunk_size, withscores=True
-        )
-        if not entries:
-            return Page(items, None)
-        ids = [member.decode() for member, _ in entries]
-        for (member_id, score_value), item in zip(
-            zip(ids, (score for _, score in entries), strict=True),
-            await load(ids),
-            strict=True,
-        ):
-            scanned += 1
-            if item is not None and keep(item):
-                items.append(item)
-                if len(items) == limit:
-                    return Page(items, _encode_cursor(score_value, member_id))
-            last = (score_value, member_id)
-        if len(entries) < chunk_size:
-            return Page(items, None)
-        offset += len(entries)
-    return Page(items, _encode_cursor(*last) if last is not None else None)
+    key: str
+    load: Callable[[list[str]], Awaitable[Sequence[T | None]]]
+
+    async def page(
+        self,
+        redis: Redis,
+        since_ms: int | None,
+        keep: Callable[[T], bool],
+        limit: int,
+        cursor: str | None,
+    ) -> Page[T]:
+        """One page, newest first, of the records ``keep`` accepts.
+
+        The cursor is the last returned entry (score, id): the next page starts just after
+        it, so entries added or removed meanwhile neither repeat nor hide others. Entries
+        whose record is gone are skipped.
+        """
+        limit = max(1, min(limit, MAX_PAGE_SIZE))
+        low: float | str = since_ms if since_ms is not None else "-inf"
+        high: float | str = "+inf"
+        offset = 0
+        if cursor is not None:
+            score, member = _decode_cursor(cursor)
+            high = score
+            ties = await redis.zrangebyscore(self.key, score, score)
+            offset = sum(1 for tie in ties if tie >= member.encode())
+        items: list[T] = []
+        last: tuple[float, str] | None = None
+        scanned = 0
+        chunk_size = max(limit, 100)
+        while scanned < SCAN_LIMIT:
+            entries = await redis.zrevrangebyscore(
+                self.key, high, low, start=offset, num=chunk_size, withscores=True
+            )
+            if not entries:
+                return Page(items, None)
+            ids = [member.decode() for member, _ in entries]
+            records = await self.load(ids)
+            for member_id, (_, score_value), item in zip(ids, entries, records, strict=True):
+                scanned += 1
+                if item is not None and keep(item):
+                    items.append(item)
+                    if len(items) == limit:
+                        return Page(items, _encode_cursor(score_value, member_id))
+                last = (score_value, member_id)
+            if len(entries) < chunk_size:
+                return Page(items, None)
+            offset += len(entries)
+        return Page(items, _encode_cursor(*last) if last is not None else None)
 
 
 def _encode_cursor(score: float, member: str) -> str:

@@ -1,0 +1,226 @@
+"""The operator's Python API on fakeredis (Lua through lupa): pages, filters, replay, purge."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from fakeredis import FakeAsyncRedis
+
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason
+from loops_webhooks.workers.event_store import EventStatus, EventStore, HandlerState, HandlerStatus
+from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.operations import (
+    DeadLetterFilter,
+    EventFilter,
+    InvalidCursor,
+    NotFound,
+    Operations,
+)
+
+QUEUE = "loops:queue"
+TYPE = "checkout.session.completed"
+DAY = 86_400
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[FakeAsyncRedis]:
+    client = FakeAsyncRedis()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def operations(redis: FakeAsyncRedis) -> Operations:
+    return Operations(redis, queue_name=QUEUE, dedupe_ttl_seconds=DAY)
+
+
+async def receive(redis: FakeAsyncRedis, event_id: str, received_at: int) -> None:
+    raw = orjson.dumps({"id": event_id, "type": TYPE})
+    event = ReceivedEvent(event_id, TYPE, raw, {}, received_at)
+    assert await EventIntake(redis, queue_name=QUEUE).submit(event)
+
+
+async def dead_letter(
+    redis: FakeAsyncRedis,
+    event_id: str,
+    handlers: list[str],
+    *,
+    now: int,
+    done: tuple[str, ...] = (),
+) -> None:
+    """Record ``handlers`` of a stored event as dead-lettered at ``now`` (one score for all),
+    and ``done`` as succeeded."""
+    store = EventStore(redis, dedupe_ttl_seconds=DAY)
+    stored = await store.get(event_id)
+    assert stored is not None
+    states = {name: HandlerState(status=HandlerStatus.DONE, attempts=1) for name in done}
+    letters = []
+    for name in handlers:
+        states[name] = HandlerState(status=HandlerStatus.DEAD, attempts=3, last_error="boom")
+        letters.append(
+            DeadLetter(
+                id=keys.dead_letter_id(event_id, name),
+                reason=DeadLetterReason.MAX_ATTEMPTS,
+                event_id=event_id,
+                handler=name,
+                attempts=3,
+                dead_lettered_at=now,
+            )
+        )
+    await store.finish(stored, states, [*done, *handlers], letters, now_ms=now)
+
+
+async def every_page(operations: Operations, where: DeadLetterFilter, limit: int) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    while True:
+        page = await operations.list_dead_letters(where, limit=limit, cursor=cursor)
+        ids += [letter.id for letter in page.items]
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
+
+
+async def test_pages_of_dead_letters_cover_each_once_newest_first_even_when_times_tie(
+    redis: FakeAsyncRedis, operations: Operations
+) -> None:
+    await receive(redis, "evt_tied", 1_000)
+    await dead_letter(redis, "evt_tied", [f"h{n:02}" for n in range(10)], now=5_000)
+    for n in range(5):
+        await receive(redis, f"evt_{n}", 2_000 + n)
+        await dead_letter(redis, f"evt_{n}", ["solo"], now=6_000 + n)
+
+    ids = await every_page(operations, DeadLetterFilter(), limit=4)
+
+    everything = await redis.zrevrange(keys.DEAD_LETTER_INDEX, 0, -1)
+    assert ids == [member.decode() for member in everything]
+    assert len(ids) == len(set(ids)) == 15
+
+
+async def test_a_filter_applies_across_pages(redis: FakeAsyncRedis, operations: Operations) -> None:
+    for n in range(7):
+        await receive(redis, f"evt_{n}", 1_000 + n)
+        await dead_letter(redis, f"evt_{n}", ["fulfil", "audit"], now=2_000 + n)
+
+    ids = await every_page(operations, DeadLetterFilter(handler="audit"), limit=3)
+
+    assert ids == [keys.dead_letter_id(f"evt_{n}", "audit") for n in reversed(range(7))]
+
+
+async def test_since_keeps_only_letters_dead_lettered_from_then(
+    redis: FakeAsyncRedis, operations: Operations
+) -> None:
+    for n in range(4):
+        await receive(redis, f"evt_{n}", 1_000 + n)
+        await dead_letter(redis, f"evt_{n}", ["fulfil"], now=2_000 + n)
+
+    page = await operations.list_dead_letters(DeadLetterFilter(since_ms=2_002))
+
+    assert [letter.event_id for letter in page.items] == ["evt_3", "evt_2"]
+    assert page.next_cursor is None
+
+
+async def test_events_are_listed_newest_first_by_status_and_expired_ones_are_skipped(
+    redis: FakeAsyncRedis, operations: Operations
+) -> None:
+    now = int(time.time() * 1000)
+    for n in range(4):
+        await receive(redis, f"evt_{n}", now + n)
+    await dead_letter(redis, "evt_1", ["fulfil"], now=now + 10)
+    await redis.delete(keys.event_key("evt_2"))
+
+    everything = await operations.list_events()
+    pending = await operations.list_events(EventFilter(status=EventStatus.PENDING))
+
+    assert [event.id for event in everything.items] == ["evt_3", "evt_1", "evt_0"]
+    assert [event.id for event in pending.items] == ["evt_3", "evt_0"]
+    assert everything.items[1].status is EventStatus.DEAD
+
+
+async def test_a_cursor_not_made_by_the_api_is_refused(operations: Operations) -> None:
+    with pytest.raises(InvalidCursor):
+        await operations.list_events(cursor="not a cursor")
+
+
+async def test_an_unknown_event_or_letter_is_not_found(operations: Operations) -> None:
+    with pytest.raises(NotFound):
+        await operations.get_event("evt_missing")
+    with pytest.raises(NotFound):
+        await operations.select_dead_letters(["evt_missing:fulfil"])
+
+
+async def test_a_letter_replayed_by_a_concurrent_run_is_reported_gone_not_failed(
+    redis: FakeAsyncRedis, operations: Operations
+) -> None:
+    await receive(redis, "evt_1", 1_000)
+    await dead_letter(redis, "evt_1", ["fulfil"], now=2_000)
+    letters = await operations.select_dead_letters(where=DeadLetterFilter())
+
+    first = await operations.replay_dead_letters(letters)
+    second = await operations.replay_dead_letters(letters)
+
+    assert first.replayed == [keys.dead_letter_id("evt_1", "fulfil")] and first.gone == []
+    assert second.replayed == [] and second.gone == first.replayed
+
+
+async def test_a_letter_dead_lettered_again_since_it_was_read_is_not_replayed_twice(
+    redis: FakeAsyncRedis, operations: Operations
+) -> None:
+    await receive(redis, "evt_1", 1_000)
+    await dead_letter(redis, "evt_1", ["fulfil"], now=2_000)
+    read_before = await operations.select_dead_letters(where=DeadLetterFilter())
+    await operations.replay_dead_letters(read_before)
+    await dead_letter(redis, "evt_1", ["fulfil"], now=3_000)
+
+    stale = await operations.replay_dead_letters(read_before)
+
+    assert stale.gone == [read_before[0].id]
+    assert [
+        letter.dead_lettered_at for letter in await operations.dead_letters_of_event("evt_1")
+    ] == [3_000]
+
+
+async def test_a_replay_keeps_the_replaced_attempts_in_the_events_history(
+    redis: FakeAsyncRedis, operations: Operations
+) -> None:
+    await receive(redis, "evt_1", 1_000)
+    await dead_letter(redis, "evt_1", ["fulfil"], done=("audit",), now=2_000)
+
+    await operations.replay_dead_letters(await operations.dead_letters_of_event("evt_1"))
+
+    event = await operations.get_event("evt_1")
+    assert event.status is EventStatus.PENDING
+    assert "fulfil" not in event.handlers and event.handlers["audit"].status is HandlerStatus.DONE
+    assert [(s.status, s.attempts, s.last_error) for s in event.history["fulfil"]] == [
+        (HandlerStatus.DEAD, 3, "boom")
+    ]
+
+
+async def test_purge_lets_a_dead_event_expire_only_once_its_last_letter_is_gone(
+    redis: FakeAsyncRedis, operations: Operations
+) -> None:
+    await receive(redis, "evt_1", 1_000)
+    await dead_letter(redis, "evt_1", ["fulfil", "audit"], now=2_000)
+    fulfil, audit = sorted(await operations.dead_letters_of_event("evt_1"), key=lambda x: x.handler)
+
+    assert await operations.purge_dead_letters([audit]) == 1
+    assert await redis.ttl(keys.event_key("evt_1")) == -1
+    assert await operations.purge_dead_letters([fulfil, fulfil]) == 1
+    assert 0 < await redis.ttl(keys.event_key("evt_1")) <= DAY
+    assert await operations.dead_letters_of_event("evt_1") == []
+
+
+def test_dead_letter_ids_stay_distinct_whatever_colons_the_event_id_holds() -> None:
+    pairs = [("a:b", "c"), ("a", "b:c"), ("a%3Ab", "c"), ("a", ""), ("a:", "")]
+
+    ids = {keys.dead_letter_id(event_id, handler) for event_id, handler in pairs}
+
+    assert len(ids) == len(pairs)
+    assert keys.dead_letter_id("evt_1", "myshop.webhooks:fulfil") == "evt_1:myshop.webhooks:fulfil"
+    assert keys.unparseable_dead_letter_id("ab12").startswith(":")  # event ids are never empty
