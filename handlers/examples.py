@@ -1,11 +1,12 @@
 """Example handlers for the three checkout events, and the default ``LOOPS_HANDLERS``.
 
-Copy this module to start your own and point ``LOOPS_HANDLERS`` at its router, e.g.
+Written as a shop's own module is, against the public names only. Copy it to start your own
+and point ``LOOPS_HANDLERS`` at its router, e.g.
 ``LOOPS_HANDLERS=myshop.webhooks:router``.
 """
 
-from loops_webhooks.handlers import HandlerContext, Reject, Router
-from loops_webhooks.handlers.events import CheckoutSessionEvent
+from loops_webhooks import HandlerContext, Reject, Router
+from loops_webhooks.events import CheckoutSessionEvent
 
 __all__ = ["router"]
 

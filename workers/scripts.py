@@ -1,8 +1,8 @@
 """The Lua scripts, read from ``workers/lua/*.lua`` (shipped as package data).
 
 Each script opens with a header naming its KEYS and ARGV and binds them to locals; keys and
-prefixes come from ``workers.keys`` as arguments. A script that enqueues a job has the
-library ``enqueue_job.lua`` prepended, so that step is written once.
+prefixes come from ``loops_webhooks.workers.keys`` as arguments. A script that enqueues a job
+has the library ``enqueue_job.lua`` prepended, so that step is written once.
 """
 
 from __future__ import annotations
