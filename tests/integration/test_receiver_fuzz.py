@@ -492,6 +492,7 @@ async def assert_answer_keeps_the_contract(
             keys.event_key(event_id).encode(),
             job_key.encode(),
             keys.PENDING_EVENTS.encode(),
+            keys.EVENT_INDEX.encode(),
             QUEUE.encode(),
         }
         record = await redis.hgetall(keys.event_key(event_id))
