@@ -6,6 +6,7 @@ keyword arguments from a validated Settings model, so a mistake fails at start-u
 
 from __future__ import annotations
 
+import functools
 import math
 from signal import Signals
 from typing import Any
@@ -17,6 +18,7 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
 from handlers import Router
+from loops_webhooks.metrics_server import MetricsServer
 from loops_webhooks.settings import Settings
 from workers import keys
 from workers.dispatch import (
@@ -28,7 +30,7 @@ from workers.dispatch import (
 )
 from workers.event_store import EventStore
 from workers.intake import PROCESS_EVENT_JOB
-from workers.metrics import MetricsServer
+from workers.metrics import refresh_queue_gauges
 from workers.reconciler import Reconciler
 from workers.retry_policy import RetryPolicy
 
@@ -171,7 +173,11 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
         ctx[RECONCILER] = reconciler
         if settings.metrics_port:
             metrics_server = MetricsServer(
-                redis, queue_name=settings.queue_name, port=settings.metrics_port
+                host=settings.metrics_host,
+                port=settings.metrics_port,
+                refresh=functools.partial(
+                    refresh_queue_gauges, redis, queue_name=settings.queue_name
+                ),
             )
             await metrics_server.start()
             ctx[METRICS_SERVER] = metrics_server
