@@ -15,6 +15,7 @@ from loops_webhooks.ingest.errors import error_response, response_for
 from loops_webhooks.ingest.signature import SignatureVerifier
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers.intake import EventIntake
+from loops_webhooks.workers.metrics_server import MetricsServer
 
 __all__ = ["create_app"]
 
@@ -24,7 +25,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(settings: Settings, redis_url: str) -> web.Application:
-    """Build the receiver. Raises ConfigurationError when no signing secret is configured."""
+    """Build the receiver. Raises ConfigurationError when no signing secret is configured.
+
+    Its port serves the webhook path, ``/healthz`` and ``/readyz``, nothing else: ``/metrics``
+    is served on ``LOOPS_METRICS_HOST``:``LOOPS_METRICS_PORT`` (unless that port is 0), out of
+    reach of whoever can reach the webhook.
+    """
     verifier = SignatureVerifier(settings.require_webhook_secrets())
     app = web.Application(
         middlewares=[_answer_and_log],
@@ -36,10 +42,11 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app[REDIS_URL] = redis_url
     app[VERIFIER] = verifier
     app.cleanup_ctx.append(_redis_context)
+    if settings.metrics_port:
+        app.cleanup_ctx.append(_metrics_server_context)
     app.router.add_post(settings.webhook_path, views.receive_webhook)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
-    app.router.add_get("/metrics", views.metrics)
     return app
 
 
@@ -55,6 +62,14 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
     app[INTAKE] = EventIntake(redis, queue_name=app[SETTINGS].queue_name)
     yield
     await redis.aclose()
+
+
+async def _metrics_server_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    server = MetricsServer(host=settings.metrics_host, port=settings.metrics_port)
+    await server.start()
+    yield
+    await server.stop()
 
 
 @web.middleware

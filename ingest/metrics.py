@@ -1,4 +1,4 @@
-"""The receiver's Prometheus metrics, served on its own ``/metrics``.
+"""The receiver's Prometheus metrics, served on ``LOOPS_METRICS_PORT`` (never the webhook port).
 
 Labels are bounded: an outcome from a fixed set, never an event id or type.
 """

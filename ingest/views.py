@@ -11,7 +11,6 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from loops_webhooks.ingest.app_keys import INTAKE, OUTCOME, REDIS, SETTINGS, VERIFIER
@@ -26,7 +25,7 @@ from loops_webhooks.ingest.metrics import REDIS_WRITE_DURATION
 from loops_webhooks.ingest.signature import SIGNATURE_HEADER
 from loops_webhooks.workers.intake import ReceivedEvent
 
-__all__ = ["healthz", "metrics", "readyz", "receive_webhook"]
+__all__ = ["healthz", "readyz", "receive_webhook"]
 
 log = structlog.get_logger(logger_name="loops_webhooks.ingest")
 
@@ -55,11 +54,6 @@ async def receive_webhook(request: web.Request) -> web.Response:
     structlog.contextvars.bind_contextvars(event_id=event_id, event_type=event_type)
     request[OUTCOME] = "accepted" if created else "duplicate"
     return json_response({"received": True, "id": event_id, "duplicate": not created})
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition of this process's metrics."""
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,8 +1,10 @@
 """``loops-webhooks dev``: the receiver and a worker together, for a newcomer's first run.
 
 Both run as child processes, exactly as ``serve`` and ``worker`` run in production, on the
-data directory's embedded Redis unless ``REDIS_URL`` is set. Ctrl-C (or SIGTERM) stops both
-gracefully; what was received is in Redis and is processed after the next start.
+data directory's embedded Redis unless ``REDIS_URL`` is set. The worker serves the metrics
+port; the receiver's metrics server is off (both on one host cannot share the port). Ctrl-C
+(or SIGTERM) stops both gracefully; what was received is in Redis and is processed after the
+next start.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ def run_dev(
         )
     command = [sys.executable, "-m", "loops_webhooks.cli"]
     children = [
-        subprocess.Popen([*command, "serve", "--host", host, "--port", str(port)], env=env),
+        subprocess.Popen(
+            [*command, "serve", "--host", host, "--port", str(port)],
+            env={**env, "LOOPS_METRICS_PORT": "0"},
+        ),
         subprocess.Popen([*command, "worker", *worker_options], env=env),
     ]
     interrupted = False

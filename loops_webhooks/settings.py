@@ -60,8 +60,15 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(default=0.01, gt=0)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     reconcile_grace_seconds: float = Field(default=60.0, ge=0)
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Where /metrics listens; 0.0.0.0 in a container, for Prometheus to reach.",
+    )
     metrics_port: int = Field(
-        default=9100, ge=0, le=65535, description="Worker metrics and /healthz; 0 turns it off."
+        default=9100,
+        ge=0,
+        le=65535,
+        description="/metrics and /healthz of the receiver or worker; 0 turns them off.",
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,18 +1,16 @@
-"""The worker's Prometheus metrics, served with a liveness check on ``LOOPS_METRICS_PORT``.
+"""The worker's Prometheus metrics, served by ``loops_webhooks.workers.metrics_server`` on
+``LOOPS_METRICS_PORT``.
 
 Counters are updated as handlers finish; the queue gauges are refreshed from Redis every few
-seconds by a background task, so a scrape never waits on Redis. Labels are bounded: handler
+seconds by the metrics server's background task (``refresh_queue_gauges``), so a scrape never
+waits on Redis. Labels are bounded: handler
 names (registered in code), outcomes and reasons from fixed sets, never event ids.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import structlog
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -25,12 +23,10 @@ __all__ = [
     "RECONCILER_REPAIRS",
     "RETRIES_SCHEDULED",
     "UNHANDLED_EVENTS",
-    "MetricsServer",
+    "refresh_queue_gauges",
 ]
 
 log = structlog.get_logger(logger_name="loops_webhooks.workers.metrics")
-
-GAUGE_REFRESH_SECONDS = 5.0
 
 HANDLER_RUNS = Counter(
     "loops_webhooks_handler_runs",
@@ -64,58 +60,14 @@ OLDEST_PENDING_AGE = Gauge(
 )
 
 
-class MetricsServer:
-    """``/metrics`` and ``/healthz`` for one worker, plus the gauge refresher."""
-
-    def __init__(self, redis: Redis, *, queue_name: str, port: int) -> None:
-        self._redis = redis
-        self._queue_name = queue_name
-        self._port = port
-        self._runner: web.AppRunner | None = None
-        self._refresher: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._refresher = asyncio.create_task(self._refresh_forever(), name="loops-gauges")
-        app = web.Application()
-        app.router.add_get("/metrics", _metrics)
-        app.router.add_get("/healthz", _healthz)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "0.0.0.0", self._port).start()
-        except OSError as error:
-            await runner.cleanup()
-            log.error("cannot serve worker metrics", port=self._port, error=str(error))
-            return
-        self._runner = runner
-
-    async def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def refresh_gauges(self) -> None:
-        figures = await queue_figures(self._redis, queue_name=self._queue_name)
-        QUEUE_DEPTH.set(figures.due)
-        SCHEDULED_RETRIES.set(figures.scheduled)
-        DEAD_LETTER_QUEUE_SIZE.set(figures.dead_letters)
-        OLDEST_PENDING_AGE.set(figures.oldest_pending_age_seconds or 0)
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            try:
-                await self.refresh_gauges()
-            except RedisError as error:
-                log.warning("cannot refresh queue gauges", error=str(error))
-            await asyncio.sleep(GAUGE_REFRESH_SECONDS)
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+async def refresh_queue_gauges(redis: Redis, *, queue_name: str) -> None:
+    """Set the queue gauges from Redis; a Redis failure leaves them as they were, logged."""
+    try:
+        figures = await queue_figures(redis, queue_name=queue_name)
+    except RedisError as error:
+        log.warning("cannot refresh queue gauges", error=str(error))
+        return
+    QUEUE_DEPTH.set(figures.due)
+    SCHEDULED_RETRIES.set(figures.scheduled)
+    DEAD_LETTER_QUEUE_SIZE.set(figures.dead_letters)
+    OLDEST_PENDING_AGE.set(figures.oldest_pending_age_seconds or 0)

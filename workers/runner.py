@@ -6,6 +6,7 @@ keyword arguments from a validated Settings model, so a mistake fails at start-u
 
 from __future__ import annotations
 
+import functools
 import math
 from signal import Signals
 from typing import Any
@@ -28,7 +29,8 @@ from loops_webhooks.workers.dispatch import (
 )
 from loops_webhooks.workers.event_store import EventStore
 from loops_webhooks.workers.intake import PROCESS_EVENT_JOB
-from loops_webhooks.workers.metrics import MetricsServer
+from loops_webhooks.workers.metrics import refresh_queue_gauges
+from loops_webhooks.workers.metrics_server import MetricsServer
 from loops_webhooks.workers.reconciler import Reconciler
 from loops_webhooks.workers.retry_policy import RetryPolicy
 from loops_webhooks.workers.scripts import register_script
@@ -154,7 +156,11 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
         ctx[RECONCILER] = reconciler
         if settings.metrics_port:
             metrics_server = MetricsServer(
-                redis, queue_name=settings.queue_name, port=settings.metrics_port
+                host=settings.metrics_host,
+                port=settings.metrics_port,
+                refresh=functools.partial(
+                    refresh_queue_gauges, redis, queue_name=settings.queue_name
+                ),
             )
             await metrics_server.start()
             ctx[METRICS_SERVER] = metrics_server

@@ -222,13 +222,14 @@ def _loops_webhooks_command() -> list[str]:
 
 
 def _clean_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """This process's environment without any loops-webhooks setting, plus ``env``."""
+    """This process's environment without any loops-webhooks setting, plus ``env``; no metrics
+    server unless ``env`` asks for one (a fixed default port would clash between processes)."""
     base = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith("LOOPS_") and name != "REDIS_URL"
     }
-    return {**base, "PYTHONUNBUFFERED": "1", **env}
+    return {**base, "PYTHONUNBUFFERED": "1", "LOOPS_METRICS_PORT": "0", **env}
 
 
 StartLoopsWebhooks = Callable[..., LoopsWebhooksProcess]

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -57,28 +57,38 @@ async def scrape(url: str) -> str:
         return await response.text()
 
 
+class Receiver:
+    """A receiver built by ``create_app``: its webhook port (``client``) and metrics URL."""
+
+    def __init__(self, client: TestClient, metrics_url: str) -> None:
+        self.client = client
+        self.metrics_url = metrics_url
+
+
 @pytest.fixture
-async def receiver(redis_url: str) -> TestClient:
-    client = TestClient(
-        TestServer(create_app(Settings(webhook_secret=WEBHOOK_SECRET), redis_url), host="127.0.0.1")
-    )
+async def receiver(redis_url: str, free_port: Callable[[], int]) -> AsyncIterator[Receiver]:
+    metrics_port = free_port()
+    settings = Settings(webhook_secret=WEBHOOK_SECRET, metrics_port=metrics_port)
+    client = TestClient(TestServer(create_app(settings, redis_url), host="127.0.0.1"))
     await client.start_server()
-    yield client
+    yield Receiver(client, f"http://127.0.0.1:{metrics_port}/metrics")
     await client.close()
 
 
 async def test_receiver_metrics_count_requests_by_outcome(
-    receiver: TestClient, loops: LoopsSender
+    receiver: Receiver, loops: LoopsSender
 ) -> None:
-    before = await (await receiver.get("/metrics")).text()
+    before = await scrape(receiver.metrics_url)
     body = loops.event()
 
     for _ in range(2):
-        await receiver.post(WEBHOOK_PATH, data=body, headers=loops.headers(body))
-    await receiver.post(WEBHOOK_PATH, data=body, headers={"loops-signature": "0" * 64})
+        await receiver.client.post(WEBHOOK_PATH, data=body, headers=loops.headers(body))
+    await receiver.client.post(WEBHOOK_PATH, data=body, headers={"loops-signature": "0" * 64})
     unsigned_junk = b"not json"
-    await receiver.post(WEBHOOK_PATH, data=unsigned_junk, headers=loops.headers(unsigned_junk))
-    after = await (await receiver.get("/metrics")).text()
+    await receiver.client.post(
+        WEBHOOK_PATH, data=unsigned_junk, headers=loops.headers(unsigned_junk)
+    )
+    after = await scrape(receiver.metrics_url)
 
     def grew(outcome: str) -> float:
         name = "loops_webhooks_requests_total"
@@ -98,13 +108,42 @@ async def test_receiver_metrics_count_requests_by_outcome(
     )
 
 
+async def test_the_webhook_port_does_not_serve_metrics(receiver: Receiver) -> None:
+    response = await receiver.client.get("/metrics")
+
+    assert response.status == 404
+    assert (await response.json())["error"] == "not_found"
+
+
+async def test_serve_exposes_only_receiver_metrics_on_the_metrics_port(
+    redis_url: str, start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    env = {
+        "REDIS_URL": redis_url,
+        "LOOPS_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "LOOPS_METRICS_PORT": str(metrics_port),
+    }
+    # The metrics server starts in the app's startup, before the webhook port listens.
+    start_loops_webhooks("serve", "--port", str(port), env=env, port=port)
+
+    text = await scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    webhook_port_metrics = f"http://127.0.0.1:{port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(webhook_port_metrics) as response:
+        assert response.status == 404
+
+    assert 'loops_webhooks_requests_total{outcome="accepted"} 0.0' in text
+    assert "loops_webhooks_handler_runs" not in text
+    assert "loops_webhooks_queue_depth" not in text
+
+
 async def test_one_canonical_log_line_per_request_with_its_outcome(
-    receiver: TestClient, loops: LoopsSender
+    receiver: Receiver, loops: LoopsSender
 ) -> None:
     body = loops.event("evt_logged")
 
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        await receiver.post(WEBHOOK_PATH, data=body, headers=loops.headers(body))
+        await receiver.client.post(WEBHOOK_PATH, data=body, headers=loops.headers(body))
 
     requests = [entry for entry in logs if entry["event"] == "request"]
     assert len(requests) == 1
@@ -201,11 +240,12 @@ def test_the_signing_secret_never_appears_in_logs(
     env = {
         "REDIS_URL": redis_url,
         "LOOPS_WEBHOOK_SECRET": f"{WEBHOOK_SECRET},whsec_second_secret",
-        "LOOPS_METRICS_PORT": str(metrics_port),
         "LOOPS_LOG_LEVEL": "debug",
     }
     receiver = start_loops_webhooks("serve", "--port", str(port), env=env, port=port)
-    worker = start_loops_webhooks("worker", env=env, port=metrics_port)
+    worker = start_loops_webhooks(
+        "worker", env={**env, "LOOPS_METRICS_PORT": str(metrics_port)}, port=metrics_port
+    )
     url = f"{receiver.base_url}{WEBHOOK_PATH}"
     sent = subprocess.run(
         [LOOPS_WEBHOOKS, "send", "checkout.session.completed", "--url", url, "--count", "3"],

@@ -33,7 +33,7 @@ async def start_receiver(loops) -> AsyncIterator[StartReceiver]:
     clients: list[TestClient] = []
 
     async def start(redis_url: str, **overrides: Any) -> TestClient:
-        settings = Settings(webhook_secret=loops.secret, **overrides)
+        settings = Settings(webhook_secret=loops.secret, **{"metrics_port": 0, **overrides})
         client = TestClient(TestServer(create_app(settings, redis_url), host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

@@ -66,7 +66,9 @@ async def start_receiver(loops, redis_url: str) -> AsyncIterator[StartReceiver]:
     servers: list[TestServer] = []
 
     async def start(**overrides: Any) -> TestServer:
-        settings = Settings(webhook_secret=loops.secret, max_body_bytes=LIMIT, **overrides)
+        settings = Settings(
+            webhook_secret=loops.secret, max_body_bytes=LIMIT, metrics_port=0, **overrides
+        )
         server = TestServer(create_app(settings, redis_url), host="127.0.0.1")
         await server.start_server()
         servers.append(server)

@@ -337,7 +337,10 @@ async def test_an_event_posted_to_the_receiver_reaches_its_handler_parsed(
     )
     bench.start_worker()
     receiver = TestClient(
-        TestServer(create_app(Settings(webhook_secret=loops.secret), redis_url), host="127.0.0.1")
+        TestServer(
+            create_app(Settings(webhook_secret=loops.secret, metrics_port=0), redis_url),
+            host="127.0.0.1",
+        )
     )
     await receiver.start_server()
     try:

@@ -1,8 +1,9 @@
 """The deploy files keep the promises production depends on.
 
-No container engine runs these tests: they read the Dockerfile, compose.yaml, the Kubernetes
-manifests and redis.conf, and pin what must hold there (non-root, probes, AOF always,
-noeviction, grace periods, secrets only by reference, settings that exist).
+No container engine runs these tests (``deploy/smoke.sh`` does, outside CI): they read the
+Dockerfile, the compose files, the Kubernetes manifests and redis.conf, and pin what must hold
+there (non-root, probes, AOF always, noeviction, grace periods, secrets only by reference,
+settings that exist, metrics off the public port, one image name everywhere).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,12 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "compose.yaml"
+COMPOSE_HANDLERS = DEPLOY / "compose.handlers.yaml"
+KUSTOMIZATION = K8S / "kustomization.yaml"
+SMOKE = DEPLOY / "smoke.sh"
+SMOKE_SHOP_DOCKERFILE = DEPLOY / "smoke-shop" / "Dockerfile"
+README = DEPLOY.parent / "README.md"
+LOCAL_IMAGE = "loops-webhooks:local"
 REDIS_CONF = DEPLOY / "redis.conf"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 EXAMPLE_SECRETS = K8S / "secrets" / "secrets.example.yaml"
@@ -49,8 +57,19 @@ def yaml_documents(path: Path) -> list[Any]:
     return [document for document in yaml.safe_load_all(path.read_text()) if document]
 
 
+def k8s_manifests() -> list[Path]:
+    """The manifests: every YAML file under deploy/k8s but the kustomization."""
+    return [path for path in sorted(K8S.rglob("*.yaml")) if path != KUSTOMIZATION]
+
+
 def k8s_objects() -> list[dict[str, Any]]:
-    return [document for path in sorted(K8S.rglob("*.yaml")) for document in yaml_documents(path)]
+    return [document for path in k8s_manifests() for document in yaml_documents(path)]
+
+
+def kustomization() -> dict[str, Any]:
+    (document,) = yaml_documents(KUSTOMIZATION)
+    assert isinstance(document, dict)
+    return document
 
 
 def k8s_object(kind: str, name: str) -> dict[str, Any]:
@@ -104,8 +123,18 @@ def compose_services() -> dict[str, dict[str, Any]]:
 
 
 def compose_app_services() -> dict[str, dict[str, Any]]:
-    """The services built from deploy/Dockerfile: the receiver and the workers."""
-    return {name: service for name, service in compose_services().items() if "build" in service}
+    """The services that run loops-webhooks' image: the receiver and the workers."""
+    return {
+        name: service
+        for name, service in compose_services().items()
+        if service["image"].startswith("${WEBHOOKS_IMAGE")
+    }
+
+
+def with_defaults(text: str) -> str:
+    """``text`` with each ``${NAME:-default}`` replaced by its default, as compose does for an
+    unset variable."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", text)
 
 
 def compose_workers() -> dict[str, dict[str, Any]]:
@@ -268,10 +297,17 @@ def test_app_container_environments_are_valid_settings(clean_environment):
 # --- the image ---------------------------------------------------------------------------
 
 
-def test_the_image_is_built_in_a_separate_stage_from_a_slim_python():
+def test_the_image_is_built_in_a_separate_stage_from_a_slim_python_by_default():
     bases = [stage[0][1].split()[0] for stage in dockerfile_stages()]
+    arguments = arguments_of(dockerfile_instructions(DOCKERFILE.read_text()), "ARG")
     assert len(bases) >= 2
-    assert bases[-1] == "python:3.11-slim"
+    assert bases[-1] == "${BASE_IMAGE}"
+    assert "BASE_IMAGE=python:3.11-slim" in arguments
+
+
+def test_the_image_serves_metrics_on_every_interface_of_the_container():
+    environment = " ".join(arguments_of(final_stage(), "ENV")).split()
+    assert "LOOPS_METRICS_HOST=0.0.0.0" in environment
 
 
 def test_the_final_stage_copies_only_the_virtualenv_from_the_build_stage():
@@ -423,11 +459,42 @@ def test_compose_services_use_redis_not_the_embedded_development_redis():
         assert urlsplit(compose_environment(service)["REDIS_URL"]).hostname == "redis"
 
 
-def test_compose_receiver_reads_the_signing_secret_from_the_env_file():
-    receiver = compose_services()["receiver"]
-    assert receiver["env_file"] == ".env"
+def test_every_compose_service_reads_the_env_file():
+    assert {name: s.get("env_file") for name, s in compose_services().items()} == {
+        name: ".env" for name in compose_services()
+    }
+
+
+def test_compose_writes_no_secret_and_no_handlers_into_the_file():
     environments = [compose_environment(service) for service in compose_services().values()]
-    assert [env for env in environments if "LOOPS_WEBHOOK_SECRET" in env] == []
+    written = {"LOOPS_WEBHOOK_SECRET", "LOOPS_HANDLERS"}
+    assert [env for env in environments if written & env.keys()] == []
+
+
+def test_compose_publishes_the_receiver_on_loopback_only_by_default():
+    (port,) = compose_services()["receiver"]["ports"]
+    assert with_defaults(port) == "127.0.0.1:8080:8080"
+    published = [name for name, s in compose_services().items() if s.get("ports")]
+    assert published == ["receiver"]
+
+
+def test_compose_runs_the_local_image_unless_the_env_file_names_another():
+    images = {with_defaults(s["image"]) for s in compose_app_services().values()}
+    assert images == {LOCAL_IMAGE}
+    assert set(compose_app_services()) == {"receiver", "worker"}
+
+
+def test_compose_redis_image_can_be_replaced():
+    assert compose_services()["redis"]["image"] == "${REDIS_IMAGE:-redis:7}"
+
+
+def test_compose_handlers_override_runs_a_named_image_built_from_the_shops_directory():
+    (document,) = yaml_documents(COMPOSE_HANDLERS)
+    for name in compose_app_services():
+        service = document["services"][name]
+        assert service["image"].startswith("${WEBHOOKS_IMAGE:?")
+        assert service["build"]["context"].startswith("${HANDLERS_BUILD_CONTEXT:?")
+    assert set(document["services"]) == set(compose_app_services())
 
 
 def test_compose_takes_the_redis_password_from_the_env_file():
@@ -441,11 +508,15 @@ def test_compose_takes_the_redis_password_from_the_env_file():
     assert [p for p in passwords if not p.startswith("${REDIS_PASSWORD")] == []
 
 
-def test_env_example_lists_every_variable_compose_substitutes_with_no_value():
-    substituted = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
-    example = env_file_variables(ENV_EXAMPLE)
-    assert substituted | {"LOOPS_WEBHOOK_SECRET"} <= example.keys()
-    assert set(example.values()) == {""}
+def test_env_example_names_every_variable_the_compose_files_substitute():
+    text = COMPOSE.read_text() + COMPOSE_HANDLERS.read_text()
+    substituted = set(re.findall(r"\$\{([A-Z0-9_]+)", text))
+    named = set(re.findall(r"^#?([A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    assert substituted | {"LOOPS_WEBHOOK_SECRET", "LOOPS_HANDLERS"} <= named
+
+
+def test_env_example_sets_only_the_two_secrets_and_leaves_them_empty():
+    assert env_file_variables(ENV_EXAMPLE) == {"LOOPS_WEBHOOK_SECRET": "", "REDIS_PASSWORD": ""}
 
 
 def test_a_filled_in_env_file_is_ignored_by_git():
@@ -483,15 +554,19 @@ def test_worker_termination_grace_exceeds_its_shutdown_grace():
 
 
 def test_pods_are_scraped_by_prometheus_on_their_metrics_ports():
-    expected = {
-        RECEIVER: "8080",
-        WORKER: literal_env(the_container("Deployment", WORKER))["LOOPS_METRICS_PORT"],
-    }
-    for name, port in expected.items():
+    for name in (RECEIVER, WORKER):
+        container = the_container("Deployment", name)
+        port = literal_env(container)["LOOPS_METRICS_PORT"]
+        ports = {entry["name"]: str(entry["containerPort"]) for entry in container["ports"]}
         annotations = k8s_object("Deployment", name)["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
-        assert annotations["prometheus.io/port"] == port
+        assert annotations["prometheus.io/port"] == port == ports["metrics"]
         assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_receiver_service_exposes_the_webhook_port_only():
+    (port,) = k8s_object("Service", RECEIVER)["spec"]["ports"]
+    assert port["targetPort"] == "http"
 
 
 def test_secrets_reach_containers_only_through_secret_key_refs():
@@ -529,9 +604,72 @@ def test_example_secrets_applied_unedited_start_nothing():
     assert values[("loops-webhooks-redis", "password")] == ""
 
 
-def test_kubectl_apply_of_the_k8s_directory_applies_no_secret():
-    top_level = [document for path in K8S.glob("*.yaml") for document in yaml_documents(path)]
-    assert [o["metadata"]["name"] for o in top_level if o["kind"] == "Secret"] == []
+def test_kubectl_apply_k_applies_no_secret_and_no_redis():
+    applied = [document for name in kustomization()["resources"] for document in
+               yaml_documents(K8S / name)]  # fmt: skip
+    assert [o["metadata"]["name"] for o in applied if o["kind"] == "Secret"] == []
+    assert [o["metadata"]["name"] for o in applied if o["metadata"]["name"] == REDIS] == []
+
+
+def test_kustomization_resources_are_the_top_level_manifests():
+    resources = kustomization()["resources"]
+    assert all((K8S / name).is_file() for name in resources)
+    assert sorted(resources) == sorted(path.name for path in K8S.glob("*.yaml")
+                                       if path != KUSTOMIZATION)  # fmt: skip
+
+
+def test_kustomization_sets_the_image_of_every_app_container():
+    (image,) = kustomization()["images"]
+    assert {container["image"] for _, container in app_containers()} == {image["name"]}
+    assert image["newName"] and image["newTag"]
+
+
+def test_kustomization_sets_the_handlers_once_for_receivers_and_workers():
+    (generator,) = kustomization()["configMapGenerator"]
+    literals = dict(literal.split("=", 1) for literal in generator["literals"])
+    assert literals["LOOPS_HANDLERS"] == Settings.model_fields["handlers"].default
+    for _, container in app_containers():
+        assert {"configMapRef": {"name": generator["name"]}} in container["envFrom"]
+        assert "LOOPS_HANDLERS" not in {entry["name"] for entry in container["env"]}
+
+
+def test_ingress_routes_only_the_webhook_path_to_the_receivers():
+    ingress = k8s_object("Ingress", RECEIVER)
+    paths = [path for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+    assert [(p["path"], p["pathType"]) for p in paths] == [
+        (Settings.model_fields["webhook_path"].default, "Exact")
+    ]
+    (path,) = paths
+    assert path["backend"]["service"] == {"name": RECEIVER, "port": {"name": "http"}}
+    assert ingress["spec"]["tls"]
+
+
+def test_redis_network_policy_admits_only_receiver_and_worker_pods():
+    policy = k8s_object("NetworkPolicy", REDIS)["spec"]
+    redis_labels = k8s_object("StatefulSet", REDIS)["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    ((source,),) = [rule["from"] for rule in policy["ingress"]]
+    selector = source["podSelector"]
+
+    def admitted(labels: dict[str, str]) -> bool:
+        if not selector["matchLabels"].items() <= labels.items():
+            return False
+        return all(
+            labels.get(expression["key"]) in expression["values"]
+            for expression in selector.get("matchExpressions", [])
+        )
+
+    admitted_workloads = {
+        workload["metadata"]["name"]
+        for workload in workloads()
+        if admitted(workload["spec"]["template"]["metadata"]["labels"])
+    }
+    assert admitted_workloads == {RECEIVER, WORKER}
+
+
+def test_k8s_readme_says_the_hpa_needs_metrics_server():
+    assert "metrics-server" in (K8S / "README.md").read_text()
 
 
 def test_receiver_pdb_selects_the_receiver_pods_only():
@@ -612,3 +750,36 @@ def test_redis_statefulset_memory_limit_leaves_room_above_maxmemory():
     limit = the_container("StatefulSet", REDIS)["resources"]["limits"]["memory"]
     maxmemory = redis_directives(REDIS_CONF.read_text())["maxmemory"]
     assert size_in_bytes(maxmemory) <= 0.75 * size_in_bytes(limit)
+
+
+# --- the smoke test, the shop's image and the README ----------------------------------
+
+
+def test_smoke_sh_is_executable_and_parses():
+    assert os.access(SMOKE, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(SMOKE)], capture_output=True).returncode == 0
+
+
+def test_smoke_sh_builds_and_runs_the_image_compose_runs():
+    assert f"IMAGE={LOCAL_IMAGE}\n" in SMOKE.read_text()
+
+
+def test_the_readmes_derived_image_is_built_from_the_image_compose_runs():
+    operations = README.read_text().split("## Operations", 1)[1]
+    (dockerfile,) = re.findall(r"```dockerfile\n(.*?)```", operations, re.DOTALL)
+    assert dockerfile_instructions(dockerfile)[0] == ("FROM", LOCAL_IMAGE)
+    assert f"docker build -f deploy/Dockerfile -t {LOCAL_IMAGE} ." in operations
+
+
+def test_the_smoke_shop_is_built_as_the_readme_tells_a_shop():
+    operations = README.read_text().split("## Operations", 1)[1]
+    (dockerfile,) = re.findall(r"```dockerfile\n(.*?)```", operations, re.DOTALL)
+    told = [i for i in dockerfile_instructions(dockerfile) if i[0] != "ENV"]
+    built = dockerfile_instructions(SMOKE_SHOP_DOCKERFILE.read_text())
+    assert [i for i in built if i[0] != "ENV"] == told
+
+
+def test_every_deploy_file_the_readme_names_exists():
+    named = set(re.findall(r"`(deploy/[^`*]+?)`", README.read_text())) - {"deploy/.env"}
+    assert ENV_EXAMPLE.relative_to(DEPLOY.parent).as_posix() in named
+    assert [name for name in sorted(named) if not (DEPLOY.parent / name).exists()] == []
