@@ -20,6 +20,7 @@ import orjson
 from redis.asyncio import Redis
 
 from loops_webhooks.settings import Settings
+from loops_webhooks.workers.connection import open_redis
 from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter, list_dead_letters
 from loops_webhooks.workers.event_store import EventStore
 from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
@@ -78,7 +79,12 @@ def run_operation(
     operation: Operation, redis_url: str, args: argparse.Namespace, settings: Settings
 ) -> int:
     async def run() -> int:
-        redis = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+        redis = open_redis(
+            redis_url,
+            sentinel_password=settings.sentinel_password,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+        )
         try:
             return await operation(redis, args, settings)
         finally:

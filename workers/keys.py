@@ -13,6 +13,7 @@ __all__ = [
     "DEAD_LETTER_INDEX",
     "OUTCOME_COUNTS_TTL_SECONDS",
     "PENDING_EVENTS",
+    "REPLICATION_MARK",
     "arq_in_progress_key",
     "arq_job_key",
     "arq_retry_key",
@@ -29,6 +30,10 @@ PENDING_EVENTS = PREFIX + "pending"
 
 DEAD_LETTER_INDEX = PREFIX + "dlq"
 """Sorted set of dead-letter ids, scored by the time they were dead-lettered (ms)."""
+
+REPLICATION_MARK = PREFIX + "replication-mark"
+"""Written in every confirmed intake round trip, just before ``WAIT``: a batch of duplicates
+writes nothing else, and ``WAIT`` only covers what its own connection has written."""
 
 
 OUTCOME_COUNTS_TTL_SECONDS = 2 * 60 * 60
