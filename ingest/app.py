@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from aiohttp import web
-from redis.asyncio import Redis
 
 from loops_webhooks.ingest import metrics, views
 from loops_webhooks.ingest.app_keys import INTAKE, OUTCOME, REDIS, REDIS_URL, SETTINGS, VERIFIER
 from loops_webhooks.ingest.errors import error_response, response_for
 from loops_webhooks.ingest.signature import SignatureVerifier
 from loops_webhooks.settings import Settings
+from loops_webhooks.workers.connection import open_redis
 from loops_webhooks.workers.intake import EventIntake
 from loops_webhooks.workers.metrics_server import MetricsServer
 
@@ -51,15 +51,23 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
 
 
 async def _redis_context(app: web.Application) -> AsyncIterator[None]:
-    timeout = app[SETTINGS].redis_timeout_seconds
-    redis = Redis.from_url(
+    settings = app[SETTINGS]
+    timeout = settings.redis_timeout_seconds
+    redis = open_redis(
         app[REDIS_URL],
+        sentinel_password=settings.sentinel_password,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
     )
     app[REDIS] = redis
-    app[INTAKE] = EventIntake(redis, queue_name=app[SETTINGS].queue_name)
+    app[INTAKE] = EventIntake(
+        redis,
+        queue_name=settings.queue_name,
+        min_replicas=settings.redis_min_replicas,
+        # WAIT gets half of the deadline, so its answer arrives before the socket times out
+        replica_timeout_ms=max(1, int(timeout * 1000 / 2)),
+    )
     yield
     await redis.aclose()
 

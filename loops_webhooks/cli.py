@@ -25,6 +25,7 @@ from loops_webhooks.embedded_redis import EmbeddedRedisError, ensure_embedded_re
 from loops_webhooks.logs import configure_logging
 from loops_webhooks.operator_commands import RedisUnreachable, UsageError
 from loops_webhooks.settings import ConfigurationError, Settings
+from loops_webhooks.workers.connection import check_redis_url
 from loops_webhooks.workers.registry import HandlerLoadError
 
 __all__ = ["main"]
@@ -38,7 +39,7 @@ Command = Callable[[argparse.Namespace, Settings], int]
 def redis_url_for(settings: Settings) -> str:
     """``REDIS_URL`` when set; otherwise the data directory's embedded development Redis."""
     if settings.redis_url:
-        return settings.redis_url
+        return check_redis_url(settings.redis_url)
     return ensure_embedded_redis(settings.data_dir)
 
 

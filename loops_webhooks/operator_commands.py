@@ -17,10 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from loops_webhooks.settings import Settings
+from loops_webhooks.workers.connection import open_redis
 from loops_webhooks.workers.dead_letters import DeadLetter
 from loops_webhooks.workers.operations import DeadLetterFilter, NotFound, Operations
 
@@ -81,7 +81,12 @@ def run_operation(
     operation: Operation, redis_url: str, args: argparse.Namespace, settings: Settings
 ) -> int:
     async def run() -> int:
-        redis = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+        redis = open_redis(
+            redis_url,
+            sentinel_password=settings.sentinel_password,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+        )
         operations = Operations(
             redis,
             queue_name=settings.queue_name,

@@ -37,6 +37,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL"),
         description="Redis to use; unset starts the embedded development Redis.",
     )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None,
+        description="The Sentinels' own password, for a redis+sentinel:// REDIS_URL.",
+    )
+    redis_min_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Replicas that must confirm (WAIT) an event before the receiver answers 2xx.",
+    )
     data_dir: Path = Field(
         default=Path(".loops-webhooks"),
         description="Where the embedded development Redis keeps its data.",
@@ -87,6 +96,13 @@ class Settings(BaseSettings):
             return []
         raw = self.webhook_secret.get_secret_value()
         return [part.strip().encode() for part in raw.split(",") if part.strip()]
+
+    @property
+    def sentinel_password(self) -> str | None:
+        """``LOOPS_REDIS_SENTINEL_PASSWORD`` in clear, for the Redis client only."""
+        if self.redis_sentinel_password is None:
+            return None
+        return self.redis_sentinel_password.get_secret_value()
 
     def require_webhook_secrets(self) -> list[bytes]:
         """The secrets, or a ConfigurationError that tells the user how to set one."""

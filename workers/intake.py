@@ -5,6 +5,10 @@ event-loop tick share a single Redis round trip (one script call for the whole b
 each caller is answered only once Redis has acknowledged its own event. Recording and
 enqueueing happen inside one Lua script, so an event is never stored without its job; the
 reconciler still repairs jobs lost later (expired, dropped, flushed).
+
+With ``min_replicas`` (``LOOPS_REDIS_MIN_REPLICAS``) the same round trip also asks Redis to
+``WAIT`` until that many replicas hold the write; an event is acknowledged only then, so the
+replica that Sentinel promotes after a failover holds every acknowledged event.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from typing import Any
 import orjson
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason
 from loops_webhooks.workers.scripts import register_script
 
-__all__ = ["PROCESS_EVENT_JOB", "EventIntake", "ReceivedEvent", "job_payload"]
+__all__ = ["PROCESS_EVENT_JOB", "EventIntake", "NotReplicated", "ReceivedEvent", "job_payload"]
 
 PROCESS_EVENT_JOB = "process_event"
 JOB_TTL_MS = 86_400_000
@@ -32,6 +38,14 @@ JOB_TTL_MS = 86_400_000
 an event whose job expired before it ran."""
 
 MAX_EVENTS_PER_CALL = 256
+
+
+class NotReplicated(RedisError):
+    """Redis stored the write, but fewer replicas than required confirmed it in time.
+
+    A RedisError like any other failed write: the receiver answers 503 and Loops redelivers;
+    the redelivery is answered (as a duplicate) once the replicas confirm it.
+    """
 
 
 def _record(event: ReceivedEvent, now_ms: int) -> bytes:
@@ -82,9 +96,18 @@ def job_payload(event_id: str, event_type: str, enqueued_at_ms: int) -> bytes:
 class EventIntake:
     """Records and enqueues events for the receiver, batching concurrent requests."""
 
-    def __init__(self, redis: Redis, *, queue_name: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        queue_name: str,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1000,
+    ) -> None:
         self._redis = redis
         self._queue_name = queue_name
+        self._min_replicas = min_replicas
+        self._replica_timeout_ms = replica_timeout_ms
         self._record_and_enqueue = register_script(redis, "record_and_enqueue")
         self._dead_letter_unparseable = register_script(redis, "dead_letter_unparseable")
         self._waiting: list[tuple[ReceivedEvent, asyncio.Future[bool]]] = []
@@ -126,9 +149,10 @@ class EventIntake:
         if not records:
             return
         try:
-            results = await self._record_and_enqueue(
-                keys=[keys.PENDING_EVENTS, keys.EVENT_INDEX, self._queue_name],
-                args=[JOB_TTL_MS, *records],
+            results = await self._write(
+                self._record_and_enqueue,
+                [keys.PENDING_EVENTS, keys.EVENT_INDEX, self._queue_name],
+                [JOB_TTL_MS, *records],
             )
         except BaseException as error:
             for future in waiting:
@@ -161,7 +185,37 @@ class EventIntake:
         flat: list[Any] = [received_at_ms, letter.id]
         for name, value in letter.redis_fields().items():
             flat += [name, value]
-        await self._dead_letter_unparseable(
-            keys=[keys.dead_letter_key(letter.id), keys.DEAD_LETTER_INDEX], args=flat
+        await self._write(
+            self._dead_letter_unparseable,
+            [keys.dead_letter_key(letter.id), keys.DEAD_LETTER_INDEX],
+            flat,
         )
         return letter.id
+
+    async def _write(self, script: AsyncScript, script_keys: list[str], args: list[Any]) -> Any:
+        """Run ``script``; with ``min_replicas``, in one round trip with ``WAIT``, and raise
+        NotReplicated unless enough replicas confirmed it."""
+        if not self._min_replicas:
+            return await script(keys=script_keys, args=args)
+        try:
+            reply, replicas = await self._write_and_wait(script, script_keys, args)
+        except NoScriptError:  # a new or restarted primary: load it, once
+            await self._redis.script_load(script.script)
+            reply, replicas = await self._write_and_wait(script, script_keys, args)
+        if replicas < self._min_replicas:
+            raise NotReplicated(
+                f"{replicas} of the {self._min_replicas} replica(s) required "
+                f"(LOOPS_REDIS_MIN_REPLICAS) confirmed the write within "
+                f"{self._replica_timeout_ms} ms"
+            )
+        return reply
+
+    async def _write_and_wait(
+        self, script: AsyncScript, script_keys: list[str], args: list[Any]
+    ) -> tuple[Any, int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+            pipe.set(keys.REPLICATION_MARK, b"1")
+            pipe.wait(self._min_replicas, self._replica_timeout_ms)
+            reply, _, replicas = await pipe.execute()
+        return reply, int(replicas)

@@ -23,6 +23,7 @@ __all__ = [
     "HANDLER_HISTORY_FIELD_PREFIX",
     "OUTCOME_COUNTS_TTL_SECONDS",
     "PENDING_EVENTS",
+    "REPLICATION_MARK",
     "arq_in_progress_key",
     "arq_job_key",
     "arq_retry_key",
@@ -57,6 +58,11 @@ HANDLER_FIELD_PREFIX = "handler:"
 HANDLER_HISTORY_FIELD_PREFIX = "history:"
 """In an event's hash, ``history:<name>`` holds a JSON array of that handler's states that
 replays replaced (oldest first), so an event's attempts before a replay stay visible."""
+
+REPLICATION_MARK = PREFIX + "replication-mark"
+"""Written in every confirmed intake round trip, just before ``WAIT``: a batch of duplicates
+writes nothing else, and ``WAIT`` only covers what its own connection has written."""
+
 
 OUTCOME_COUNTS_TTL_SECONDS = 2 * 60 * 60
 """Per-minute outcome counters live two hours: ``stats`` reads the last sixty minutes."""

@@ -6,20 +6,24 @@ keyword arguments from a validated Settings model, so a mistake fails at start-u
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 from signal import Signals
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import structlog
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from loops_webhooks.handlers import Router
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
+from loops_webhooks.workers.connection import open_redis
 from loops_webhooks.workers.dispatch import (
     DISPATCHER,
     SETTLED_JOBS,
@@ -46,6 +50,18 @@ IN_PROGRESS_MARGIN_SECONDS = 2.0
 NEVER_BY_ARQ = 2**31 - 1
 """arq's max_tries: our dispatcher owns attempts and dead-lettering, never arq."""
 
+REDIS_CONNECT_TIMEOUT_SECONDS = 1.0
+REDIS_SOCKET_TIMEOUT_SECONDS = 10.0
+"""A worker's Redis timeouts: a primary that stops answering (a host gone, a partition) is
+given up on after this, so the next command asks Sentinel for the current one."""
+
+STARTUP_REDIS_TRIES = 5
+"""A worker starting while Redis is unreachable tries this often, a second apart (as arq's
+own ``create_pool`` would), before it exits."""
+
+REDIS_UNREACHABLE_PAUSE_SECONDS = 0.5
+"""How long a worker that cannot reach Redis waits before polling again."""
+
 RECONCILER = "loops_reconciler"
 METRICS_SERVER = "loops_metrics_server"
 
@@ -62,6 +78,32 @@ class EventWorker(Worker):
 
     shutting_down = False
     """Set by SIGTERM/SIGINT: a job cancelled from now on was stopped, not timed out."""
+
+    async def main(self) -> None:
+        for tries_left in range(STARTUP_REDIS_TRIES - 1, -1, -1):
+            try:
+                await self.pool.ping()
+                break
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                if not tries_left:
+                    raise
+                log.warning("waiting for Redis", error=type(error).__name__, detail=str(error))
+                await asyncio.sleep(1)
+        await super().main()
+
+    async def _poll_iteration(self) -> None:
+        """arq's poll, which outlives a Redis outage or failover instead of ending the worker.
+
+        A poll (or a finished job's bookkeeping) that cannot reach Redis is logged and tried
+        again after a pause; each try opens a new connection, which with Sentinel asks for the
+        current primary. Jobs cut off by the outage are redelivered once their in-progress
+        marker expires, and the reconciler re-enqueues any event whose job was lost.
+        """
+        try:
+            await super()._poll_iteration()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            log.warning("worker cannot reach Redis", error=type(error).__name__, detail=str(error))
+            await asyncio.sleep(REDIS_UNREACHABLE_PAUSE_SECONDS)
 
     def handle_sig(self, signum: Signals) -> None:
         self.shutting_down = True
@@ -118,6 +160,25 @@ class EventWorker(Worker):
             incr_score,
             keep_in_progress,
         )
+
+
+def _worker_redis(settings: Settings, redis_url: str) -> ArqRedis:
+    """arq's client, from the same ``open_redis`` as every other process (arq's own Sentinel
+    support cannot pass the Sentinels' password, TLS or timeouts)."""
+    pool = cast(
+        ArqRedis,
+        open_redis(
+            redis_url,
+            sentinel_password=settings.sentinel_password,
+            redis_class=ArqRedis,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+        ),
+    )
+    pool.job_serializer = orjson.dumps
+    pool.job_deserializer = orjson.loads
+    pool.default_queue_name = settings.queue_name
+    return pool
 
 
 def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
@@ -190,7 +251,7 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
             )
         ],
         queue_name=settings.queue_name,
-        redis_settings=RedisSettings.from_dsn(redis_url),
+        redis_pool=_worker_redis(settings, redis_url),
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         handle_signals=True,

@@ -15,8 +15,14 @@ from fault_harness import EventSender, Harness, LoopsClient
 
 
 @pytest.fixture
-async def harness(tmp_path: Path, loops: EventSender) -> AsyncIterator[Harness]:
-    world = Harness(tmp_path, loops)
+def sentinel() -> bool:
+    """Whether the event store is a Sentinel group (a module overrides this fixture)."""
+    return False
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, loops: EventSender, sentinel: bool) -> AsyncIterator[Harness]:
+    world = Harness(tmp_path, loops, sentinel=sentinel)
     try:
         await world.start()
         yield world

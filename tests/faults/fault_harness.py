@@ -131,17 +131,19 @@ class RedisProcess:
     with ``appendfsync always``, so a write Redis acknowledged survives a SIGKILL.
     """
 
-    def __init__(self, data_dir: Path, *, durable: bool) -> None:
+    def __init__(self, data_dir: Path, *, durable: bool, replica_of: int | None = None) -> None:
         self.data_dir = data_dir
         self.durable = durable
+        self.replica_of = replica_of
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    def _command(self) -> list[str]:
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else []
-        command = [
+        if self.replica_of is not None:
+            persistence += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        return [
             str(find_redis_server()),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
@@ -151,7 +153,10 @@ class RedisProcess:
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
-        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._process = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL)
         client = redis_sync.Redis.from_url(self.url, socket_timeout=1)
         deadline = time.monotonic() + STARTUP_SECONDS
         try:
@@ -188,6 +193,107 @@ class RedisProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+
+
+class SentinelProcess(RedisProcess):
+    """One Sentinel (the same ``redis-server`` binary, in Sentinel mode) watching ``primary``.
+
+    Failure is noticed after ``DOWN_AFTER_MS`` (production: a few seconds), so a failover
+    takes a few seconds here rather than the default's half a minute.
+    """
+
+    DOWN_AFTER_MS = 1000
+    FAILOVER_TIMEOUT_MS = 3000
+
+    def __init__(self, data_dir: Path, *, master_name: str, primary_port: int) -> None:
+        super().__init__(data_dir, durable=False)
+        self.master_name = master_name
+        self.primary_port = primary_port
+
+    def _command(self) -> list[str]:
+        config = self.data_dir / "sentinel.conf"  # Sentinel rewrites it: one file per process
+        config.write_text(
+            f"bind 127.0.0.1\nport {self.port}\ndir {self.data_dir}\n"
+            f"logfile {self.data_dir / 'sentinel.log'}\ndaemonize no\n"
+            f"sentinel monitor {self.master_name} 127.0.0.1 {self.primary_port} 2\n"
+            f"sentinel down-after-milliseconds {self.master_name} {self.DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {self.master_name} {self.FAILOVER_TIMEOUT_MS}\n"
+            f"sentinel parallel-syncs {self.master_name} 2\n"
+        )
+        return [str(find_redis_server()), str(config), "--sentinel"]
+
+
+class SentinelGroup:
+    """A primary, two replicas and three Sentinels on loopback, all durable as in production.
+
+    ``url`` is the ``redis+sentinel://`` address the services get; ``primary_url()`` asks the
+    Sentinels which server is the primary now, for the suite's own inspection.
+    """
+
+    MASTER_NAME = "loops"
+
+    def __init__(self, root: Path) -> None:
+        self.primary = RedisProcess(root / "primary", durable=True)
+        self.replicas = [
+            RedisProcess(root / f"replica{n}", durable=True, replica_of=self.primary.port)
+            for n in (1, 2)
+        ]
+        self.sentinels = [
+            SentinelProcess(
+                root / f"sentinel{n}", master_name=self.MASTER_NAME, primary_port=self.primary.port
+            )
+            for n in (1, 2, 3)
+        ]
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        self.url = f"redis+sentinel://{hosts}/{self.MASTER_NAME}/0"
+
+    def start(self) -> None:
+        """Start everything; return once both replicas are in sync and every Sentinel knows
+        both replicas and both other Sentinels (without that, no failover could happen)."""
+        for server in [self.primary, *self.replicas, *self.sentinels]:
+            server.start()
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not self._ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the replicas and Sentinels did not find one another")
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        for replica in self.replicas:
+            with redis_sync.Redis.from_url(replica.url, socket_timeout=1) as client:
+                if client.info("replication").get("master_link_status") != "up":
+                    return False
+        for sentinel in self.sentinels:
+            with redis_sync.Redis.from_url(sentinel.url, socket_timeout=1) as client:
+                if len(client.execute_command("SENTINEL", "REPLICAS", self.MASTER_NAME)) < 2:
+                    return False
+                if len(client.execute_command("SENTINEL", "SENTINELS", self.MASTER_NAME)) < 2:
+                    return False
+        return True
+
+    def primary_url(self) -> str:
+        """The current primary's plain URL, as the Sentinels see it."""
+        for sentinel in self.sentinels:
+            with (
+                contextlib.suppress(redis_sync.RedisError),
+                redis_sync.Redis.from_url(sentinel.url, socket_timeout=1) as client,
+            ):
+                host, port = client.sentinel_get_master_addr_by_name(self.MASTER_NAME)
+                return f"redis://{host.decode()}:{port}/0"
+        raise RuntimeError("no Sentinel answers")
+
+    def kill_primary(self) -> None:
+        """SIGKILL the primary of the moment (it stays down)."""
+        current = self.primary_url()
+        for server in [self.primary, *self.replicas]:
+            if server.url == current:
+                server.kill()
+                return
+        raise RuntimeError(f"the primary {current} is none of the group's servers")
+
+    def close(self) -> None:
+        for server in [*self.sentinels, self.primary, *self.replicas]:
+            server.close()
 
 
 class Service:
@@ -357,6 +463,8 @@ class LoopsClient:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self.records: dict[str, DeliveryRecord] = {}
         self.requests = 0
+        self.timeline: list[tuple[float, float, str]] = []
+        """Every request as (sent, answered, answer), monotonic seconds."""
 
     @property
     def acknowledged(self) -> set[str]:
@@ -380,6 +488,7 @@ class LoopsClient:
         """One request, no retry: the answer (status code or exception name) and headers."""
         record = self.records.setdefault(event_id, DeliveryRecord(event_id, body))
         self.requests += 1
+        sent = time.monotonic()
         try:
             async with self._session.post(
                 self._url, data=body, headers=self._sender.headers(body), timeout=self._timeout
@@ -394,6 +503,7 @@ class LoopsClient:
         except (aiohttp.ClientError, TimeoutError) as error:
             answer, headers = type(error).__name__, {}
         record.answers[answer] += 1
+        self.timeline.append((sent, time.monotonic(), answer))
         return answer, headers
 
     async def deliver(self, event_id: str, body: bytes) -> bool:
@@ -431,12 +541,21 @@ class LoopsClient:
 
 
 class Harness:
-    """One scenario's world: the two Redis servers, the receiver, two supervised workers."""
+    """One scenario's world: the two Redis servers, the receiver, two supervised workers.
 
-    def __init__(self, root: Path, sender: EventSender) -> None:
+    With ``sentinel``, the event store is a ``SentinelGroup`` instead of one server: the
+    services get its ``redis+sentinel://`` URL and ``LOOPS_REDIS_MIN_REPLICAS=1``.
+    """
+
+    def __init__(self, root: Path, sender: EventSender, *, sentinel: bool = False) -> None:
         self.root = root
         self.sender = sender
-        self.redis = RedisProcess(root / "redis", durable=True)
+        self.sentinel_group = SentinelGroup(root / "redis-ha") if sentinel else None
+        self.redis = (
+            self.sentinel_group.primary
+            if self.sentinel_group
+            else RedisProcess(root / "redis", durable=True)
+        )
         self.effects_redis = RedisProcess(root / "effects-redis", durable=False)
         self.fixed_flag = root / "handlers-fixed"
         self.receiver_port = free_port()
@@ -462,7 +581,11 @@ class Harness:
             "PYTHONPATH": os.pathsep.join(
                 filter(None, [str(self.root), os.environ.get("PYTHONPATH")])
             ),
-            "REDIS_URL": self.redis.url,
+            **(
+                {"REDIS_URL": self.sentinel_group.url, "LOOPS_REDIS_MIN_REPLICAS": "1"}
+                if self.sentinel_group
+                else {"REDIS_URL": self.redis.url}
+            ),
             "LOOPS_WEBHOOK_SECRET": self.sender.secret,
             "LOOPS_HANDLERS": f"{HANDLERS_MODULE}:router",
             "LOOPS_LOG_FORMAT": "json",
@@ -481,7 +604,9 @@ class Harness:
         self._started = time.monotonic()
         shutil.copy(HANDLERS_FILE, self.root / HANDLERS_FILE.name)
         await asyncio.to_thread(self.effects_redis.start)
-        await asyncio.to_thread(self.redis.start)
+        await asyncio.to_thread(
+            self.sentinel_group.start if self.sentinel_group else self.redis.start
+        )
         env = self.env
         serve = ["serve", "--port", str(self.receiver_port)]
         self.receiver = Service("receiver", serve, env, self.root)
@@ -504,7 +629,7 @@ class Harness:
         await asyncio.gather(
             *(asyncio.to_thread(service.stop) for service in services if service is not None)
         )
-        for server in (self.redis, self.effects_redis):
+        for server in (self.sentinel_group or self.redis, self.effects_redis):
             await asyncio.to_thread(server.close)
 
     @property
@@ -570,17 +695,21 @@ class Harness:
 
     # inspection
 
+    def store_url(self) -> str:
+        """The event store's current primary (after a failover, the promoted replica)."""
+        return self.sentinel_group.primary_url() if self.sentinel_group else self.redis.url
+
     async def pending_events(self) -> int:
-        async with Redis.from_url(self.redis.url) as client:
+        async with Redis.from_url(self.store_url()) as client:
             return int(await client.zcard(keys.PENDING_EVENTS))
 
     async def dead_letter_ids(self) -> list[str]:
-        async with Redis.from_url(self.redis.url) as client:
+        async with Redis.from_url(self.store_url()) as client:
             return [raw.decode() for raw in await client.zrange(keys.DEAD_LETTER_INDEX, 0, -1)]
 
     async def dead_letter(self, letter_id: str) -> dict[str, str]:
         """One dead letter's fields (raw bytes left out)."""
-        async with Redis.from_url(self.redis.url) as client:
+        async with Redis.from_url(self.store_url()) as client:
             stored = await client.hgetall(keys.dead_letter_key(letter_id))
         return {name.decode(): value.decode() for name, value in stored.items() if name != b"raw"}
 
@@ -595,7 +724,7 @@ class Harness:
     async def stored(self, event_ids: Iterable[str]) -> dict[str, bool]:
         """Whether each event id has its record in the event store."""
         ids = list(event_ids)
-        async with Redis.from_url(self.redis.url) as client, client.pipeline() as pipe:
+        async with Redis.from_url(self.store_url()) as client, client.pipeline() as pipe:
             for event_id in ids:
                 pipe.exists(keys.event_key(event_id))
             found = await pipe.execute()
@@ -701,7 +830,7 @@ async def account(harness: Harness, client: LoopsClient, scenario: str) -> Accou
         invocations = _pair_counts(await effects.hgetall("invocations"))
         applied = _pair_counts(await effects.hgetall("applied"))
         effect_keys = {raw.decode() async for raw in effects.scan_iter("effect:*", count=1000)}
-    async with Redis.from_url(harness.redis.url) as store:
+    async with Redis.from_url(harness.store_url()) as store:
         pending = int(await store.zcard(keys.PENDING_EVENTS))
         async with store.pipeline() as pipe:
             for event_id in acknowledged:

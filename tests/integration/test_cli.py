@@ -442,3 +442,31 @@ def test_help_never_shows_the_configured_secret(workspace: Workspace) -> None:
     for command in ([], ["serve"], ["send"], ["dev"]):
         result = run_cli(*command, "--help", env=workspace.env)
         assert WEBHOOK_SECRET not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [("stats",), ("worker",), ("serve",), ("dlq", "list")])
+def test_a_malformed_sentinel_url_exits_2_naming_redis_url(
+    command: tuple[str, ...], workspace: Workspace
+) -> None:
+    env = {**workspace.env, "REDIS_URL": "redis+sentinel://:hunter2@127.0.0.1:26379"}
+
+    result = run_cli(*command, env=env)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "REDIS_URL is not a valid Sentinel URL (no master name" in result.stderr
+    assert "hunter2" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_sentinels_exit_1_with_a_clear_message(
+    workspace: Workspace, free_port: Callable[[], int]
+) -> None:
+    sentinels = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    env = {**workspace.env, "REDIS_URL": f"redis+sentinel://:hunter2@{sentinels}/loops"}
+
+    result = run_cli("stats", env=env)
+
+    assert result.returncode == 1
+    assert "cannot reach Redis" in result.stderr
+    assert "hunter2" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -6,15 +6,24 @@ Script calls are counted by the Redis server itself (``INFO commandstats``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import orjson
 import pytest
+import redis as redis_sync
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from loops_webhooks.workers import keys
-from loops_webhooks.workers.intake import MAX_EVENTS_PER_CALL, EventIntake, ReceivedEvent
+from loops_webhooks.workers.intake import (
+    MAX_EVENTS_PER_CALL,
+    EventIntake,
+    NotReplicated,
+    ReceivedEvent,
+)
+from tests.integration.conftest import RedisServer
 
 QUEUE = "loops:queue"
 RECEIVED_AT_MS = 1_736_937_300_000
@@ -72,3 +81,58 @@ async def test_every_waiting_submit_raises_when_redis_is_unreachable(free_port):
         await client.aclose()
 
     assert all(isinstance(outcome, RedisConnectionError) for outcome in outcomes)
+
+
+@pytest.fixture
+def replica(stoppable_redis: RedisServer, tmp_path: Path) -> Iterator[RedisServer]:
+    """A replica of ``stoppable_redis``, in sync."""
+    server = RedisServer(tmp_path / "replica")
+    server.start()
+    try:
+        with redis_sync.Redis.from_url(server.url) as client:
+            client.replicaof("127.0.0.1", stoppable_redis.port)
+            deadline = time.monotonic() + 10
+            while client.info("replication").get("master_link_status") != "up":
+                assert time.monotonic() < deadline, "the replica did not sync"
+                time.sleep(0.05)
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+async def confirming_intake(stoppable_redis: RedisServer) -> AsyncIterator[EventIntake]:
+    client = Redis.from_url(stoppable_redis.url)
+    try:
+        yield EventIntake(client, queue_name=QUEUE, min_replicas=1, replica_timeout_ms=200)
+    finally:
+        await client.aclose()
+
+
+async def test_with_min_replicas_an_event_a_replica_holds_is_acknowledged(
+    confirming_intake, replica
+):
+    assert await confirming_intake.submit(received("evt_replicated")) is True
+
+    async with Redis.from_url(replica.url) as on_replica:
+        assert await on_replica.exists(keys.event_key("evt_replicated")) == 1
+
+
+async def test_with_min_replicas_and_no_replica_the_write_is_not_acknowledged(confirming_intake):
+    with pytest.raises(NotReplicated, match="0 of the 1 replica"):
+        await confirming_intake.submit(received("evt_alone"))
+
+
+async def test_a_duplicate_is_acknowledged_only_once_a_replica_confirms_it_too(
+    confirming_intake, replica
+):
+    assert await confirming_intake.submit(received("evt_first")) is True
+    replica.pause()
+    try:
+        # the redelivery finds the event stored; answering it without a fresh WAIT would
+        # promise an event that a lagging replica may still lack
+        with pytest.raises(NotReplicated):
+            await confirming_intake.submit(received("evt_first"))
+    finally:
+        replica.resume()
+    assert await confirming_intake.submit(received("evt_first")) is False

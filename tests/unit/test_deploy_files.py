@@ -23,6 +23,7 @@ import yaml
 from pydantic import AliasChoices
 
 from loops_webhooks.settings import Settings
+from loops_webhooks.workers.connection import sentinel_address
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"
@@ -783,3 +784,67 @@ def test_every_deploy_file_the_readme_names_exists():
     named = set(re.findall(r"`(deploy/[^`*]+?)`", README.read_text())) - {"deploy/.env"}
     assert ENV_EXAMPLE.relative_to(DEPLOY.parent).as_posix() in named
     assert [name for name in sorted(named) if not (DEPLOY.parent / name).exists()] == []
+
+
+# --- compose.sentinel.yaml: replicas and Sentinel ------------------------------------------
+
+COMPOSE_SENTINEL = DEPLOY / "compose.sentinel.yaml"
+
+
+def sentinel_compose_services() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = yaml_documents(COMPOSE_SENTINEL)[0]["services"]
+    return services
+
+
+def option_value(command: list[str], option: str) -> str | None:
+    return command[command.index(option) + 1] if option in command else None
+
+
+def sentinel_config(service: dict[str, Any]) -> str:
+    script: str = service["entrypoint"][-1]
+    return script
+
+
+def test_compose_sentinel_runs_two_replicas_of_the_primary():
+    services = sentinel_compose_services()
+    replicas = [s for s in services.values() if "--replicaof" in s.get("command", [])]
+    assert len(replicas) == 2
+    for replica in replicas:
+        command = replica["command"]
+        assert command[command.index("--replicaof") + 1 :][:2] == ["redis", "6379"]
+
+
+def test_compose_sentinel_data_nodes_refuse_writes_without_a_replica_and_keep_redis_conf():
+    services = sentinel_compose_services()
+    data_nodes = [s for name, s in services.items() if name.startswith("redis")]
+    assert len(data_nodes) == 3
+    for node in data_nodes:
+        assert int(option_value(node["command"], "--min-replicas-to-write") or 0) >= 1
+        assert option_value(node["command"], "--masterauth")  # a demoted primary must resync
+        assert node["command"][1] == "/usr/local/etc/redis/redis.conf"
+        assert "./redis.conf:/usr/local/etc/redis/redis.conf:ro" in node["volumes"]
+
+
+def test_compose_sentinel_runs_three_sentinels_with_a_quorum_of_two_on_the_primary():
+    services = sentinel_compose_services()
+    sentinels = {name: s for name, s in services.items() if name.startswith("sentinel")}
+    assert len(sentinels) == 3
+    for sentinel in sentinels.values():
+        config = sentinel_config(sentinel)
+        assert re.search(r"^\s*sentinel monitor loops redis 6379 2$", config, re.M)
+        assert "--sentinel" in config
+        assert sentinel["healthcheck"]
+
+
+def test_compose_sentinel_points_receiver_and_workers_at_the_sentinels(clean_environment):
+    services = sentinel_compose_services()
+    sentinel_names = {name for name in services if name.startswith("sentinel")}
+    for name in ("receiver", "worker"):
+        environment = services[name]["environment"]
+        address = sentinel_address(environment["REDIS_URL"])
+        assert address is not None, name
+        assert {host for host, _ in address.sentinels} == sentinel_names
+        assert address.master_name == "loops"
+        assert int(environment["LOOPS_REDIS_MIN_REPLICAS"]) >= 1
+        assert environment["LOOPS_REDIS_SENTINEL_PASSWORD"] == "${REDIS_PASSWORD}"
+        assert name in compose_services(), "an override of a compose.yaml service"

@@ -106,3 +106,17 @@ def test_an_unusable_value_is_refused(monkeypatch, name, value):
 
     with pytest.raises(pydantic.ValidationError, match=name.removeprefix("LOOPS_").lower()):
         Settings()
+
+
+def test_min_replicas_defaults_to_none_and_cannot_be_negative(monkeypatch):
+    assert Settings().redis_min_replicas == 0
+    monkeypatch.setenv("LOOPS_REDIS_MIN_REPLICAS", "-1")
+    with pytest.raises(pydantic.ValidationError):
+        Settings()
+
+
+def test_the_sentinel_password_is_read_but_never_shown(monkeypatch):
+    monkeypatch.setenv("LOOPS_REDIS_SENTINEL_PASSWORD", "s3ntinel")
+    settings = Settings()
+    assert settings.sentinel_password == "s3ntinel"
+    assert "s3ntinel" not in repr(settings)
