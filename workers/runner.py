@@ -17,6 +17,7 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
 from loops_webhooks.handlers import Router
+from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dispatch import (
@@ -30,7 +31,6 @@ from loops_webhooks.workers.event_store import EventStore
 from loops_webhooks.workers.intake import PROCESS_EVENT_JOB
 from loops_webhooks.workers.metrics import MetricsServer
 from loops_webhooks.workers.reconciler import Reconciler
-from loops_webhooks.workers.retry_policy import RetryPolicy
 from loops_webhooks.workers.scripts import register_script
 
 __all__ = ["EventWorker", "build_worker"]
