@@ -106,12 +106,12 @@ def send(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--count must be at least 1")
     if args.id is not None and args.count > 1:
         raise UsageError("--id names one event; it cannot be combined with --count > 1")
-    secret = args.secret.encode() if args.secret else None
+    secret: str | None = args.secret or None
     if secret is None:
         configured = settings.webhook_secrets
         if not configured:
             raise UsageError("no signing secret: pass --secret or set LOOPS_WEBHOOK_SECRET")
-        secret = configured[0]
+        secret = configured[0].decode()
     url = args.url or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}{settings.webhook_path}"
     data = _data_overrides(args.data)
     try:
