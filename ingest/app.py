@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from loops_webhooks.ingest import metrics, views
 from loops_webhooks.ingest.app_keys import INTAKE, OUTCOME, REDIS, REDIS_URL, SETTINGS, VERIFIER
 from loops_webhooks.ingest.errors import error_response, response_for
 from loops_webhooks.ingest.signature import SignatureVerifier
-from loops_webhooks.settings import Settings
+from loops_webhooks.settings import Settings, redacted_url
 from loops_webhooks.workers.intake import EventIntake
 
 __all__ = ["create_app"]
@@ -53,6 +54,14 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
     )
     app[REDIS] = redis
     app[INTAKE] = EventIntake(redis, queue_name=app[SETTINGS].queue_name)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as error:
+        log.warning(
+            "Redis is unreachable: every webhook is answered 503 until it is back",
+            redis_url=redacted_url(app[REDIS_URL]),
+            error=str(error) or type(error).__name__,
+        )
     yield
     await redis.aclose()
 
