@@ -132,7 +132,7 @@ def test_a_registration_error_at_import_points_at_the_decorator(
     assert main(["worker", "--handlers", spec]) == 2
 
     err = capsys.readouterr().err
-    assert "webhooks.py\", line 6, in <module>" in err
+    assert 'webhooks.py", line 6, in <module>' in err
     assert "did you mean 'max_attempts'?" in err.splitlines()[-1]
 
 
