@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from loops_webhooks.ingest import metrics, views
 from loops_webhooks.ingest.app_keys import INTAKE, OUTCOME, REDIS, REDIS_URL, SETTINGS, VERIFIER
 from loops_webhooks.ingest.errors import error_response, response_for
 from loops_webhooks.ingest.signature import SignatureVerifier
+from loops_webhooks.redis_url import redacted_url
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers.connection import open_redis
 from loops_webhooks.workers.intake import EventIntake
@@ -68,6 +70,14 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
         # WAIT gets half of the deadline, so its answer arrives before the socket times out
         replica_timeout_ms=max(1, int(timeout * 1000 / 2)),
     )
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as error:
+        log.warning(
+            "Redis is unreachable: every webhook is answered 503 until it is back",
+            redis_url=redacted_url(app[REDIS_URL]),
+            error=str(error) or type(error).__name__,
+        )
     yield
     await redis.aclose()
 

@@ -6,13 +6,24 @@ that hosting platforms already use.
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import pydantic
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ConfigurationError", "Settings"]
+from loops_webhooks.redis_url import check_redis_url, redacted_url
+
+__all__ = [
+    "ConfigurationError",
+    "Settings",
+    "effective_settings",
+    "read_settings",
+]
 
 MIB = 1024 * 1024
 DAY_SECONDS = 24 * 60 * 60
@@ -89,6 +100,11 @@ class Settings(BaseSettings):
             raise ValueError("must start with '/'")
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_has_an_accepted_form(cls, value: str | None) -> str | None:
+        return check_redis_url(value) if value else value
+
     @property
     def webhook_secrets(self) -> list[bytes]:
         """The configured secrets in order; the first one signs, any one verifies."""
@@ -114,3 +130,98 @@ class Settings(BaseSettings):
                 "secrets may be given, comma-separated, while rotating."
             )
         return secrets
+
+
+# --- Reading the environment: typos, field errors and REDIS_URL fail at start, by name. ---
+
+TYPO_CUTOFF = 0.85
+"""How close (difflib's ratio, after the prefix) an unread LOOPS_ name must be to a setting's
+name to be called a typo: one wrong, missing or extra letter is, a shop's own LOOPS_API_KEY
+or LOOPS_SHOP_NAME (at most 0.73 from any setting) is not."""
+
+
+def environment_names() -> dict[str, str]:
+    """Every environment variable a setting reads (upper-case) and the field it sets: derived
+    from the model's fields and aliases, so a setting added to the model is known at once."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    names: dict[str, str] = {}
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias or field.alias
+        if isinstance(alias, AliasChoices):
+            choices = [choice for choice in alias.choices if isinstance(choice, str)]
+        elif isinstance(alias, str):
+            choices = [alias]
+        else:
+            choices = [f"{prefix}{field_name}"]
+        names.update({choice.upper(): field_name for choice in choices})
+    return names
+
+
+def read_settings(environ: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
+    """The settings, and the ``LOOPS_`` variables set that no setting reads (a shop's own,
+    such as LOOPS_API_KEY: left alone).
+
+    Raises ConfigurationError, one line naming environment variables (never Python fields),
+    for a variable that looks like a misspelt setting ("did you mean ...?") or a value a
+    setting refuses; secrets and URLs are never repeated in it.
+    """
+    environ = os.environ if environ is None else environ
+    prefix = Settings.model_config.get("env_prefix", "").upper()
+    known = environment_names()
+    stems = {name.removeprefix(prefix): name for name in known}
+    typos: list[str] = []
+    unread: list[str] = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(prefix) or upper in known:
+            continue
+        close = difflib.get_close_matches(
+            upper.removeprefix(prefix), stems, n=1, cutoff=TYPO_CUTOFF
+        )
+        if close:
+            typos.append(f"{name} is not a setting; did you mean {stems[close[0]]}?")
+        else:
+            unread.append(name)
+    if typos:
+        raise ConfigurationError("; ".join(typos))
+    try:
+        return Settings(), unread
+    except pydantic.ValidationError as invalid:
+        problems = [_field_problem(error, known) for error in invalid.errors()]
+        raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _field_problem(error: Any, known: Mapping[str, str]) -> str:
+    """One pydantic error, named by environment variable; ``known`` maps variables to fields."""
+    location = str(error["loc"][0]) if error["loc"] else ""
+    field = location if location in Settings.model_fields else known.get(location.upper(), "")
+    variable = next((name for name, of in known.items() if of == field), location)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if field and not _is_secret(field) and error.get("input") is not None:
+        message += f" (got {error['input']!r})"
+    return f"{variable}: {message}"
+
+
+def _is_secret(field: str) -> bool:
+    """Fields whose values never appear in logs or messages: secret types, URLs (they may
+    hold a password) and anything named like a credential."""
+    annotation = str(Settings.model_fields[field].annotation)
+    credential = any(word in field for word in ("secret", "password", "token", "url"))
+    return credential or "SecretStr" in annotation
+
+
+def effective_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting by its environment variable, for the one start-up log line: secrets as
+    ``***`` (or None when unset), passwords cut out of URLs."""
+    shown: dict[str, Any] = {}
+    variables = {field: name for name, field in environment_names().items()}
+    for field in Settings.model_fields:
+        value = getattr(settings, field)
+        if isinstance(value, str) and "://" in value:
+            value = redacted_url(value)
+        elif value is not None and _is_secret(field):
+            value = "***"
+        elif isinstance(value, Path):
+            value = str(value)
+        shown[variables.get(field, field)] = value
+    return shown

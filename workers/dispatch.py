@@ -22,9 +22,11 @@ import pydantic
 import structlog
 from arq import Retry
 
-from loops_webhooks.handlers import HandlerContext, Reject, RetryLater, Router
+from loops_webhooks.handlers import HandlerContext, Router
 from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.handlers.events import Event, parse_event
+from loops_webhooks.handlers.outcomes import classify_attempt
+from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.handlers.router import Handler
 from loops_webhooks.workers import metrics
 from loops_webhooks.workers.dead_letters import (
@@ -42,7 +44,6 @@ from loops_webhooks.workers.event_store import (
     StoredEvent,
 )
 from loops_webhooks.workers.keys import dead_letter_id
-from loops_webhooks.workers.retry_policy import RetryPolicy
 
 __all__ = [
     "DISPATCHER",
@@ -232,12 +233,6 @@ class Dispatcher:
                     await handler.func(parsed, context)
                 else:
                     await asyncio.to_thread(handler.func, parsed, context)
-        except Reject as rejected:
-            return Outcome(
-                handler, state, _ms_since(started), rejected, dead_reason=DeadLetterReason.REJECTED
-            )
-        except RetryLater as later:
-            return self._failed(handler, state, started, later, retry_after=later.after)
         except asyncio.CancelledError as cancelled:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -261,20 +256,17 @@ class Dispatcher:
         state: HandlerState,
         started: float,
         error: Exception,
-        *,
-        retry_after: float | None = None,
     ) -> Outcome:
-        policy = self._policy_of(handler)
-        if not policy.allows_another(state.attempts):
-            return Outcome(
-                handler,
-                state,
-                _ms_since(started),
-                error,
-                dead_reason=DeadLetterReason.MAX_ATTEMPTS,
-            )
-        delay = policy.delay(state.attempts) if retry_after is None else retry_after
-        return Outcome(handler, state, _ms_since(started), error, retry_after=delay)
+        verdict = classify_attempt(error, attempt=state.attempts, policy=self._policy_of(handler))
+        dead_reason = None if verdict.dead_reason is None else DeadLetterReason(verdict.dead_reason)
+        return Outcome(
+            handler,
+            state,
+            _ms_since(started),
+            error,
+            retry_after=verdict.retry_after,
+            dead_reason=dead_reason,
+        )
 
     def _cut_short(self, handler: Handler, state: HandlerState) -> Outcome:
         """A handler still running when the job hit its time limit: a failed attempt."""

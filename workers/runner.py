@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from loops_webhooks.handlers import Router
+from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.connection import open_redis
@@ -36,7 +37,6 @@ from loops_webhooks.workers.intake import PROCESS_EVENT_JOB
 from loops_webhooks.workers.metrics import refresh_queue_gauges
 from loops_webhooks.workers.metrics_server import MetricsServer
 from loops_webhooks.workers.reconciler import Reconciler
-from loops_webhooks.workers.retry_policy import RetryPolicy
 from loops_webhooks.workers.scripts import register_script
 
 __all__ = ["EventWorker", "build_worker"]

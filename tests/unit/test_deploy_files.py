@@ -22,8 +22,8 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
+from loops_webhooks.redis_url import sentinel_address
 from loops_webhooks.settings import Settings
-from loops_webhooks.workers.connection import sentinel_address
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"

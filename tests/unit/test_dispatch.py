@@ -20,13 +20,13 @@ from arq import Retry
 from loops_webhooks.handlers import HandlerContext, Reject, RetryLater, Router
 from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.handlers.events import CheckoutSessionEvent, Event
+from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
 from loops_webhooks.workers.dispatch import Dispatcher
 from loops_webhooks.workers.event_store import EventStatus, EventStore, HandlerState, HandlerStatus
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
 from loops_webhooks.workers.keys import dead_letter_id
-from loops_webhooks.workers.retry_policy import RetryPolicy
 
 QUEUE = "loops:queue"
 COMPLETED = "checkout.session.completed"

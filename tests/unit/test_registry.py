@@ -191,11 +191,12 @@ def test_a_handler_load_error_is_a_value_error() -> None:
     assert issubclass(HandlerLoadError, ValueError)
 
 
-def test_importing_the_handler_api_loads_no_aiohttp_arq_or_redis() -> None:
+def test_importing_the_handler_api_and_the_testing_kit_loads_no_aiohttp_arq_or_redis() -> None:
     script = (
         "import sys, loops_webhooks.handlers.examples\n"
         "from loops_webhooks import Router, HandlerContext, Reject, RetryLater, RegistrationError\n"
         "from loops_webhooks.events import Event, CheckoutSessionEvent, CheckoutSession\n"
+        "import loops_webhooks.testing, loops_webhooks.handlers.testing\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'aiohttp', 'arq', 'redis'}))"
     )
 
