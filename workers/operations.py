@@ -190,6 +190,14 @@ class Operations:
                 return selected
             cursor = page.next_cursor
 
+    async def count_dead_letters(self, where: DeadLetterFilter = DeadLetterFilter()) -> int:
+        """How many letters match ``where``: what a bulk replay or purge would act on, for a
+        dry run. A filter on time alone is one ZCOUNT; others read the letters' summaries."""
+        if where == DeadLetterFilter(since_ms=where.since_ms):
+            low: float | str = where.since_ms if where.since_ms is not None else "-inf"
+            return int(await self._redis.zcount(keys.DEAD_LETTER_INDEX, low, "+inf"))
+        return len(await self.select_dead_letters((), where))
+
     async def replay_dead_letters(
         self,
         letters: Sequence[DeadLetter],
