@@ -83,6 +83,6 @@ def outcome_chart(per_minute: list[dict[str, int]], now: float | None = None) ->
         for minutes_ago in (60, 45, 30, 15)
         if minutes_ago <= count
     ]
-    ticks.append((round(LEFT + (count - 1) * slot + slot / 2, 2), "now"))
+    ticks.append((float(WIDTH), "now"))  # drawn right-aligned, so it is not cut off
     totals = {o: sum(minute.get(o, 0) for minute in per_minute) for o in OUTCOMES}
     return OutcomeChart(WIDTH, HEIGHT, LEFT, plot_height, peak, bars, ticks, totals)
