@@ -96,6 +96,8 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
         webhook_path=settings.webhook_path,
         secret_configured=bool(settings.webhook_secrets),
         worker_options=worker_options,
+        dashboard_port=args.dashboard_port,
+        dashboard_token_configured=settings.dashboard_token is not None,
     )
 
 
@@ -250,6 +252,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     network_options(dev_parser)
     worker_options(dev_parser)
+    dev_parser.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=DASHBOARD_PORT,
+        help="the dashboard's port (%(default)s)",
+    )
 
     send_parser = command("send", send, "Sign a realistic test event as Loops does and POST it.")
     send_parser.add_argument("type", help="event type, e.g. checkout.session.completed")

@@ -14,7 +14,14 @@ import aiohttp
 
 from tests.integration.worker_harness import Workbench
 
-__all__ = ["FAILING_HANDLER", "TOKEN", "Dashboard", "failing_handlers"]
+__all__ = [
+    "FAILING_HANDLER",
+    "TOKEN",
+    "Dashboard",
+    "dashboard_client",
+    "failing_handlers",
+    "log_in",
+]
 
 TOKEN = "dashboard-test-token-3f9a1c7e"
 FAILING_HANDLER = "shop_handlers:notify"
@@ -44,6 +51,24 @@ def failing_handlers(bench: Workbench) -> Path:
     return flag
 
 
+def dashboard_client(base_url: str, *, bearer: str | None = None) -> aiohttp.ClientSession:
+    """A client that keeps cookies of 127.0.0.1 (aiohttp's default jar drops them)."""
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else None
+    return aiohttp.ClientSession(
+        base_url, headers=headers, cookie_jar=aiohttp.CookieJar(unsafe=True)
+    )
+
+
+async def log_in(client: aiohttp.ClientSession, token: str = TOKEN) -> str:
+    """Log in through the form; returns the CSRF token the pages carry."""
+    async with client.post("/login", data={"token": token}) as response:
+        assert response.status == 200, await response.text()
+        page = await response.text()
+    marker = '<meta name="csrf-token" content="'
+    start = page.index(marker) + len(marker)
+    return page[start : page.index('"', start)]
+
+
 class Dashboard:
     """A running dashboard process and how to reach it."""
 
@@ -68,17 +93,4 @@ class Dashboard:
         self.base_url = f"http://127.0.0.1:{port}"
 
     def client(self, *, bearer: str | None = None) -> aiohttp.ClientSession:
-        """A client that keeps cookies of 127.0.0.1 (aiohttp's default jar drops them)."""
-        headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else None
-        return aiohttp.ClientSession(
-            self.base_url, headers=headers, cookie_jar=aiohttp.CookieJar(unsafe=True)
-        )
-
-    async def login(self, client: aiohttp.ClientSession, token: str = TOKEN) -> str:
-        """Log in through the form; returns the CSRF token the pages carry."""
-        async with client.post("/login", data={"token": token}) as response:
-            assert response.status == 200, await response.text()
-            page = await response.text()
-        marker = '<meta name="csrf-token" content="'
-        start = page.index(marker) + len(marker)
-        return page[start : page.index('"', start)]
+        return dashboard_client(self.base_url, bearer=bearer)

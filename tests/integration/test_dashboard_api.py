@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -18,7 +19,9 @@ from tests.integration.dashboard_harness import (
     FAILING_HANDLER,
     TOKEN,
     Dashboard,
+    dashboard_client,
     failing_handlers,
+    log_in,
 )
 from tests.integration.worker_harness import Workbench, eventually
 
@@ -96,7 +99,7 @@ async def test_a_cookie_post_without_the_csrf_token_is_403_and_with_it_goes_thro
     await dead_letters(bench, 1)
     body = {"filter": {}, "dry_run": True}
     async with dashboard.client() as client:
-        csrf = await dashboard.login(client)
+        csrf = await log_in(client)
         async with client.post("/api/dead-letters/replay", json=body) as response:
             assert response.status == 403
             assert (await response.json())["error"] == "csrf"
@@ -279,3 +282,30 @@ async def test_no_auth_on_loopback_starts_with_a_warning_and_still_wants_csrf_on
         async with client.post("/api/dead-letters/purge", json={"filter": {}}) as response:
             assert response.status == 403
     assert "dashboard without authentication" in dashboard.process.output()
+
+
+async def test_dev_starts_the_dashboard_too_and_prints_its_url_with_a_token_that_logs_in(
+    start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int], redis_url: str
+) -> None:
+    port, dashboard_port = free_port(), free_port()
+    env = {"REDIS_URL": redis_url, "LOOPS_WEBHOOK_SECRET": "whsec_x", "LOOPS_METRICS_PORT": "0"}
+    dev = start_loops_webhooks(
+        "dev", "--port", str(port), "--dashboard-port", str(dashboard_port), env=env, port=port
+    )
+    url = f"http://127.0.0.1:{dashboard_port}/"
+
+    async def printed() -> bool:
+        return f"dashboard at {url} (token for this session: " in dev.output()
+
+    await eventually(printed, within=10, what="dev prints the dashboard's URL and token")
+    token = dev.output().split("(token for this session: ", 1)[1].split(")", 1)[0]
+
+    async def logs_in() -> bool:
+        try:
+            async with dashboard_client(url.rstrip("/")) as client:
+                await log_in(client, token)
+        except aiohttp.ClientConnectionError:
+            return False
+        return True
+
+    await eventually(logs_in, within=15, what="the printed token logs in to the dashboard")
