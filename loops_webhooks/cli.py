@@ -187,6 +187,8 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
         data_dir=settings.data_dir,
         send_command=_own_command(),
         worker_options=worker_options,
+        dashboard_port=args.dashboard_port,
+        dashboard_token_configured=settings.dashboard_token is not None,
     )
 
 
@@ -202,6 +204,50 @@ def _own_command() -> str:
     except ValueError:
         return shlex.quote(str(script))
     return shlex.quote(str(relative))
+
+
+DASHBOARD_PORT = 8081
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    import structlog
+    from aiohttp import web
+
+    from loops_webhooks.dashboard.app import create_app
+
+    if args.no_auth:
+        if not _is_loopback(args.host):
+            raise UsageError(
+                f"--no-auth is accepted on a loopback host only (127.0.0.1, ::1), not {args.host}"
+            )
+        structlog.get_logger(logger_name="loops_webhooks.dashboard").warning(
+            "dashboard without authentication (--no-auth): anyone on this machine can use it",
+            host=args.host,
+            port=args.port,
+        )
+        token = None
+    else:
+        token = settings.require_dashboard_token()
+    app = create_app(settings, redis_url_for(settings), token=token)
+    try:
+        web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise operations.CommandFailed(
+            f"cannot listen on {args.host}:{args.port}: {reason}"
+        ) from None
+    return EXIT_OK
 
 
 def send(args: argparse.Namespace, settings: Settings) -> int:
@@ -324,6 +370,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     network_options(dev_parser)
     worker_options(dev_parser)
+    dev_parser.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=DASHBOARD_PORT,
+        help="the dashboard's port (%(default)s)",
+    )
 
     handlers_parser = command(
         "handlers",
@@ -416,6 +468,24 @@ def _parser() -> argparse.ArgumentParser:
         stop_redis,
         "Stop the embedded development Redis of LOOPS_DATA_DIR (its data stays on disk).",
     )
+    dashboard_parser = command(
+        "dashboard",
+        dashboard,
+        "Run the dashboard: a web page and JSON API for events and dead letters, behind "
+        "LOOPS_DASHBOARD_TOKEN, on its own port.",
+    )
+    dashboard_parser.add_argument(
+        "--host", default=DEFAULT_HOST, help="address to bind (%(default)s)"
+    )
+    dashboard_parser.add_argument(
+        "--port", type=int, default=DASHBOARD_PORT, help="port (%(default)s)"
+    )
+    dashboard_parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no token (a loopback --host only; logs a warning)",
+    )
+
     stats = command("stats", _operation(operations.show_stats), "Queue and dead-letter figures.")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")

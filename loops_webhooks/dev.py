@@ -1,4 +1,4 @@
-"""``loops-webhooks dev``: the receiver and a worker together, for a newcomer's first run.
+"""``loops-webhooks dev``: the receiver, a worker and the dashboard, for a newcomer's first run.
 
 Both run as child processes, exactly as ``serve`` and ``worker`` run in production, on the
 data directory's embedded Redis unless ``REDIS_URL`` is set. The worker serves the metrics
@@ -36,6 +36,8 @@ def run_dev(
     data_dir: Path,
     send_command: str,
     worker_options: list[str],
+    dashboard_port: int,
+    dashboard_token_configured: bool,
 ) -> int:
     """``send_command``: how the user runs ``loops-webhooks`` from here, for the command
     printed to paste."""
@@ -53,6 +55,14 @@ def run_dev(
         env["LOOPS_WEBHOOK_SECRET"] = generated
         print(f"  no LOOPS_WEBHOOK_SECRET set; using the development secret in {secret_file}")
         print(f"  try: {send} --secret {generated}", flush=True)
+    if not dashboard_token_configured:
+        env["LOOPS_DASHBOARD_TOKEN"] = secrets.token_urlsafe(24)
+    dashboard_url = f"http://{host}:{dashboard_port}/"
+    token = env["LOOPS_DASHBOARD_TOKEN"]
+    if dashboard_token_configured:
+        print(f"  dashboard at {dashboard_url} (token: LOOPS_DASHBOARD_TOKEN)", flush=True)
+    else:
+        print(f"  dashboard at {dashboard_url} (token for this session: {token})", flush=True)
     command = [sys.executable, "-m", "loops_webhooks.cli"]
     children = [
         subprocess.Popen(
@@ -60,6 +70,9 @@ def run_dev(
             env={**env, "LOOPS_METRICS_PORT": "0"},
         ),
         subprocess.Popen([*command, "worker", *worker_options], env=env),
+        subprocess.Popen(
+            [*command, "dashboard", "--host", host, "--port", str(dashboard_port)], env=env
+        ),
     ]
     interrupted = False
 
@@ -78,7 +91,9 @@ def run_dev(
         while not interrupted and all(child.poll() is None for child in children):
             time.sleep(0.2)
         if not interrupted:
-            print("loops-webhooks dev: a child process exited; stopping the other", file=sys.stderr)
+            print(
+                "loops-webhooks dev: a child process exited; stopping the others", file=sys.stderr
+            )
         stop_children()
         _wait_all(children)
         return 0 if interrupted else 1

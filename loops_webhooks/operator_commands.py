@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
 
 from loops_webhooks.settings import Settings
+from loops_webhooks.workers import operations as operations_api
 from loops_webhooks.workers.connection import open_redis
 from loops_webhooks.workers.dead_letters import DeadLetter
 from loops_webhooks.workers.event_store import EventStatus
@@ -63,24 +63,11 @@ class RedisUnreachable(Exception):
 
 
 def parse_since(text: str) -> int:
-    """``--since``: an ISO 8601 time, or a duration ago such as ``90s``, ``15m``, ``2h``, ``7d``.
-
-    Returns milliseconds since the epoch; raises ArgumentTypeError (a usage error).
-    """
-    relative = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    if relative:
-        amount, unit = int(relative[1]), relative[2]
-        seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
-        return int((datetime.now(UTC) - timedelta(seconds=seconds)).timestamp() * 1000)
+    """``--since``: see ``workers.operations.parse_since``; a bad value is a usage error."""
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid time {text!r}: use ISO 8601 (2025-01-15T10:30:00Z) or 90s, 15m, 2h, 7d"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        return operations_api.parse_since(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"invalid time {error}") from None
 
 
 def run_operation(

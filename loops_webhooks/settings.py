@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         le=65535,
         description="/metrics and /healthz of the receiver or worker; 0 turns them off.",
     )
+    dashboard_token: SecretStr | None = Field(
+        default=None,
+        description="The dashboard's login and API token; required by `dashboard`.",
+    )
+    dashboard_read_only: bool = Field(
+        default=False, description="The dashboard refuses replay and purge (403)."
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -130,6 +137,18 @@ class Settings(BaseSettings):
                 "secrets may be given, comma-separated, while rotating."
             )
         return secrets
+
+    def require_dashboard_token(self) -> str:
+        """The dashboard's token, or a ConfigurationError that tells the user how to set one."""
+        token = self.dashboard_token.get_secret_value() if self.dashboard_token else ""
+        if not token.strip():
+            raise ConfigurationError(
+                "LOOPS_DASHBOARD_TOKEN is not set: set it to a long random value (for example "
+                "`openssl rand -hex 32`); the dashboard's login form and its API's "
+                "`Authorization: Bearer` header take it. `--no-auth` starts without one, on "
+                "a loopback host only."
+            )
+        return token.strip()
 
 
 # --- Reading the environment: typos, field errors and REDIS_URL fail at start, by name. ---

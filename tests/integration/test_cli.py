@@ -128,7 +128,15 @@ def dev(
 ) -> Iterator[str]:
     """A running ``loops-webhooks dev``; yields its webhook URL."""
     port = free_port()
-    start_loops_webhooks("dev", "--port", str(port), env=workspace.env, port=port)
+    start_loops_webhooks(
+        "dev",
+        "--port",
+        str(port),
+        "--dashboard-port",
+        str(free_port()),
+        env=workspace.env,
+        port=port,
+    )
     yield f"http://127.0.0.1:{port}/webhooks/loops"
 
 
@@ -191,7 +199,9 @@ def test_dev_without_a_secret_prints_one_that_signs_accepted_events(
 ) -> None:
     env = {k: v for k, v in workspace.env.items() if k != "LOOPS_WEBHOOK_SECRET"}
     port = free_port()
-    dev = start_loops_webhooks("dev", "--port", str(port), env=env, port=port)
+    dev = start_loops_webhooks(
+        "dev", "--port", str(port), "--dashboard-port", str(free_port()), env=env, port=port
+    )
     printed = [word for word in dev.output().split() if word.startswith("whsec_dev_")]
     assert printed, dev.output()
 
@@ -222,7 +232,9 @@ def test_dev_on_the_embedded_redis_processes_after_a_restart_what_was_received_b
         assert workspace.effects_of("fulfil", "evt_before_restart") == 0
 
         port = free_port()
-        start_loops_webhooks("dev", "--port", str(port), env=env, port=port)
+        start_loops_webhooks(
+            "dev", "--port", str(port), "--dashboard-port", str(free_port()), env=env, port=port
+        )
 
         wait_until(lambda: workspace.effects_of("fulfil", "evt_before_restart") == 1, "handler")
     finally:
@@ -256,7 +268,15 @@ def test_dev_stops_cleanly_on_sigint(
     workspace: Workspace, start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
 ) -> None:
     port = free_port()
-    dev = start_loops_webhooks("dev", "--port", str(port), env=workspace.env, port=port)
+    dev = start_loops_webhooks(
+        "dev",
+        "--port",
+        str(port),
+        "--dashboard-port",
+        str(free_port()),
+        env=workspace.env,
+        port=port,
+    )
 
     dev.process.send_signal(signal.SIGINT)
 
