@@ -21,7 +21,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
-from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason
+from loops_webhooks.workers.dead_letters import DeadLetterReason, build_dead_letter
 
 __all__ = ["PROCESS_EVENT_JOB", "EventIntake", "ReceivedEvent", "job_payload"]
 
@@ -185,12 +185,12 @@ class EventIntake:
 
         Deduplicated by the body's hash; returns the dead letter's id.
         """
-        letter = DeadLetter(
-            id="invalid_payload:" + hashlib.sha256(raw).hexdigest(),
-            reason=DeadLetterReason.INVALID_PAYLOAD,
+        letter = build_dead_letter(
+            DeadLetterReason.INVALID_PAYLOAD,
+            now_ms=received_at_ms,
+            letter_id="invalid_payload:" + hashlib.sha256(raw).hexdigest(),
             error_type="InvalidPayload",
             error_message=detail,
-            dead_lettered_at=received_at_ms,
             received_at=received_at_ms,
             raw=raw,
             headers=orjson.dumps(dict(headers)).decode(),
