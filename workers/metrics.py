@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
@@ -65,12 +66,26 @@ OLDEST_PENDING_AGE = Gauge(
 
 
 class MetricsServer:
-    """``/metrics`` and ``/healthz`` for one worker, plus the gauge refresher."""
+    """``/metrics`` and ``/healthz`` for one worker, plus the gauge refresher.
 
-    def __init__(self, redis: Redis, *, queue_name: str, port: int) -> None:
+    ``/healthz`` answers 503 with the reason while ``redis_problem`` returns one (Redis full,
+    down or stalled as the worker's own calls found), else 200.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        queue_name: str,
+        port: int,
+        host: str = "127.0.0.1",
+        redis_problem: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self._redis = redis
         self._queue_name = queue_name
         self._port = port
+        self._host = host
+        self._redis_problem = redis_problem
         self._runner: web.AppRunner | None = None
         self._refresher: asyncio.Task[None] | None = None
 
@@ -78,14 +93,16 @@ class MetricsServer:
         self._refresher = asyncio.create_task(self._refresh_forever(), name="loops-gauges")
         app = web.Application()
         app.router.add_get("/metrics", _metrics)
-        app.router.add_get("/healthz", _healthz)
+        app.router.add_get("/healthz", self._healthz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, "0.0.0.0", self._port).start()
+            await web.TCPSite(runner, self._host, self._port).start()
         except OSError as error:
             await runner.cleanup()
-            log.error("cannot serve worker metrics", port=self._port, error=str(error))
+            log.error(
+                "cannot serve worker metrics", host=self._host, port=self._port, error=str(error)
+            )
             return
         self._runner = runner
 
@@ -104,6 +121,12 @@ class MetricsServer:
         DEAD_LETTER_QUEUE_SIZE.set(figures.dead_letters)
         OLDEST_PENDING_AGE.set(figures.oldest_pending_age_seconds or 0)
 
+    async def _healthz(self, request: web.Request) -> web.Response:
+        problem = self._redis_problem()
+        if problem is not None:
+            return web.json_response({"status": "redis_unusable", "detail": problem}, status=503)
+        return web.json_response({"status": "ok"})
+
     async def _refresh_forever(self) -> None:
         while True:
             try:
@@ -115,7 +138,3 @@ class MetricsServer:
 
 async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
