@@ -45,6 +45,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=MIB, gt=0)
     dedupe_ttl_seconds: int = Field(default=7 * DAY_SECONDS, gt=0)
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="The receiver closes a connection whose request headers are not complete "
+        "this long after it opened (or after its last response), and answers 408 to a body "
+        "not read whole within it.",
+    )
+    max_concurrent_bodies: int = Field(
+        default=32,
+        gt=0,
+        description="Request bodies the receiver reads at once; a request waiting longer than "
+        "the read timeout for its turn gets 503. Bounds the memory hostile clients can hold.",
+    )
     queue_name: str = "loops:queue"
     handlers: str = Field(
         default="loops_webhooks.handlers.examples:router",
@@ -62,6 +75,12 @@ class Settings(BaseSettings):
     reconcile_grace_seconds: float = Field(default=60.0, ge=0)
     metrics_port: int = Field(
         default=9100, ge=0, le=65535, description="Worker metrics and /healthz; 0 turns it off."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the worker's metrics server binds; 0.0.0.0 to be scraped from "
+        "other hosts.",
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
