@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +35,8 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
+_PASSWORD_QUERY = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
 
 def redis_url_for(settings: Settings) -> str:
     """``REDIS_URL`` when set; otherwise the data directory's embedded development Redis."""
@@ -55,10 +58,21 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from loops_webhooks.ingest.app import create_app
+    from loops_webhooks.ingest.memory import keep_large_buffers_returnable
 
     settings.require_webhook_secrets()
     app = create_app(settings, redis_url_for(settings))
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    keep_large_buffers_returnable()
+    # aiohttp closes a connection whose request headers are not complete within its
+    # keep-alive timeout (counted from the connection's start or its last response).
+    web.run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        keepalive_timeout=settings.read_timeout_seconds,
+    )
     return EXIT_OK
 
 
@@ -271,12 +285,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password (in the userinfo or a ``password=`` query), for messages."""
     parts = urlsplit(url)
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+        url = parts._replace(netloc=netloc).geturl()
+    return _PASSWORD_QUERY.sub(r"\1***", url)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
