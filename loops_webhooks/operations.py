@@ -228,12 +228,16 @@ async def replay_letters(redis: Redis, args: argparse.Namespace, settings: Setti
             counts["failed"] += 1
             print(f"failed {letter.id}: {error}", file=sys.stderr)
             continue
-        counts[{ReplayResult.MISSING: "failed"}.get(result, result)] += 1
+        counts[result] += 1
         if result is ReplayResult.SKIPPED:
-            print(f"skipped {letter.id}: it holds no usable event ({letter.reason})")
+            why = "no stored event" if not letter.event_id else "use --force once the model fits"
+            print(f"skipped {letter.id}: {letter.reason} ({why})")
         if len(letters) > PROGRESS_EVERY and done % PROGRESS_EVERY == 0:
             print(f"... {done}/{len(letters)}", file=sys.stderr)
-    print(f"replayed {counts['replayed']}, skipped {counts['skipped']}, failed {counts['failed']}")
+    print(
+        f"replayed {counts['replayed']}, skipped {counts['skipped']}, failed {counts['failed']}, "
+        f"taken meanwhile by another replay or a purge {counts['missing']}"
+    )
     return 1 if counts["failed"] else 0
 
 

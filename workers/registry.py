@@ -48,7 +48,7 @@ def _import_router(path: str) -> Router:
         )
     try:
         found: Any = importlib.import_module(module_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module calling sys.exit() at import, too
         raise HandlerLoadError(
             f"cannot load handlers {path!r}: importing {module_name!r} failed: "
             f"{type(exc).__name__}: {_first_line(exc)}"
@@ -68,6 +68,6 @@ def _import_router(path: str) -> Router:
     return found
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     lines = str(exc).splitlines()
     return lines[0] if lines else ""

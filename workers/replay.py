@@ -28,8 +28,9 @@ class ReplayResult(StrEnum):
 
 _REPLAY = """
 -- KEYS: dead letter, dead-letter index, event, pending, queue, job key
--- ARGV: letter id, event id, handler, force, now, job id, job payload, job ttl
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+-- ARGV: letter id, event id, handler, force, now, job id, job payload, job ttl,
+--   the letter's dead_lettered_at as read (another replay took it if that changed)
+if redis.call('HGET', KEYS[1], 'dead_lettered_at') ~= ARGV[9] then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   local letter = redis.call('HMGET', KEYS[1], 'raw', 'headers', 'received_at', 'event_type')
   redis.call('HSET', KEYS[3], 'id', ARGV[2], 'raw', letter[1], 'headers', letter[2],
@@ -82,8 +83,17 @@ return 1
 async def replay_dead_letter(
     redis: Redis, letter: DeadLetter, *, queue_name: str, force: bool = False
 ) -> ReplayResult:
-    """Put one dead letter's event back on the queue; SKIPPED if it holds no usable event."""
-    if letter.reason == DeadLetterReason.INVALID_PAYLOAD or not letter.event_id:
+    """Put one dead letter's event back on the queue, as it was when ``letter`` was read.
+
+    SKIPPED if it holds no stored event (a body the receiver could not parse), or if its
+    payload did not fit a handler's model (``invalid_payload``) and ``force`` is not given:
+    replaying that is useful only after the model was fixed. MISSING if the letter is gone
+    or was dead-lettered anew since it was read: another replay (or a purge) took it, and
+    replaying it again would run its handler one more round.
+    """
+    if not letter.event_id:
+        return ReplayResult.SKIPPED
+    if letter.reason == DeadLetterReason.INVALID_PAYLOAD and not force:
         return ReplayResult.SKIPPED
     now_ms = int(time.time() * 1000)
     job_id = keys.job_id_for_event(letter.event_id)
@@ -105,6 +115,7 @@ async def replay_dead_letter(
             job_id,
             job_payload(letter.event_id, letter.event_type, now_ms),
             JOB_TTL_MS,
+            letter.dead_lettered_at,
         ],
     )
     return ReplayResult.REPLAYED if replayed else ReplayResult.MISSING
