@@ -21,7 +21,7 @@ import structlog
 
 from loops_webhooks.handlers.context import HandlerContext, idempotency_key
 from loops_webhooks.handlers.events import Event, model_for, parse_event
-from loops_webhooks.handlers.outcomes import AttemptOutcome, classify_attempt
+from loops_webhooks.handlers.outcomes import Verdict, classify
 from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.handlers.router import Handler, Router
 from loops_webhooks.handlers.sample_events import sample_event
@@ -56,7 +56,7 @@ class HandlerResult:
     """
 
     handler: str
-    outcome: AttemptOutcome
+    outcome: Verdict
     error: BaseException | None
     retry_after: float | None
 
@@ -122,10 +122,15 @@ async def run(router: Router, event: Event, *, attempt: int = 1) -> list[Handler
 
 
 async def _run_one(handler: Handler, event_type: str, raw: bytes, attempt: int) -> HandlerResult:
+    policy = RetryPolicy(
+        max_attempts=handler.max_attempts or int(_worker_default("max_attempts")),
+        base_seconds=float(_worker_default("retry_base_seconds")),
+        max_delay_seconds=float(_worker_default("retry_max_delay_seconds")),
+    )
     try:
         parsed = parse_event(raw, handler.model_for(event_type))
     except pydantic.ValidationError as invalid:
-        return HandlerResult(handler.name, "dead_letter", invalid, None)
+        return _result(handler, attempt, invalid, policy)
     context = make_context(parsed, handler=handler.name, attempt=attempt)
     timeout = handler.timeout or float(_worker_default("handler_timeout_seconds"))
     error: BaseException | None = None
@@ -139,12 +144,15 @@ async def _run_one(handler: Handler, event_type: str, raw: bytes, attempt: int) 
         error = timed_out
         if deadline.expired():
             error = TimeoutError(f"handler did not finish within {timeout:g}s")
-    except Exception as raised:
+    except asyncio.CancelledError:
+        raise
+    except BaseException as raised:  # as in the worker: SystemExit too is a failed attempt
         error = raised
-    policy = RetryPolicy(
-        max_attempts=handler.max_attempts or int(_worker_default("max_attempts")),
-        base_seconds=float(_worker_default("retry_base_seconds")),
-        max_delay_seconds=float(_worker_default("retry_max_delay_seconds")),
-    )
-    verdict = classify_attempt(error, attempt=attempt, policy=policy)
-    return HandlerResult(handler.name, verdict.outcome, error, verdict.retry_after)
+    return _result(handler, attempt, error, policy)
+
+
+def _result(
+    handler: Handler, attempt: int, error: BaseException | None, policy: RetryPolicy
+) -> HandlerResult:
+    outcome = classify(attempt, error, policy)
+    return HandlerResult(handler.name, outcome.verdict, error, outcome.retry_after)

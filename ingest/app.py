@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -10,7 +11,15 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from loops_webhooks.ingest import metrics, views
-from loops_webhooks.ingest.app_keys import INTAKE, OUTCOME, REDIS, REDIS_URL, SETTINGS, VERIFIER
+from loops_webhooks.ingest.app_keys import (
+    BODY_SLOTS,
+    INTAKE,
+    OUTCOME,
+    REDIS,
+    REDIS_URL,
+    SETTINGS,
+    VERIFIER,
+)
 from loops_webhooks.ingest.errors import error_response, response_for
 from loops_webhooks.ingest.signature import SignatureVerifier
 from loops_webhooks.redis_url import redacted_url
@@ -38,15 +47,18 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         middlewares=[_answer_and_log],
         client_max_size=settings.max_body_bytes,
         # The signature covers the bytes as sent: never decompress them before verifying.
-        handler_args={"auto_decompress": False},
+        handler_args={"auto_decompress": False, "read_bufsize": 16 * 1024},
     )
     app[SETTINGS] = settings
     app[REDIS_URL] = redis_url
     app[VERIFIER] = verifier
+    app[BODY_SLOTS] = asyncio.Semaphore(settings.max_concurrent_bodies)
     app.cleanup_ctx.append(_redis_context)
     if settings.metrics_port:
         app.cleanup_ctx.append(_metrics_server_context)
-    app.router.add_post(settings.webhook_path, views.receive_webhook)
+    app.router.add_post(
+        settings.webhook_path, views.receive_webhook, expect_handler=views.expect_continue
+    )
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
     return app

@@ -133,16 +133,27 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from loops_webhooks.ingest.app import create_app
+    from loops_webhooks.ingest.memory import keep_large_buffers_returnable
 
     settings.require_webhook_secrets()
     app = create_app(settings, redis_url_for(settings))
+    keep_large_buffers_returnable()
     url = f"http://{args.host}:{args.port}{settings.webhook_path}"
 
     def listening(_aiohttp_banner: str) -> None:
         _log().info("receiver listening", url=url)
 
     try:
-        web.run_app(app, host=args.host, port=args.port, access_log=None, print=listening)
+        # aiohttp closes a connection whose request headers are not complete within its
+        # keep-alive timeout (counted from the connection's start or its last response).
+        web.run_app(
+            app,
+            host=args.host,
+            port=args.port,
+            access_log=None,
+            print=listening,
+            keepalive_timeout=settings.read_timeout_seconds,
+        )
     except OSError as error:
         reason = error.strerror or str(error)
         raise operations.CommandFailed(

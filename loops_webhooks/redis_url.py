@@ -7,6 +7,7 @@ parses with it too, so the form is checked and read in one place.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -145,10 +146,14 @@ def _host_url_problem(hostname: str | None, path: str) -> str:
     return ""
 
 
+_PASSWORD_QUERY = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redacted_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs and messages."""
+    """``url`` with its password (in the userinfo, or a ``password=`` query, which redis-py
+    also reads) replaced by ``***``, for logs and messages."""
     parts = urlsplit(url)
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return parts._replace(netloc=netloc).geturl()
-    return url
+        url = parts._replace(netloc=netloc).geturl()
+    return _PASSWORD_QUERY.sub(r"\1***", url)

@@ -65,6 +65,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=MIB, gt=0)
     dedupe_ttl_seconds: int = Field(default=7 * DAY_SECONDS, gt=0)
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="The receiver closes a connection whose request headers are not complete "
+        "this long after it opened (or after its last response), and answers 408 to a body "
+        "not read whole within it.",
+    )
+    max_concurrent_bodies: int = Field(
+        default=32,
+        gt=0,
+        description="Request bodies the receiver reads at once; a request waiting longer than "
+        "the read timeout for its turn gets 503. Bounds the memory hostile clients can hold.",
+    )
     queue_name: str = "loops:queue"
     handlers: str = Field(
         default="loops_webhooks.handlers.examples:router",
@@ -82,6 +95,7 @@ class Settings(BaseSettings):
     reconcile_grace_seconds: float = Field(default=60.0, ge=0)
     metrics_host: str = Field(
         default="127.0.0.1",
+        min_length=1,
         description="Where /metrics listens; 0.0.0.0 in a container, for Prometheus to reach.",
     )
     metrics_port: int = Field(

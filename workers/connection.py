@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+import redis.sentinel
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
 from loops_webhooks.redis_url import sentinel_address
 
-__all__ = ["open_redis"]
+__all__ = ["open_blocking_redis", "open_redis"]
 
 
 def open_redis(
@@ -53,4 +55,27 @@ def open_redis(
         **options,
     )
     client: Redis = sentinel.master_for(address.master_name, redis_class=redis_class)
+    return client
+
+
+def open_blocking_redis(
+    url: str, *, sentinel_password: str | None = None, **options: Any
+) -> redis.Redis:
+    """The same client as ``open_redis``, blocking, for a thread outside the event loop
+    (the worker's in-progress keeper)."""
+    address = sentinel_address(url)
+    if address is None:
+        plain: redis.Redis = redis.Redis.from_url(url, **options)
+        return plain
+    socket_options = {name: value for name, value in options.items() if name.startswith("socket_")}
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        list(address.sentinels),
+        sentinel_kwargs={**socket_options, "password": sentinel_password, "ssl": address.tls},
+        db=address.db,
+        username=address.username,
+        password=address.password,
+        ssl=address.tls,
+        **options,
+    )
+    client: redis.Redis = sentinel.master_for(address.master_name)  # type: ignore[no-untyped-call]
     return client

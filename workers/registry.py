@@ -57,7 +57,7 @@ def _import_router(path: str) -> Router:
         )
     try:
         found: Any = importlib.import_module(module_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module calling sys.exit() at import, too
         missing = isinstance(exc, ModuleNotFoundError) and _is_module_or_parent(
             exc.name, module_name
         )
@@ -81,7 +81,7 @@ def _import_router(path: str) -> Router:
     return found
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     lines = str(exc).splitlines()
     return lines[0] if lines else ""
 

@@ -484,16 +484,32 @@ def test_bad_usage_exits_2(args: tuple[str, ...], workspace: Workspace) -> None:
     assert result.stderr.strip()
 
 
+@pytest.mark.parametrize(
+    "url", ["redis://:hunter2@127.0.0.1:{port}/0", "redis://127.0.0.1:{port}/0?password=hunter2"]
+)
 def test_redis_down_exits_1_with_a_clear_message(
-    workspace: Workspace, free_port: Callable[[], int]
+    workspace: Workspace, free_port: Callable[[], int], url: str
 ) -> None:
-    env = {**workspace.env, "REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0"}
+    env = {**workspace.env, "REDIS_URL": url.format(port=free_port())}
 
     result = run_cli("stats", env=env)
 
     assert result.returncode == 1
     assert "cannot reach Redis" in result.stderr
     assert "hunter2" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_handler_module_that_exits_at_import_makes_the_worker_exit_2_saying_so(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(7)\n")
+    env = {**workspace.env, "PYTHONPATH": str(tmp_path)}
+
+    result = run_cli("worker", "--handlers", "exits_at_import:router", env=env)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "importing 'exits_at_import' failed: SystemExit: 7" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
