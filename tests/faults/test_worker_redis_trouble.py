@@ -68,7 +68,7 @@ async def test_a_full_redis_makes_workers_back_off_unready_and_rerun_nothing_tha
             statuses = [await healthz(session, port) for port in harness.worker_metrics_ports]
             return statuses == [503, 503]
 
-        await eventually(both_unready, within=10, what="both workers' /healthz answer 503")
+        await eventually(both_unready, within=30, what="both workers' /healthz answer 503")
         await asyncio.sleep(FULL_SECONDS)
         await free(harness.redis.url, filler)
         await stream
