@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from loops_webhooks import operator_commands as operations
 from loops_webhooks.embedded_redis import EmbeddedRedisError, ensure_embedded_redis
+from loops_webhooks.event_loop import new_event_loop
 from loops_webhooks.logs import configure_logging
 from loops_webhooks.operator_commands import RedisUnreachable, UsageError
 from loops_webhooks.settings import ConfigurationError, Settings
@@ -60,7 +61,14 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_webhook_secrets()
     app = create_app(settings, redis_url_for(settings))
     try:
-        web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+        web.run_app(
+            app,
+            host=args.host,
+            port=args.port,
+            access_log=None,
+            print=None,
+            loop=new_event_loop(),
+        )
     except OSError as error:
         reason = error.strerror or str(error)
         raise operations.CommandFailed(
@@ -75,6 +83,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = _worker_settings(args, settings)
     router = load_router(settings.handlers)
+    asyncio.set_event_loop(new_event_loop())  # arq's Worker runs on the current loop
     try:
         build_worker(settings, redis_url_for(settings), router).run()
     except (RedisError, OSError) as error:
