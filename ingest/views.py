@@ -13,7 +13,14 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from redis.exceptions import RedisError
 
-from loops_webhooks.ingest.app_keys import INTAKE, OUTCOME, REDIS, SETTINGS, VERIFIER
+from loops_webhooks.ingest.app_keys import (
+    EVENT_IDENTITY,
+    INTAKE,
+    OUTCOME,
+    REDIS,
+    SETTINGS,
+    VERIFIER,
+)
 from loops_webhooks.ingest.errors import (
     InvalidBody,
     InvalidPayload,
@@ -51,7 +58,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     write_started = time.perf_counter()
     created = await _acknowledged(request.app[INTAKE].submit(event))
     REDIS_WRITE_DURATION.observe(time.perf_counter() - write_started)
-    structlog.contextvars.bind_contextvars(event_id=event_id, event_type=event_type)
+    request[EVENT_IDENTITY] = (event_id, event_type)
     request[OUTCOME] = "accepted" if created else "duplicate"
     return json_response({"received": True, "id": event_id, "duplicate": not created})
 
