@@ -13,6 +13,7 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "CHECKOUT_SESSION_EVENT_TYPES",
+    "LOOPS_EVENT_TYPES",
     "CheckoutSession",
     "CheckoutSessionEvent",
     "Event",
@@ -23,6 +24,9 @@ __all__ = [
 CHECKOUT_SESSION_EVENT_TYPES = frozenset(
     {"checkout.session.completed", "checkout.session.expired", "checkout.session.failed"}
 )
+
+LOOPS_EVENT_TYPES = tuple(sorted(CHECKOUT_SESSION_EVENT_TYPES))
+"""Every event type Loops documents today; a pattern matching none of them is likely a typo."""
 
 _LOOPS_WIRE_FORMAT = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 

@@ -14,7 +14,7 @@ from loops_webhooks.handlers import events
 from loops_webhooks.handlers.errors import RegistrationError
 from loops_webhooks.handlers.events import Event
 
-__all__ = ["Handler", "Router"]
+__all__ = ["Handler", "Router", "pattern_warnings"]
 
 HandlerFunc = Callable[..., Any]
 F = TypeVar("F", bound=HandlerFunc)
@@ -48,6 +48,11 @@ class Handler:
     def model_for(self, event_type: str) -> type[Event]:
         """The model to parse an event of `event_type` into before calling this handler."""
         return self.event_model or events.model_for(event_type)
+
+    @property
+    def known_event_types(self) -> list[str]:
+        """The event types Loops documents that this handler's pattern matches."""
+        return [event_type for event_type in events.LOOPS_EVENT_TYPES if self.matches(event_type)]
 
 
 class Router:
@@ -141,6 +146,30 @@ class Router:
                     f"two handlers are named {new.name!r} (patterns {existing.pattern!r} and "
                     f"{new.pattern!r}); pass name= to tell them apart"
                 )
+
+
+def pattern_warnings(router: Router) -> list[str]:
+    """A warning for each handler whose pattern matches no event type Loops documents.
+
+    Such a handler is allowed (Loops may add types), but it is most often a typo that would
+    leave every event of the intended type unhandled, so the worker and ``loops-webhooks
+    handlers`` say so at start.
+    """
+    warnings = []
+    for handler in router.handlers:
+        if handler.known_event_types:
+            continue
+        close = difflib.get_close_matches(handler.pattern, events.LOOPS_EVENT_TYPES, n=1)
+        hint = (
+            f"did you mean {close[0]!r}?"
+            if close
+            else f"known types: {', '.join(events.LOOPS_EVENT_TYPES)}"
+        )
+        warnings.append(
+            f"handler {handler.name!r}: pattern {handler.pattern!r} matches no known Loops "
+            f"event type; {hint}"
+        )
+    return warnings
 
 
 def _make_handler(

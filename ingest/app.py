@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from loops_webhooks.ingest import metrics, views
 from loops_webhooks.ingest.app_keys import (
+    BODY_SLOTS,
     EVENT_IDENTITY,
     INTAKE,
     OUTCOME,
@@ -20,6 +23,7 @@ from loops_webhooks.ingest.app_keys import (
 )
 from loops_webhooks.ingest.errors import error_response, response_for
 from loops_webhooks.ingest.signature import SignatureVerifier
+from loops_webhooks.redis_url import redacted_url
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers.connection import open_redis
 from loops_webhooks.workers.intake import EventIntake
@@ -44,15 +48,18 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         middlewares=[_answer_and_log],
         client_max_size=settings.max_body_bytes,
         # The signature covers the bytes as sent: never decompress them before verifying.
-        handler_args={"auto_decompress": False},
+        handler_args={"auto_decompress": False, "read_bufsize": 16 * 1024},
     )
     app[SETTINGS] = settings
     app[REDIS_URL] = redis_url
     app[VERIFIER] = verifier
+    app[BODY_SLOTS] = asyncio.Semaphore(settings.max_concurrent_bodies)
     app.cleanup_ctx.append(_redis_context)
     if settings.metrics_port:
         app.cleanup_ctx.append(_metrics_server_context)
-    app.router.add_post(settings.webhook_path, views.receive_webhook)
+    app.router.add_post(
+        settings.webhook_path, views.receive_webhook, expect_handler=views.expect_continue
+    )
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
     return app
@@ -76,6 +83,14 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
         # WAIT gets half of the deadline, so its answer arrives before the socket times out
         replica_timeout_ms=max(1, int(timeout * 1000 / 2)),
     )
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as error:
+        log.warning(
+            "Redis is unreachable: every webhook is answered 503 until it is back",
+            redis_url=redacted_url(app[REDIS_URL]),
+            error=str(error) or type(error).__name__,
+        )
     yield
     await redis.aclose()
 

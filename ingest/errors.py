@@ -8,9 +8,11 @@ from aiohttp import web
 from loops_webhooks.ingest.signature import InvalidSignature
 
 __all__ = [
+    "BodyTimeout",
     "InvalidBody",
     "InvalidPayload",
     "PayloadTooLarge",
+    "ReceiverBusy",
     "ReceiverUnavailable",
     "error_response",
     "json_response",
@@ -36,12 +38,22 @@ class ReceiverUnavailable(Exception):
     """Redis could not acknowledge the event in time; nothing was promised, Loops retries."""
 
 
+class BodyTimeout(Exception):
+    """The body did not arrive whole within ``LOOPS_READ_TIMEOUT_SECONDS``: a stalled client."""
+
+
+class ReceiverBusy(Exception):
+    """``LOOPS_MAX_CONCURRENT_BODIES`` bodies were being read for the whole read timeout."""
+
+
 _STATUS_CODE_OUTCOME: dict[type[Exception], tuple[int, str, str]] = {
     InvalidSignature: (401, "invalid_signature", "invalid_signature"),
     PayloadTooLarge: (413, "payload_too_large", "too_large"),
     InvalidPayload: (400, "invalid_payload", "invalid_payload"),
     InvalidBody: (400, "invalid_body", "invalid_body"),
     ReceiverUnavailable: (503, "unavailable", "unavailable"),
+    BodyTimeout: (408, "request_timeout", "body_timeout"),
+    ReceiverBusy: (503, "busy", "busy"),
 }
 
 

@@ -16,6 +16,8 @@ OUTCOMES = (
     "invalid_payload",
     "invalid_body",
     "too_large",
+    "body_timeout",
+    "busy",
     "unavailable",
     "method_not_allowed",
     "error",

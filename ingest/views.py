@@ -11,9 +11,11 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web_urldispatcher import _default_expect_handler
 from redis.exceptions import RedisError
 
 from loops_webhooks.ingest.app_keys import (
+    BODY_SLOTS,
     EVENT_IDENTITY,
     INTAKE,
     OUTCOME,
@@ -22,17 +24,20 @@ from loops_webhooks.ingest.app_keys import (
     VERIFIER,
 )
 from loops_webhooks.ingest.errors import (
+    BodyTimeout,
     InvalidBody,
     InvalidPayload,
     PayloadTooLarge,
+    ReceiverBusy,
     ReceiverUnavailable,
     json_response,
+    response_for,
 )
 from loops_webhooks.ingest.metrics import REDIS_WRITE_DURATION
 from loops_webhooks.ingest.signature import SIGNATURE_HEADER
 from loops_webhooks.workers.intake import ReceivedEvent
 
-__all__ = ["healthz", "readyz", "receive_webhook"]
+__all__ = ["expect_continue", "healthz", "readyz", "receive_webhook"]
 
 log = structlog.get_logger(logger_name="loops_webhooks.ingest")
 
@@ -44,19 +49,20 @@ T = TypeVar("T")
 async def receive_webhook(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     received_at_ms = int(time.time() * 1000)
-    body = await _read_body(request, settings.max_body_bytes)
+    body = await _read_body(request)
     request.app[VERIFIER].verify(body, request.headers.getall(SIGNATURE_HEADER, []))
     headers = _headers_worth_keeping(request)
+    deadline = settings.redis_timeout_seconds
     try:
         event_id, event_type = _event_identity(body)
     except InvalidPayload as problem:
         intake = request.app[INTAKE]
         keep = intake.dead_letter_unparseable(body, headers, received_at_ms, str(problem))
-        await _acknowledged(keep)
+        await _acknowledged(keep, deadline)
         raise
     event = ReceivedEvent(event_id, event_type, body, headers, received_at_ms)
     write_started = time.perf_counter()
-    created = await _acknowledged(request.app[INTAKE].submit(event))
+    created = await _acknowledged(request.app[INTAKE].submit(event), deadline)
     REDIS_WRITE_DURATION.observe(time.perf_counter() - write_started)
     request[EVENT_IDENTITY] = (event_id, event_type)
     request[OUTCOME] = "accepted" if created else "duplicate"
@@ -71,22 +77,60 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready to accept events: Redis answers within the write deadline."""
     try:
-        await _acknowledged(request.app[REDIS].ping())
+        await _acknowledged(request.app[REDIS].ping(), request.app[SETTINGS].redis_timeout_seconds)
     except ReceiverUnavailable as problem:
         return json_response({"status": "unavailable", "detail": str(problem)}, status=503)
     return json_response({"status": "ready"})
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    too_large = PayloadTooLarge(f"body is over the limit of {limit} bytes")
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: refuse an oversized body before inviting the client to send
+    it; otherwise aiohttp's own answer (``100 Continue``, or 417 for another expectation)."""
+    limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        problem = PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        known = response_for(problem)
+        assert known is not None
+        request[OUTCOME] = known[1]
+        return known[0]
+    await _default_expect_handler(request)
+    return None
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body, read in one of the receiver's body slots, within the read timeout.
+
+    Bodies not yet read wait in aiohttp's per-connection buffer (a few dozen KiB, then TCP
+    flow control), so the slots bound what hostile clients holding bodies open can cost.
+    """
+    settings = request.app[SETTINGS]
+    limit, timeout = settings.max_body_bytes, settings.read_timeout_seconds
+    too_large = f"body is over the limit of {limit} bytes"
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(too_large)
+    slots = request.app[BODY_SLOTS]
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            await slots.acquire()
+    except TimeoutError:
+        raise ReceiverBusy(
+            f"{settings.max_concurrent_bodies} request bodies are being read; retry later"
+        ) from None
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise BodyTimeout(f"the body did not arrive whole within {timeout:g}s") from None
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
-    except RequestPayloadError as error:
+        raise PayloadTooLarge(too_large) from None
+    except (RequestPayloadError, ConnectionError) as error:
+        # aiohttp keeps this exception on the request's payload; its traceback would hold
+        # the frames that hold the request: a cycle keeping the partial body alive until the
+        # cyclic garbage collector happens to run (hundreds of MiB under held bodies).
+        error.__traceback__ = None
         raise InvalidBody(f"the body could not be read: {error}") from None
+    finally:
+        slots.release()
 
 
 def _event_identity(body: bytes) -> tuple[str, str]:
@@ -124,14 +168,18 @@ def _as_text(value: str) -> str:
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-async def _acknowledged(write: Awaitable[T]) -> T:
-    """Await a Redis write, or say the store is down (or too slow).
+async def _acknowledged(write: Awaitable[T], deadline: float) -> T:
+    """Await a Redis write for at most ``deadline`` seconds (``LOOPS_REDIS_TIMEOUT_SECONDS``),
+    or say the store is down (or too slow).
 
-    The time limit, ``LOOPS_REDIS_TIMEOUT_SECONDS``, is the Redis client's own connect and
-    socket timeout (see ``app._redis_context``): no timer per request on the hot path.
+    The client's socket timeouts alone are no deadline: redis-py's pool makes callers queue
+    behind a connection that handshakes with a stalled server. A write cut off here may still
+    be committed by Redis later; that event was not acknowledged, so Loops redelivers it and
+    the redelivery is answered as a duplicate.
     """
     try:
-        return await write
+        async with asyncio.timeout(deadline):
+            return await write
     except _REDIS_FAILURES as error:
         log.warning("event store unavailable", error=type(error).__name__, detail=str(error))
         raise ReceiverUnavailable(

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
+import shutil
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
-import pydantic
+import structlog
 from redis.exceptions import RedisError
 
 from loops_webhooks import operator_commands as operations
@@ -25,9 +27,17 @@ from loops_webhooks.embedded_redis import EmbeddedRedisError, ensure_embedded_re
 from loops_webhooks.event_loop import new_event_loop
 from loops_webhooks.logs import configure_logging
 from loops_webhooks.operator_commands import RedisUnreachable, UsageError
-from loops_webhooks.settings import ConfigurationError, Settings
-from loops_webhooks.workers.connection import check_redis_url
+from loops_webhooks.redis_url import redacted_url
+from loops_webhooks.settings import (
+    ConfigurationError,
+    Settings,
+    effective_settings,
+    read_settings,
+)
 from loops_webhooks.workers.registry import HandlerLoadError
+
+if TYPE_CHECKING:
+    from loops_webhooks.handlers import Router
 
 __all__ = ["main"]
 
@@ -36,11 +46,22 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
+LONG_RUNNING = ("serve", "worker")
+"""Commands that log their effective settings at info level; the others at debug."""
+
+
+def _log() -> structlog.typing.FilteringBoundLogger:
+    """The CLI's logger, looked up when used: logging is configured in ``main``, per call."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(
+        logger_name="loops_webhooks.cli"
+    )
+    return logger
+
 
 def redis_url_for(settings: Settings) -> str:
     """``REDIS_URL`` when set; otherwise the data directory's embedded development Redis."""
     if settings.redis_url:
-        return check_redis_url(settings.redis_url)
+        return settings.redis_url
     return ensure_embedded_redis(settings.data_dir)
 
 
@@ -53,20 +74,86 @@ def _worker_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     return settings.model_copy(update=overrides)
 
 
+def _load_handlers(args: argparse.Namespace, settings: Settings) -> Router:
+    """The router of ``LOOPS_HANDLERS``/``--handlers``, imported with the project directory
+    (``--app-dir``, default the current one) first on ``sys.path``, as uvicorn does, so a
+    shop's own package is found without PYTHONPATH."""
+    from loops_webhooks.workers.registry import load_router
+
+    app_dir = str(Path(args.app_dir).resolve())
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    try:
+        return load_router(settings.handlers)
+    except HandlerLoadError as error:
+        if error.while_importing is None and isinstance(error.__cause__, ModuleNotFoundError):
+            raise HandlerLoadError(
+                f"{error} (looked in {app_dir} and the installed packages: run from your "
+                "project's directory or pass --app-dir)"
+            ) from error.__cause__
+        raise
+
+
+def handlers(args: argparse.Namespace, settings: Settings) -> int:
+    from loops_webhooks.handlers.router import pattern_warnings
+
+    settings = _worker_settings(args, settings)
+    router = _load_handlers(args, settings)
+    warnings = pattern_warnings(router)
+    listed = [
+        {
+            "name": handler.name,
+            "pattern": handler.pattern,
+            "max_attempts": handler.max_attempts,
+            "timeout_seconds": handler.timeout,
+            "async": handler.is_async,
+            "model": handler.event_model.__name__ if handler.event_model else None,
+            "matches": handler.known_event_types,
+        }
+        for handler in router.handlers
+    ]
+    if args.json:
+        print(orjson.dumps({"handlers": listed, "warnings": warnings}).decode())
+    else:
+        for handler in router.handlers:
+            attempts = handler.max_attempts or f"{settings.max_attempts} (default)"
+            timeout = handler.timeout or f"{settings.handler_timeout_seconds:g} (default)"
+            kind = "async" if handler.is_async else "def, in a thread"
+            print(f"{handler.name}  pattern {handler.pattern!r}")
+            print(f"  max_attempts {attempts}, timeout {timeout} s, {kind}")
+            matched = ", ".join(handler.known_event_types) or "no known Loops event type"
+            print(f"  matches: {matched}")
+        if not listed:
+            print("no handlers registered")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from loops_webhooks.ingest.app import create_app
+    from loops_webhooks.ingest.memory import keep_large_buffers_returnable
 
     settings.require_webhook_secrets()
     app = create_app(settings, redis_url_for(settings))
+    keep_large_buffers_returnable()
+    url = f"http://{args.host}:{args.port}{settings.webhook_path}"
+
+    def listening(_aiohttp_banner: str) -> None:
+        _log().info("receiver listening", url=url)
+
     try:
+        # aiohttp closes a connection whose request headers are not complete within its
+        # keep-alive timeout (counted from the connection's start or its last response).
         web.run_app(
             app,
             host=args.host,
             port=args.port,
             access_log=None,
-            print=None,
+            print=listening,
+            keepalive_timeout=settings.read_timeout_seconds,
             loop=new_event_loop(),
         )
     except OSError as error:
@@ -78,11 +165,13 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
-    from loops_webhooks.workers.registry import load_router
+    from loops_webhooks.handlers.router import pattern_warnings
     from loops_webhooks.workers.runner import build_worker
 
     settings = _worker_settings(args, settings)
-    router = load_router(settings.handlers)
+    router = _load_handlers(args, settings)
+    for warning in pattern_warnings(router):
+        _log().warning(warning)
     asyncio.set_event_loop(new_event_loop())  # arq's Worker runs on the current loop
     try:
         build_worker(settings, redis_url_for(settings), router).run()
@@ -93,11 +182,15 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def dev(args: argparse.Namespace, settings: Settings) -> int:
     from loops_webhooks.dev import run_dev
-    from loops_webhooks.workers.registry import load_router
 
     settings = _worker_settings(args, settings)
-    load_router(settings.handlers)
-    worker_options = ["--handlers", settings.handlers]
+    _load_handlers(args, settings)
+    worker_options = [
+        "--handlers",
+        settings.handlers,
+        "--app-dir",
+        str(Path(args.app_dir).resolve()),
+    ]
     worker_options += ["--concurrency", str(settings.worker_concurrency)]
     return run_dev(
         redis_url=redis_url_for(settings),
@@ -105,8 +198,76 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         webhook_path=settings.webhook_path,
         secret_configured=bool(settings.webhook_secrets),
+        data_dir=settings.data_dir,
+        send_command=_own_command(),
         worker_options=worker_options,
+        dashboard_port=args.dashboard_port,
+        dashboard_token_configured=settings.dashboard_token is not None,
     )
+
+
+def _own_command() -> str:
+    """How to run ``loops-webhooks`` from the current directory, as a user would paste it:
+    the bare name when PATH finds this very installation, else the path of its script."""
+    script = Path(sys.executable).parent / "loops-webhooks"
+    found = shutil.which("loops-webhooks")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "loops-webhooks"
+    try:
+        relative = script.relative_to(Path.cwd())
+    except ValueError:
+        return shlex.quote(str(script))
+    return shlex.quote(str(relative))
+
+
+DASHBOARD_PORT = 8081
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    import structlog
+    from aiohttp import web
+
+    from loops_webhooks.dashboard.app import create_app
+
+    if args.no_auth:
+        if not _is_loopback(args.host):
+            raise UsageError(
+                f"--no-auth is accepted on a loopback host only (127.0.0.1, ::1), not {args.host}"
+            )
+        structlog.get_logger(logger_name="loops_webhooks.dashboard").warning(
+            "dashboard without authentication (--no-auth): anyone on this machine can use it",
+            host=args.host,
+            port=args.port,
+        )
+        token = None
+    else:
+        token = settings.require_dashboard_token()
+    app = create_app(settings, redis_url_for(settings), token=token)
+    try:
+        web.run_app(
+            app,
+            host=args.host,
+            port=args.port,
+            access_log=None,
+            print=None,
+        )
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise operations.CommandFailed(
+            f"cannot listen on {args.host}:{args.port}: {reason}"
+        ) from None
+    return EXIT_OK
 
 
 def send(args: argparse.Namespace, settings: Settings) -> int:
@@ -116,12 +277,12 @@ def send(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--count must be at least 1")
     if args.id is not None and args.count > 1:
         raise UsageError("--id names one event; it cannot be combined with --count > 1")
-    secret = args.secret.encode() if args.secret else None
+    secret: str | None = args.secret or None
     if secret is None:
         configured = settings.webhook_secrets
         if not configured:
             raise UsageError("no signing secret: pass --secret or set LOOPS_WEBHOOK_SECRET")
-        secret = configured[0]
+        secret = configured[0].decode()
     url = args.url or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}{settings.webhook_path}"
     data = _data_overrides(args.data)
     try:
@@ -132,13 +293,17 @@ def send(args: argparse.Namespace, settings: Settings) -> int:
         reason = str(error) or type(error).__name__
         raise operations.CommandFailed(f"cannot reach {url}: {reason}") from None
     accepted = sum(delivery.accepted for delivery in deliveries)
-    if args.count == 1:
-        print(f"{deliveries[0].status} {deliveries[0].body}")
+    if args.json:
+        sent = [
+            {"id": d.event_id, "status": d.status, "accepted": d.accepted, "response": d.body}
+            for d in deliveries
+        ]
+        print(orjson.dumps({"sent": sent, "accepted": accepted}).decode())
     else:
-        failures = [d for d in deliveries if not d.accepted]
-        for failure in failures[:10]:
-            print(f"{failure.event_id}: {failure.status} {failure.body}", file=sys.stderr)
-        print(f"accepted {accepted} of {args.count} events")
+        for delivery in deliveries:
+            print(f"{delivery.event_id} {delivery.status} {delivery.body}")
+        if args.count > 1:
+            print(f"accepted {accepted} of {args.count} events")
     return EXIT_OK if accepted == args.count else EXIT_FAILURE
 
 
@@ -195,12 +360,21 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--host", default=DEFAULT_HOST, help="address to bind (%(default)s)")
         sub.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
 
-    def worker_options(sub: argparse.ArgumentParser) -> None:
+    def handlers_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--handlers",
             help="comma-separated module:attribute paths of Router objects "
             "(default: LOOPS_HANDLERS, else loops_webhooks.handlers.examples:router)",
         )
+        sub.add_argument(
+            "--app-dir",
+            default=".",
+            help="directory put first on the import path, where your handlers package is "
+            "(default: the current directory)",
+        )
+
+    def worker_options(sub: argparse.ArgumentParser) -> None:
+        handlers_options(sub)
         sub.add_argument(
             "--concurrency",
             type=int,
@@ -216,6 +390,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     network_options(dev_parser)
     worker_options(dev_parser)
+    dev_parser.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=DASHBOARD_PORT,
+        help="the dashboard's port (%(default)s)",
+    )
+
+    handlers_parser = command(
+        "handlers",
+        handlers,
+        "List the registered handlers and the Loops event types each matches (no Redis "
+        "needed); warns about patterns that match no known type.",
+    )
+    handlers_options(handlers_parser)
+    handlers_parser.add_argument("--json", action="store_true", help="print JSON")
+    handlers_parser.set_defaults(concurrency=None)
 
     send_parser = command("send", send, "Sign a realistic test event as Loops does and POST it.")
     send_parser.add_argument("type", help="event type, e.g. checkout.session.completed")
@@ -228,6 +418,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     send_parser.add_argument("--id", help="event id (default: a fresh evt_... id)")
     send_parser.add_argument("--count", type=int, default=1, help="distinct events to send")
+    send_parser.add_argument("--json", action="store_true", help="print JSON")
 
     events_parser = commands.add_parser("events", help="Inspect stored events.")
     events_commands = events_parser.add_subparsers(dest="events_command", required=True)
@@ -237,6 +428,17 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("event_id")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(run=_operation(operations.show_event))
+    events_list = events_commands.add_parser("list", help="Stored events, newest first.")
+    events_list.add_argument("--type", help="only events of this type")
+    events_list.add_argument(
+        "--status", choices=["pending", "done", "dead"], help="only events with this status"
+    )
+    events_list.add_argument(
+        "--since", type=operations.parse_since, help="received since: ISO time or 15m, 2d, ..."
+    )
+    events_list.add_argument("--limit", type=int, default=50, help="at most (%(default)s)")
+    events_list.add_argument("--json", action="store_true", help="print JSON")
+    events_list.set_defaults(run=_operation(operations.list_events))
 
     dlq_parser = commands.add_parser("dlq", help="Inspect, replay and purge dead letters.")
     dlq_commands = dlq_parser.add_subparsers(dest="dlq_command", required=True)
@@ -254,8 +456,11 @@ def _parser() -> argparse.ArgumentParser:
     dlq_list.add_argument("--json", action="store_true", help="print JSON")
     dlq_list.set_defaults(run=_operation(operations.list_letters), ids=None)
 
-    dlq_show = dlq_commands.add_parser("show", help="One dead letter, traceback and raw event.")
-    dlq_show.add_argument("id")
+    dlq_show = dlq_commands.add_parser(
+        "show",
+        help="One dead letter, traceback and raw event; given an event id, that event's letters.",
+    )
+    dlq_show.add_argument("id", help="a dead letter id, or an event id")
     dlq_show.add_argument("--json", action="store_true", help="print JSON")
     dlq_show.set_defaults(run=_operation(operations.show_letter))
 
@@ -283,33 +488,43 @@ def _parser() -> argparse.ArgumentParser:
         stop_redis,
         "Stop the embedded development Redis of LOOPS_DATA_DIR (its data stays on disk).",
     )
+    dashboard_parser = command(
+        "dashboard",
+        dashboard,
+        "Run the dashboard: a web page and JSON API for events and dead letters, behind "
+        "LOOPS_DASHBOARD_TOKEN, on its own port.",
+    )
+    dashboard_parser.add_argument(
+        "--host", default=DEFAULT_HOST, help="address to bind (%(default)s)"
+    )
+    dashboard_parser.add_argument(
+        "--port", type=int, default=DASHBOARD_PORT, help="port (%(default)s)"
+    )
+    dashboard_parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no token (a loopback --host only; logs a warning)",
+    )
+
     stats = command("stats", _operation(operations.show_stats), "Queue and dead-letter figures.")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
     return parser
 
 
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = Settings()
-    except pydantic.ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
-            for problem in error.errors()
-        )
-        print(f"loops-webhooks: invalid configuration: {problems}", file=sys.stderr)
+        settings, unread = read_settings()
+    except ConfigurationError as error:
+        print(f"loops-webhooks: {error}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_format, settings.log_level)
+    log = _log()
+    report = log.info if args.command in LONG_RUNNING else log.debug
+    report("effective settings", settings=effective_settings(settings))
+    if unread:
+        log.debug("LOOPS_ variables that no setting reads, left to your code", names=unread)
     command: Command = args.run
     try:
         return command(args, settings)
@@ -317,10 +532,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"loops-webhooks: {error}", file=sys.stderr)
         return EXIT_USAGE
     except HandlerLoadError as error:
-        print(f"loops-webhooks: cannot load handlers: {error}", file=sys.stderr)
+        if error.while_importing is not None:
+            sys.stderr.write("".join(traceback.format_exception(error.while_importing)))
+        print(f"loops-webhooks: {error}", file=sys.stderr)
         return EXIT_USAGE
     except RedisUnreachable as error:
-        where = _safe_url(settings.redis_url) if settings.redis_url else "the embedded Redis"
+        where = redacted_url(settings.redis_url) if settings.redis_url else "the embedded Redis"
         print(f"loops-webhooks: cannot reach Redis at {where}: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except (EmbeddedRedisError, operations.CommandFailed) as error:

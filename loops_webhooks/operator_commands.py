@@ -1,4 +1,4 @@
-"""The operator's commands: ``events show``, ``dlq list|show|replay|purge`` and ``stats``.
+"""The operator's commands: ``events show|list``, ``dlq list|show|replay|purge`` and ``stats``.
 
 Each parses nothing and decides nothing: it calls ``loops_webhooks.workers.operations`` and
 prints the result for a person, or JSON with ``--json``. Redis errors are caught around the
@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
 
 from loops_webhooks.settings import Settings
+from loops_webhooks.workers import operations as operations_api
 from loops_webhooks.workers.connection import open_redis
 from loops_webhooks.workers.dead_letters import DeadLetter
-from loops_webhooks.workers.operations import DeadLetterFilter, NotFound, Operations
+from loops_webhooks.workers.event_store import EventStatus
+from loops_webhooks.workers.operations import (
+    DeadLetterFilter,
+    EventFilter,
+    NotFound,
+    Operations,
+)
 
 __all__ = ["CommandFailed", "RedisUnreachable", "UsageError", "parse_since", "run_operation"]
 
@@ -57,24 +63,11 @@ class RedisUnreachable(Exception):
 
 
 def parse_since(text: str) -> int:
-    """``--since``: an ISO 8601 time, or a duration ago such as ``90s``, ``15m``, ``2h``, ``7d``.
-
-    Returns milliseconds since the epoch; raises ArgumentTypeError (a usage error).
-    """
-    relative = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    if relative:
-        amount, unit = int(relative[1]), relative[2]
-        seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
-        return int((datetime.now(UTC) - timedelta(seconds=seconds)).timestamp() * 1000)
+    """``--since``: see ``workers.operations.parse_since``; a bad value is a usage error."""
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid time {text!r}: use ISO 8601 (2025-01-15T10:30:00Z) or 90s, 15m, 2h, 7d"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        return operations_api.parse_since(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"invalid time {error}") from None
 
 
 def run_operation(
@@ -188,6 +181,32 @@ async def show_event(operations: Operations, args: argparse.Namespace) -> int:
     return 0
 
 
+async def list_events(operations: Operations, args: argparse.Namespace) -> int:
+    status = EventStatus(args.status) if args.status else None
+    where = EventFilter(event_type=args.type, status=status, since_ms=args.since)
+    events = (await operations.list_events(where, limit=args.limit)).items
+    rows = [
+        {
+            "id": event.id,
+            "type": event.type,
+            "status": event.status,
+            "outcome": event.outcome,
+            "received_at": _time(event.received_at_ms),
+            "finished_at": _time(event.finished_at_ms),
+        }
+        for event in events
+    ]
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no events")
+    for row in rows:
+        outcome = f"  {row['outcome']}" if row["outcome"] else ""
+        print(f"{row['id']}  {row['type']}  {row['status']}{outcome}  {row['received_at']}")
+    return 0
+
+
 async def _select(operations: Operations, args: argparse.Namespace) -> list[DeadLetter]:
     """Dead letters by id, or by filters (type, handler, since), newest first."""
     where = DeadLetterFilter(event_type=args.type, handler=args.handler, since_ms=args.since)
@@ -212,11 +231,31 @@ async def list_letters(operations: Operations, args: argparse.Namespace) -> int:
 
 
 async def show_letter(operations: Operations, args: argparse.Namespace) -> int:
-    letter = await operations.get_dead_letter(args.id)
-    data = _letter_json(letter, full=True)
+    """One dead letter by its id; given an event id instead, every letter of that event (JSON:
+    a list)."""
+    try:
+        letters = [await operations.get_dead_letter(args.id)]
+        one = True
+    except NotFound:
+        letters = await operations.dead_letters_of_event(args.id)
+        one = False
+        if not letters:
+            raise NotFound(
+                f"no dead letter {args.id!r}, and no event {args.id!r} with dead letters"
+            ) from None
     if args.json:
-        _print_json(data)
+        shown = [_letter_json(letter, full=True) for letter in letters]
+        _print_json(shown[0] if one else shown)
         return 0
+    for index, letter in enumerate(letters):
+        if index:
+            print()
+        _print_letter(letter)
+    return 0
+
+
+def _print_letter(letter: DeadLetter) -> None:
+    data = _letter_json(letter, full=True)
     for name in SHOWN_FIELDS:
         print(f"{name}: {data[name]}")
     print(f"error: {letter.error_type}: {letter.error_message}")
@@ -224,7 +263,6 @@ async def show_letter(operations: Operations, args: argparse.Namespace) -> int:
         print("traceback:\n" + letter.traceback.rstrip())
     print("headers: " + orjson.dumps(data["headers"]).decode())
     print("raw event:\n" + data["raw"])
-    return 0
 
 
 def _has_selection(args: argparse.Namespace) -> bool:

@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from loops_webhooks.ingest.signature import SIGNATURE_HEADER, sign
-from loops_webhooks.sample_events import sample_event
+from loops_webhooks.handlers.sample_events import sample_event
+from loops_webhooks.handlers.testing import SIGNATURE_HEADER, sign
 
 __all__ = ["Delivery", "send_events"]
 
@@ -30,7 +30,7 @@ class Delivery:
 
 async def send_events(
     url: str,
-    secret: bytes,
+    secret: str,
     event_type: str,
     *,
     count: int = 1,

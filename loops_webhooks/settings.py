@@ -6,13 +6,24 @@ that hosting platforms already use.
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import pydantic
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ConfigurationError", "Settings"]
+from loops_webhooks.redis_url import check_redis_url, redacted_url
+
+__all__ = [
+    "ConfigurationError",
+    "Settings",
+    "effective_settings",
+    "read_settings",
+]
 
 MIB = 1024 * 1024
 DAY_SECONDS = 24 * 60 * 60
@@ -54,6 +65,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=MIB, gt=0)
     dedupe_ttl_seconds: int = Field(default=7 * DAY_SECONDS, gt=0)
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="The receiver closes a connection whose request headers are not complete "
+        "this long after it opened (or after its last response), and answers 408 to a body "
+        "not read whole within it.",
+    )
+    max_concurrent_bodies: int = Field(
+        default=32,
+        gt=0,
+        description="Request bodies the receiver reads at once; a request waiting longer than "
+        "the read timeout for its turn gets 503. Bounds the memory hostile clients can hold.",
+    )
     queue_name: str = "loops:queue"
     handlers: str = Field(
         default="loops_webhooks.handlers.examples:router",
@@ -71,6 +95,7 @@ class Settings(BaseSettings):
     reconcile_grace_seconds: float = Field(default=60.0, ge=0)
     metrics_host: str = Field(
         default="127.0.0.1",
+        min_length=1,
         description="Where /metrics listens; 0.0.0.0 in a container, for Prometheus to reach.",
     )
     metrics_port: int = Field(
@@ -78,6 +103,13 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
         description="/metrics and /healthz of the receiver or worker; 0 turns them off.",
+    )
+    dashboard_token: SecretStr | None = Field(
+        default=None,
+        description="The dashboard's login and API token; required by `dashboard`.",
+    )
+    dashboard_read_only: bool = Field(
+        default=False, description="The dashboard refuses replay and purge (403)."
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -88,6 +120,11 @@ class Settings(BaseSettings):
         if not value.startswith("/"):
             raise ValueError("must start with '/'")
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_has_an_accepted_form(cls, value: str | None) -> str | None:
+        return check_redis_url(value) if value else value
 
     @property
     def webhook_secrets(self) -> list[bytes]:
@@ -114,3 +151,110 @@ class Settings(BaseSettings):
                 "secrets may be given, comma-separated, while rotating."
             )
         return secrets
+
+    def require_dashboard_token(self) -> str:
+        """The dashboard's token, or a ConfigurationError that tells the user how to set one."""
+        token = self.dashboard_token.get_secret_value() if self.dashboard_token else ""
+        if not token.strip():
+            raise ConfigurationError(
+                "LOOPS_DASHBOARD_TOKEN is not set: set it to a long random value (for example "
+                "`openssl rand -hex 32`); the dashboard's login form and its API's "
+                "`Authorization: Bearer` header take it. `--no-auth` starts without one, on "
+                "a loopback host only."
+            )
+        return token.strip()
+
+
+# --- Reading the environment: typos, field errors and REDIS_URL fail at start, by name. ---
+
+TYPO_CUTOFF = 0.85
+"""How close (difflib's ratio, after the prefix) an unread LOOPS_ name must be to a setting's
+name to be called a typo: one wrong, missing or extra letter is, a shop's own LOOPS_API_KEY
+or LOOPS_SHOP_NAME (at most 0.73 from any setting) is not."""
+
+
+def environment_names() -> dict[str, str]:
+    """Every environment variable a setting reads (upper-case) and the field it sets: derived
+    from the model's fields and aliases, so a setting added to the model is known at once."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    names: dict[str, str] = {}
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias or field.alias
+        if isinstance(alias, AliasChoices):
+            choices = [choice for choice in alias.choices if isinstance(choice, str)]
+        elif isinstance(alias, str):
+            choices = [alias]
+        else:
+            choices = [f"{prefix}{field_name}"]
+        names.update({choice.upper(): field_name for choice in choices})
+    return names
+
+
+def read_settings(environ: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
+    """The settings, and the ``LOOPS_`` variables set that no setting reads (a shop's own,
+    such as LOOPS_API_KEY: left alone).
+
+    Raises ConfigurationError, one line naming environment variables (never Python fields),
+    for a variable that looks like a misspelt setting ("did you mean ...?") or a value a
+    setting refuses; secrets and URLs are never repeated in it.
+    """
+    environ = os.environ if environ is None else environ
+    prefix = Settings.model_config.get("env_prefix", "").upper()
+    known = environment_names()
+    stems = {name.removeprefix(prefix): name for name in known}
+    typos: list[str] = []
+    unread: list[str] = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(prefix) or upper in known:
+            continue
+        close = difflib.get_close_matches(
+            upper.removeprefix(prefix), stems, n=1, cutoff=TYPO_CUTOFF
+        )
+        if close:
+            typos.append(f"{name} is not a setting; did you mean {stems[close[0]]}?")
+        else:
+            unread.append(name)
+    if typos:
+        raise ConfigurationError("; ".join(typos))
+    try:
+        return Settings(), unread
+    except pydantic.ValidationError as invalid:
+        problems = [_field_problem(error, known) for error in invalid.errors()]
+        raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _field_problem(error: Any, known: Mapping[str, str]) -> str:
+    """One pydantic error, named by environment variable; ``known`` maps variables to fields."""
+    location = str(error["loc"][0]) if error["loc"] else ""
+    field = location if location in Settings.model_fields else known.get(location.upper(), "")
+    variable = next((name for name, of in known.items() if of == field), location)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if field and not _is_secret(field) and error.get("input") is not None:
+        message += f" (got {error['input']!r})"
+    return f"{variable}: {message}"
+
+
+def _is_secret(field: str) -> bool:
+    """Fields whose values never appear in logs or messages: secret types, URLs (they may
+    hold a password) and anything named like a credential."""
+    annotation = str(Settings.model_fields[field].annotation)
+    credential = any(word in field for word in ("secret", "password", "token", "url"))
+    return credential or "SecretStr" in annotation
+
+
+def effective_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting by its environment variable, for the one start-up log line: secrets as
+    ``***`` (or None when unset), passwords cut out of URLs."""
+    shown: dict[str, Any] = {}
+    variables = {field: name for name, field in environment_names().items()}
+    for field in Settings.model_fields:
+        value = getattr(settings, field)
+        if isinstance(value, str) and "://" in value:
+            value = redacted_url(value)
+        elif value is not None and _is_secret(field):
+            value = "***"
+        elif isinstance(value, Path):
+            value = str(value)
+        shown[variables.get(field, field)] = value
+    return shown

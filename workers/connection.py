@@ -15,101 +15,16 @@ after a failover the next command reaches the new primary without a restart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
+import redis
+import redis.sentinel
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
-from loops_webhooks.settings import ConfigurationError
+from loops_webhooks.redis_url import sentinel_address
 
-__all__ = ["SentinelAddress", "check_redis_url", "open_redis", "sentinel_address"]
-
-SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
-"""Sentinel URL schemes, and whether each speaks TLS."""
-
-DEFAULT_SENTINEL_PORT = 26379
-SENTINEL_URL_SHAPE = "redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER_NAME[/DB]"
-
-
-@dataclass(frozen=True, slots=True)
-class SentinelAddress:
-    """A parsed Sentinel URL: where the Sentinels are, and which primary to ask them for."""
-
-    sentinels: tuple[tuple[str, int], ...]
-    master_name: str
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-
-def _malformed(problem: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"REDIS_URL is not a valid Sentinel URL ({problem}); expected {SENTINEL_URL_SHAPE}"
-    )
-
-
-def _host_and_port(text: str) -> tuple[str, int]:
-    if text.startswith("["):  # [IPv6]:port
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise _malformed(f"bad address {text!r}")
-        port_text = rest[1:]
-    else:
-        host, _, port_text = text.partition(":")
-    if not host:
-        raise _malformed(f"a Sentinel without a host in {text!r}")
-    if not port_text:
-        return host, DEFAULT_SENTINEL_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise _malformed(f"bad port in {text!r}")
-    return host, int(port_text)
-
-
-def sentinel_address(url: str) -> SentinelAddress | None:
-    """The Sentinel address ``url`` names, or None if it names one Redis server.
-
-    Raises ConfigurationError, naming REDIS_URL but never its password, if it is malformed.
-    """
-    scheme, separator, rest = url.partition("://")
-    if scheme.lower() not in SENTINEL_SCHEMES:
-        return None
-    if not separator:
-        raise _malformed("no '://'")
-    if "?" in rest or "#" in rest:
-        raise _malformed("query strings and fragments are not supported")
-    netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    username = password = None
-    if at:
-        user_text, colon, password_text = userinfo.partition(":")
-        username = unquote(user_text) or None
-        password = unquote(password_text) if colon else None
-    if not hosts:
-        raise _malformed("no Sentinel host")
-    sentinels = tuple(_host_and_port(part) for part in hosts.split(","))
-    master_name, _, db_text = path.partition("/")
-    if not master_name:
-        raise _malformed("no master name after the hosts")
-    db_text = db_text.rstrip("/")
-    if db_text and not db_text.isdigit():
-        raise _malformed(f"the database must be a number, not {db_text!r}")
-    return SentinelAddress(
-        sentinels=sentinels,
-        master_name=unquote(master_name),
-        db=int(db_text or 0),
-        username=username,
-        password=password,
-        tls=SENTINEL_SCHEMES[scheme.lower()],
-    )
-
-
-def check_redis_url(url: str) -> str:
-    """``url`` itself if it is usable; ConfigurationError (exit 2 in the CLI) otherwise."""
-    sentinel_address(url)
-    return url
+__all__ = ["open_blocking_redis", "open_redis"]
 
 
 def open_redis(
@@ -140,4 +55,27 @@ def open_redis(
         **options,
     )
     client: Redis = sentinel.master_for(address.master_name, redis_class=redis_class)
+    return client
+
+
+def open_blocking_redis(
+    url: str, *, sentinel_password: str | None = None, **options: Any
+) -> redis.Redis:
+    """The same client as ``open_redis``, blocking, for a thread outside the event loop
+    (the worker's in-progress keeper)."""
+    address = sentinel_address(url)
+    if address is None:
+        plain: redis.Redis = redis.Redis.from_url(url, **options)
+        return plain
+    socket_options = {name: value for name, value in options.items() if name.startswith("socket_")}
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        list(address.sentinels),
+        sentinel_kwargs={**socket_options, "password": sentinel_password, "ssl": address.tls},
+        db=address.db,
+        username=address.username,
+        password=address.password,
+        ssl=address.tls,
+        **options,
+    )
+    client: redis.Redis = sentinel.master_for(address.master_name)  # type: ignore[no-untyped-call]
     return client

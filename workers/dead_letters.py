@@ -7,6 +7,7 @@ the attempt count and times. Dead letters never expire; they leave only by repla
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
@@ -20,6 +21,7 @@ __all__ = [
     "TRACEBACK_LIMIT",
     "DeadLetter",
     "DeadLetterReason",
+    "build_dead_letter",
     "get_dead_letter",
     "list_dead_letters",
 ]
@@ -79,6 +81,53 @@ class DeadLetter:
             else:
                 values[field.name] = raw.decode(errors="replace")
         return cls(**values)
+
+
+def build_dead_letter(
+    reason: DeadLetterReason,
+    *,
+    now_ms: int,
+    letter_id: str | None = None,
+    event_id: str = "",
+    handler: str = "",
+    error: BaseException | None = None,
+    error_type: str = "",
+    error_message: str = "",
+    attempts: int = 0,
+    first_attempt_at: int = 0,
+    last_attempt_at: int = 0,
+    received_at: int = 0,
+    raw: bytes = b"",
+    headers: str = "{}",
+) -> DeadLetter:
+    """The one way a dead letter is made, by the dispatcher and the receiver alike.
+
+    With ``error``, its type, message and the end of its traceback are kept (bounded);
+    otherwise ``error_type`` and ``error_message`` say what went wrong. The id defaults to
+    the (event, handler) pair's, so dead-lettering a pair again replaces its letter.
+    """
+    trace = ""
+    if error is not None:
+        error_type = type(error).__name__
+        error_message = str(error)
+        if error.__traceback__ is not None:
+            trace = "".join(traceback.format_exception(error))[-TRACEBACK_LIMIT:]
+    return DeadLetter(
+        id=letter_id if letter_id is not None else keys.dead_letter_id(event_id, handler),
+        reason=reason,
+        event_id=event_id,
+        handler=handler,
+        error_type=error_type,
+        error_message=error_message[:2000],
+        traceback=trace,
+        attempts=attempts,
+        first_attempt_at=first_attempt_at,
+        last_attempt_at=last_attempt_at,
+        dead_lettered_at=now_ms,
+        received_at=received_at,
+        raw=raw,
+        headers=headers,
+    )
 
 
 async def get_dead_letter(redis: Redis, letter_id: str) -> DeadLetter | None:

@@ -11,53 +11,47 @@ from __future__ import annotations
 
 import asyncio
 import time
-import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pydantic
 import structlog
 from arq import Retry
+from redis.exceptions import RedisError
 
-from loops_webhooks.handlers import HandlerContext, Reject, RetryLater, Router
+from loops_webhooks.handlers import HandlerContext, Router
 from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.handlers.events import Event, parse_event
+from loops_webhooks.handlers.outcomes import AttemptOutcome, Verdict, classify, policy_for
+from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.handlers.router import Handler
 from loops_webhooks.workers import metrics
-from loops_webhooks.workers.dead_letters import (
-    TRACEBACK_LIMIT,
-    DeadLetter,
-    DeadLetterReason,
-)
+from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason, build_dead_letter
 from loops_webhooks.workers.event_store import (
     Action,
     Begun,
     EventStatus,
     EventStore,
     HandlerState,
-    HandlerStatus,
     StoredEvent,
 )
-from loops_webhooks.workers.keys import dead_letter_id
-from loops_webhooks.workers.retry_policy import RetryPolicy
+from loops_webhooks.workers.outcomes import (
+    describe,
+    exhausted_by_crashes,
+    next_state,
+    refunded,
+)
 
-__all__ = [
-    "DISPATCHER",
-    "SETTLED_JOBS",
-    "Dispatcher",
-    "process_event",
-    "slowest_handler_timeout",
-]
+__all__ = ["REDIS_FAILURES", "Dispatcher", "slowest_handler_timeout"]
 
-DISPATCHER = "loops_dispatcher"
-"""The key of the Dispatcher in arq's worker context."""
+REDIS_FAILURES = (RedisError, OSError)
+"""What a Redis call raises when Redis is down, full, restarting or too slow."""
 
-SETTLED_JOBS = "loops_settled_jobs"
-"""The key, in arq's worker context, of the set of job ids whose job our own final write
-already rescheduled or removed (see ``EventWorker.finish_job``)."""
+WRITE_RETRY_FIRST_SECONDS = 0.05
+WRITE_RETRY_MAX_SECONDS = 2.0
 
 log = structlog.get_logger(logger_name="loops_webhooks.workers")
 
@@ -66,14 +60,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How one attempt ended; ``retry_after`` set means retry, ``dead`` means dead-letter."""
+    """One handler's attempt on one event: its state when it began and how it ended."""
 
     handler: Handler
     state: HandlerState
     duration_ms: float
-    error: BaseException | None = None
-    retry_after: float | None = None
-    dead_reason: DeadLetterReason | None = None
+    result: AttemptOutcome
 
 
 class Dispatcher:
@@ -87,15 +79,16 @@ class Dispatcher:
         retry_policy: RetryPolicy,
         handler_timeout_seconds: float,
         dead_letter_unhandled: bool,
-        settled_jobs: set[str] | None = None,
         shutting_down: Callable[[], bool] = lambda: True,
+        on_redis_failure: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
-        """``settled_jobs``: where to note the arq jobs our own final write rescheduled or
-        removed (the worker then skips arq's finishing step for them); None leaves every job
-        to arq. ``shutting_down``: whether a cancellation is a graceful shutdown (the attempt
-        is given back) rather than the job's time limit (the attempt counts as failed)."""
-        self._settled_jobs = settled_jobs
+        """``shutting_down``: whether a cancellation is a graceful shutdown (the attempt is
+        given back) rather than the job's time limit (the attempt counts as failed).
+        ``on_redis_failure`` hears of every failed write, for the worker's health."""
         self._shutting_down = shutting_down
+        self._on_redis_failure = on_redis_failure
+        self.running: Counter[str] = Counter()
+        """Names of the handlers running now (read by the worker's loop watchdog)."""
         self._router = router
         self._store = store
         self._retry_policy = retry_policy
@@ -106,13 +99,15 @@ class Dispatcher:
     async def process(self, event_id: str, event_type: str, *, job_id: str = "") -> bool:
         """Run what is due for one event and record it.
 
-        With ``job_id`` (the arq job running this) and ``settled_jobs``, the final write also
-        reschedules or removes that job, and True says so: arq must not finish the job
-        itself. Otherwise a later retry is asked for by raising ``arq.Retry``.
+        With ``job_id`` (the arq job running this), the final write also reschedules or
+        removes that job, and True says so (the caller must not finish the job itself);
+        False means there was nothing to record: the job is the caller's to remove. Without
+        it, a later retry is asked for by raising ``arq.Retry``. A Redis failure before any
+        handler ran propagates (nothing ran, nothing is lost); once handlers ran, their
+        outcomes are kept and the final write is retried until Redis takes it.
         """
-        settle = job_id if self._settled_jobs is not None else ""
         handlers = self._router.handlers_for(event_type)
-        begun = await self._begin(event_id, handlers)
+        begun = await self._begin(event_id, handlers, job_id)
         if begun is None:
             log.warning("event not in the store; nothing to do", event_id=event_id)
             return False
@@ -120,8 +115,8 @@ class Dispatcher:
         if event.status is not EventStatus.PENDING:
             return False
         if not handlers:
-            await self._finish_unhandled(event, settle)
-            return bool(settle)
+            await self._finish_unhandled(event, job_id)
+            return bool(job_id)
         outcomes: list[Outcome] = []
         to_run: list[tuple[Handler, HandlerState]] = []
         for handler in handlers:
@@ -129,7 +124,7 @@ class Dispatcher:
             if action is Action.RUN:
                 to_run.append((handler, state))
             elif action is Action.EXHAUSTED:
-                outcomes.append(self._exhausted_by_crashes(handler, state))
+                outcomes.append(Outcome(handler, state, 0.0, exhausted_by_crashes(state.attempts)))
         try:
             outcomes += await self._run_all(event, to_run)
         except _PartiallyRun as cancelled:
@@ -141,18 +136,20 @@ class Dispatcher:
                 refunds = unfinished
             else:
                 outcomes += [self._cut_short(h, state) for h, state in unfinished]
-            record = self._record(event, handlers, outcomes, refunds, settle_job=settle)
-            await _despite_cancellation(record)
+            await _despite_cancellation(
+                self._record(event, handlers, outcomes, refunds, settle_job=job_id)
+            )
             raise
-        record = self._record(event, handlers, outcomes, settle_job=settle)
-        next_due = await _despite_cancellation(record)
-        if settle:
+        next_due = await _despite_cancellation(
+            self._record(event, handlers, outcomes, settle_job=job_id)
+        )
+        if job_id:
             return True
         if next_due is not None:
             raise Retry(defer=max(0, next_due - _now_ms()) / 1000)
         return False
 
-    async def _begin(self, event_id: str, handlers: list[Handler]) -> Begun | None:
+    async def _begin(self, event_id: str, handlers: list[Handler], settle: str) -> Begun | None:
         """Count the attempts of the due handlers; if the job is cancelled while Redis answers,
         give back the attempts that were counted, since no handler ran."""
         limits = [(handler.name, self._max_attempts_of(handler)) for handler in handlers]
@@ -167,7 +164,7 @@ class Dispatcher:
                     for handler in handlers
                     if begun.actions[handler.name][0] is Action.RUN
                 ]
-                await self._record(begun.event, handlers, [], counted)
+                await self._record(begun.event, handlers, [], counted, settle_job=settle)
             raise
 
     async def _run_all(
@@ -203,90 +200,84 @@ class Dispatcher:
         state: HandlerState,
         models: dict[type[Event], Event | pydantic.ValidationError],
     ) -> Outcome:
-        attempt = state.attempts
+        parsed = _parse_once(event, handler.model_for(event.event_type), models)
+        if isinstance(parsed, pydantic.ValidationError):
+            return self._outcome(handler, state, time.perf_counter(), parsed)
+        started = time.perf_counter()
+        self.running[handler.name] += 1
+        try:
+            error = await self._call(event, handler, state, parsed)
+        finally:
+            self.running[handler.name] -= 1
+            if not self.running[handler.name]:
+                del self.running[handler.name]
+        return self._outcome(handler, state, started, error)
+
+    async def _call(
+        self, event: StoredEvent, handler: Handler, state: HandlerState, parsed: Event
+    ) -> BaseException | None:
+        """Call the handler once; what it raised, or None. Only a cancellation of this job
+        propagates: anything the handler raises, ``SystemExit`` and ``KeyboardInterrupt``
+        included, is its attempt's failure and never reaches the worker's event loop."""
         bound_log = log.bind(
             event_id=event.event_id,
             event_type=event.event_type,
             handler=handler.name,
-            attempt=attempt,
+            attempt=state.attempts,
         )
-        parsed = _parse_once(event, handler.model_for(event.event_type), models)
-        if isinstance(parsed, pydantic.ValidationError):
-            return Outcome(
-                handler, state, 0.0, error=parsed, dead_reason=DeadLetterReason.INVALID_PAYLOAD
-            )
         context = HandlerContext(
             event_id=event.event_id,
             event_type=event.event_type,
             handler=handler.name,
-            attempt=attempt,
+            attempt=state.attempts,
             idempotency_key=idempotency_key(event.event_id, handler.name),
             received_at=datetime.fromtimestamp(event.received_at_ms / 1000, tz=UTC),
             log=bound_log,
         )
         timeout = self._timeout_of(handler)
-        started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout) as deadline:
                 if handler.is_async:
                     await handler.func(parsed, context)
                 else:
-                    await asyncio.to_thread(handler.func, parsed, context)
-        except Reject as rejected:
-            return Outcome(
-                handler, state, _ms_since(started), rejected, dead_reason=DeadLetterReason.REJECTED
-            )
-        except RetryLater as later:
-            return self._failed(handler, state, started, later, retry_after=later.after)
+                    raised = await asyncio.to_thread(_call_in_thread, handler, parsed, context)
+                    if raised is not None:
+                        raise raised
         except asyncio.CancelledError as cancelled:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
             stray = RuntimeError("the handler raised CancelledError without being cancelled")
             stray.__cause__ = cancelled
-            return self._failed(handler, state, started, stray)
+            return stray
         except TimeoutError as timed_out:
             if not deadline.expired():
-                return self._failed(handler, state, started, timed_out)
+                return timed_out
             error = TimeoutError(f"handler did not finish within {timeout:g}s")
             error.__traceback__ = timed_out.__traceback__
-            return self._failed(handler, state, started, error)
+            return error
         except Exception as error:
-            return self._failed(handler, state, started, error)
-        return Outcome(handler, state, _ms_since(started))
-
-    def _failed(
-        self,
-        handler: Handler,
-        state: HandlerState,
-        started: float,
-        error: Exception,
-        *,
-        retry_after: float | None = None,
-    ) -> Outcome:
-        policy = self._policy_of(handler)
-        if not policy.allows_another(state.attempts):
-            return Outcome(
-                handler,
-                state,
-                _ms_since(started),
-                error,
-                dead_reason=DeadLetterReason.MAX_ATTEMPTS,
+            return error
+        except BaseException as error:
+            bound_log.error(
+                "handler raised a process-level exception; it counts as one failed attempt "
+                "and the worker carries on",
+                error=describe(error),
+                exc_info=error,
             )
-        delay = policy.delay(state.attempts) if retry_after is None else retry_after
-        return Outcome(handler, state, _ms_since(started), error, retry_after=delay)
+            return error
+        return None
+
+    def _outcome(
+        self, handler: Handler, state: HandlerState, started: float, error: BaseException | None
+    ) -> Outcome:
+        policy = policy_for(handler, self._retry_policy)
+        return Outcome(handler, state, _ms_since(started), classify(state.attempts, error, policy))
 
     def _cut_short(self, handler: Handler, state: HandlerState) -> Outcome:
         """A handler still running when the job hit its time limit: a failed attempt."""
         error = TimeoutError("the job was cancelled at its time limit while the handler ran")
-        return self._failed(handler, state, time.perf_counter(), error)
-
-    def _exhausted_by_crashes(self, handler: Handler, state: HandlerState) -> Outcome:
-        error = RuntimeError(
-            f"the worker stopped during attempt {state.attempts} (killed, crashed or out of "
-            "memory) and no attempts are left"
-        )
-        return Outcome(handler, state, 0.0, error, dead_reason=DeadLetterReason.MAX_ATTEMPTS)
+        return self._outcome(handler, state, time.perf_counter(), error)
 
     async def _record(
         self,
@@ -298,43 +289,45 @@ class Dispatcher:
         settle_job: str = "",
     ) -> int | None:
         """Write outcomes in one step; ``refunds`` are attempts cancelled by a shutdown, which
-        do not count, so those handlers are due again at once."""
+        do not count, so those handlers are due again at once. The write is retried until
+        Redis takes it: a handler that succeeded must not run again because Redis was full
+        or restarting when its success was to be recorded."""
         now = _now_ms()
         states: dict[str, HandlerState] = {}
         letters: list[DeadLetter] = []
         for outcome in outcomes:
-            states[outcome.handler.name] = self._next_state(outcome, now)
-            if outcome.dead_reason is not None:
+            states[outcome.handler.name] = next_state(
+                outcome.state, outcome.result, now_ms=now, duration_ms=outcome.duration_ms
+            )
+            if outcome.result.reason is not None:
                 letters.append(_dead_letter(event, outcome, now))
             _report_outcome(event, outcome)
         for handler, state in refunds or []:
-            states[handler.name] = replace(
-                state, status=HandlerStatus.RETRY, attempts=state.attempts - 1, next_attempt_at=now
-            )
+            states[handler.name] = refunded(state, now_ms=now)
             log.info("handler cancelled by shutdown; it will run again", handler=handler.name)
         names = [handler.name for handler in handlers]
-        counts = Counter(_counted_outcome(outcome) for outcome in outcomes)
-        next_due = await self._store.finish(
-            event, states, names, letters, now_ms=now, counts=counts, settle_job=settle_job
+        counts = Counter(outcome.result.verdict.value for outcome in outcomes)
+        return await self._until_written(
+            lambda: self._store.finish(
+                event, states, names, letters, now_ms=now, counts=counts, settle_job=settle_job
+            )
         )
-        self._note_settled(settle_job)
-        return next_due
 
-    def _note_settled(self, job_id: str) -> None:
-        """Our write settled the job: arq must not finish it too (even if cancelled now)."""
-        if job_id and self._settled_jobs is not None:
-            self._settled_jobs.add(job_id)
-
-    def _next_state(self, outcome: Outcome, now: int) -> HandlerState:
-        state = replace(outcome.state, duration_ms=round(outcome.duration_ms, 3))
-        if outcome.error is not None:
-            state = replace(state, last_error=_describe(outcome.error))
-        if outcome.dead_reason is not None:
-            return replace(state, status=HandlerStatus.DEAD, next_attempt_at=None)
-        if outcome.retry_after is not None:
-            due = now + int(outcome.retry_after * 1000)
-            return replace(state, status=HandlerStatus.RETRY, next_attempt_at=due)
-        return replace(state, status=HandlerStatus.DONE, next_attempt_at=None)
+    async def _until_written(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Retry a store write with capped backoff while Redis refuses it."""
+        delay = WRITE_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await write()
+            except REDIS_FAILURES as error:
+                self._on_redis_failure(error)
+                log.warning(
+                    "cannot record outcomes yet; keeping them and retrying",
+                    error=f"{type(error).__name__}: {error}",
+                    retry_in_s=delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WRITE_RETRY_MAX_SECONDS)
 
     async def _finish_unhandled(self, event: StoredEvent, job_id: str) -> None:
         metrics.UNHANDLED_EVENTS.inc()
@@ -347,36 +340,31 @@ class Dispatcher:
         letters = []
         if self._dead_letter_unhandled:
             letters.append(
-                DeadLetter(
-                    id=dead_letter_id(event.event_id, ""),
-                    reason=DeadLetterReason.UNHANDLED,
+                build_dead_letter(
+                    DeadLetterReason.UNHANDLED,
+                    now_ms=now,
                     event_id=event.event_id,
                     error_message=f"no handler matches the type {event.event_type!r}",
-                    dead_lettered_at=now,
                 )
             )
-        await self._store.finish(
-            event,
-            {},
-            [],
-            letters,
-            now_ms=now,
-            outcome=DeadLetterReason.UNHANDLED,
-            counts={"unhandled": 1},
-            settle_job=job_id,
+        await self._until_written(
+            lambda: self._store.finish(
+                event,
+                {},
+                [],
+                letters,
+                now_ms=now,
+                outcome=DeadLetterReason.UNHANDLED,
+                counts={"unhandled": 1},
+                settle_job=job_id,
+            )
         )
-        self._note_settled(job_id)
 
     def _timeout_of(self, handler: Handler) -> float:
         return handler.timeout if handler.timeout is not None else self._handler_timeout
 
     def _max_attempts_of(self, handler: Handler) -> int:
-        if handler.max_attempts is not None:
-            return handler.max_attempts
-        return self._retry_policy.max_attempts
-
-    def _policy_of(self, handler: Handler) -> RetryPolicy:
-        return replace(self._retry_policy, max_attempts=self._max_attempts_of(handler))
+        return policy_for(handler, self._retry_policy).max_attempts
 
 
 def slowest_handler_timeout(router: Router, default_seconds: float) -> float:
@@ -393,13 +381,6 @@ class _PartiallyRun(asyncio.CancelledError):
         self.finished = finished
 
 
-async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> None:
-    """The arq job: everything that happens to one stored event on one delivery."""
-    dispatcher: Dispatcher = ctx[DISPATCHER]
-    with structlog.contextvars.bound_contextvars(event_id=event_id, event_type=event_type):
-        await dispatcher.process(event_id, event_type, job_id=ctx["job_id"])
-
-
 async def _despite_cancellation(write: Awaitable[T]) -> T:
     """Finish a store write even if the job is cancelled meanwhile, then let that through."""
     task = asyncio.ensure_future(write)
@@ -408,6 +389,18 @@ async def _despite_cancellation(write: Awaitable[T]) -> T:
     except asyncio.CancelledError:
         await task
         raise
+
+
+def _call_in_thread(
+    handler: Handler, event: Event, context: HandlerContext
+) -> BaseException | None:
+    """A plain ``def`` handler's call, in its thread; what it raised is returned rather than
+    carried over by the thread's future (which mishandles ``GeneratorExit``)."""
+    try:
+        handler.func(event, context)
+    except BaseException as error:
+        return error
+    return None
 
 
 def _parse_once(
@@ -424,63 +417,44 @@ def _parse_once(
 
 
 def _dead_letter(event: StoredEvent, outcome: Outcome, now: int) -> DeadLetter:
-    error = outcome.error
-    trace = ""
-    if error is not None and error.__traceback__ is not None:
-        trace = "".join(traceback.format_exception(error))[-TRACEBACK_LIMIT:]
-    assert outcome.dead_reason is not None
-    return DeadLetter(
-        id=dead_letter_id(event.event_id, outcome.handler.name),
-        reason=outcome.dead_reason,
+    assert outcome.result.reason is not None
+    return build_dead_letter(
+        DeadLetterReason(outcome.result.reason),
+        now_ms=now,
         event_id=event.event_id,
         handler=outcome.handler.name,
-        error_type=type(error).__name__ if error is not None else "",
-        error_message=str(error)[:2000] if error is not None else "",
-        traceback=trace,
+        error=outcome.result.error,
         attempts=outcome.state.attempts,
         first_attempt_at=outcome.state.first_attempt_at or now,
         last_attempt_at=outcome.state.last_attempt_at or now,
-        dead_lettered_at=now,
     )
 
 
 def _report_outcome(event: StoredEvent, outcome: Outcome) -> None:
     """The one log line and the metrics of one handler attempt."""
-    name = outcome.handler.name
-    metrics.HANDLER_RUNS.labels(handler=name, outcome=_counted_outcome(outcome)).inc()
+    name, result = outcome.handler.name, outcome.result
+    metrics.HANDLER_RUNS.labels(handler=name, outcome=result.verdict).inc()
     metrics.HANDLER_DURATION.labels(handler=name).observe(outcome.duration_ms / 1000)
-    if outcome.dead_reason is not None:
-        metrics.DEAD_LETTERS.labels(reason=outcome.dead_reason).inc()
-    elif outcome.retry_after is not None:
+    if result.reason is not None:
+        metrics.DEAD_LETTERS.labels(reason=result.reason).inc()
+    elif result.verdict is Verdict.RETRY:
         metrics.RETRIES_SCHEDULED.inc()
     fields: dict[str, Any] = {
         "event_id": event.event_id,
         "event_type": event.event_type,
-        "handler": outcome.handler.name,
+        "handler": name,
         "attempt": outcome.state.attempts,
         "duration_ms": round(outcome.duration_ms, 3),
     }
-    if outcome.error is not None:
-        fields["error"] = _describe(outcome.error)
-    if outcome.dead_reason is not None:
-        log.error(
-            "handler dead-lettered", outcome="dead_letter", reason=outcome.dead_reason, **fields
-        )
-    elif outcome.retry_after is not None:
-        retry_in = round(outcome.retry_after, 3)
+    if result.error is not None:
+        fields["error"] = describe(result.error)
+    if result.verdict is Verdict.DEAD_LETTER:
+        log.error("handler dead-lettered", outcome="dead_letter", reason=result.reason, **fields)
+    elif result.verdict is Verdict.RETRY:
+        retry_in = round(result.retry_after or 0, 3)
         log.warning("handler will be retried", outcome="retry", retry_in_s=retry_in, **fields)
     else:
         log.info("handler succeeded", outcome="done", **fields)
-
-
-def _counted_outcome(outcome: Outcome) -> str:
-    if outcome.dead_reason is not None:
-        return "dead_letter"
-    return "retry" if outcome.retry_after is not None else "done"
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:2000]
 
 
 def _now_ms() -> int:

@@ -27,7 +27,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from loops_webhooks.workers import keys
-from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason
+from loops_webhooks.workers.dead_letters import DeadLetterReason, build_dead_letter
 from loops_webhooks.workers.scripts import register_script
 
 __all__ = ["PROCESS_EVENT_JOB", "EventIntake", "NotReplicated", "ReceivedEvent", "job_payload"]
@@ -172,12 +172,12 @@ class EventIntake:
 
         Deduplicated by the body's hash; returns the dead letter's id.
         """
-        letter = DeadLetter(
-            id=keys.unparseable_dead_letter_id(hashlib.sha256(raw).hexdigest()),
-            reason=DeadLetterReason.INVALID_PAYLOAD,
+        letter = build_dead_letter(
+            DeadLetterReason.INVALID_PAYLOAD,
+            now_ms=received_at_ms,
+            letter_id=keys.unparseable_dead_letter_id(hashlib.sha256(raw).hexdigest()),
             error_type="InvalidPayload",
             error_message=detail,
-            dead_lettered_at=received_at_ms,
             received_at=received_at_ms,
             raw=raw,
             headers=orjson.dumps(dict(headers)).decode(),

@@ -32,10 +32,20 @@ class MetricsServer:
     A port that cannot be bound is logged, not raised: the process goes on without metrics.
     """
 
-    def __init__(self, *, host: str, port: int, refresh: Refresh | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        refresh: Refresh | None = None,
+        problem: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        """``problem``: why the process cannot do its work now (a worker: Redis full, down
+        or stalled, as its own calls found), or None; ``/healthz`` answers 503 with it."""
         self._host = host
         self._port = port
         self._refresh = refresh
+        self._problem = problem
         self._runner: web.AppRunner | None = None
         self._refresher: asyncio.Task[None] | None = None
 
@@ -44,7 +54,7 @@ class MetricsServer:
             self._refresher = asyncio.create_task(self._refresh_forever(self._refresh))
         app = web.Application()
         app.router.add_get("/metrics", _metrics)
-        app.router.add_get("/healthz", _healthz)
+        app.router.add_get("/healthz", self._healthz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
@@ -63,6 +73,12 @@ class MetricsServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    async def _healthz(self, request: web.Request) -> web.Response:
+        problem = self._problem()
+        if problem is not None:
+            return web.json_response({"status": "redis_unusable", "detail": problem}, status=503)
+        return web.json_response({"status": "ok"})
+
     async def _refresh_forever(self, refresh: Refresh) -> None:
         while True:
             await refresh()
@@ -71,7 +87,3 @@ class MetricsServer:
 
 async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})

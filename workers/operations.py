@@ -10,8 +10,11 @@ at once; filters that no index covers are applied while paging, within a bounded
 from __future__ import annotations
 
 import base64
+import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
@@ -31,6 +34,7 @@ __all__ = [
     "Operations",
     "Page",
     "ReplayReport",
+    "parse_since",
 ]
 
 T = TypeVar("T")
@@ -42,6 +46,28 @@ filter that matches little never makes one call read everything."""
 
 _LETTER_SUMMARY_FIELDS = [f.name for f in fields(DeadLetter) if f.name not in ("raw", "traceback")]
 _EVENT_SUMMARY_FIELDS = ["id", "type", "status", "received_at", "finished_at", "outcome"]
+
+
+_SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str) -> int:
+    """A ``since`` filter as people write it: an ISO 8601 time (UTC unless it says
+    otherwise) or a duration ago (``90s``, ``15m``, ``2h``, ``7d``); milliseconds since the
+    epoch. Raises ValueError saying which forms are accepted."""
+    relative = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if relative:
+        return int((time.time() - int(relative[1]) * _SECONDS_PER_UNIT[relative[2]]) * 1000)
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: use ISO 8601 (2025-01-15T10:30:00Z) or a duration ago "
+            "(90s, 15m, 2h, 7d)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
 
 
 class NotFound(LookupError):
@@ -175,6 +201,14 @@ class Operations:
             if page.next_cursor is None:
                 return selected
             cursor = page.next_cursor
+
+    async def count_dead_letters(self, where: DeadLetterFilter = DeadLetterFilter()) -> int:
+        """How many letters match ``where``: what a bulk replay or purge would act on, for a
+        dry run. A filter on time alone is one ZCOUNT; others read the letters' summaries."""
+        if where == DeadLetterFilter(since_ms=where.since_ms):
+            low: float | str = where.since_ms if where.since_ms is not None else "-inf"
+            return int(await self._redis.zcount(keys.DEAD_LETTER_INDEX, low, "+inf"))
+        return len(await self.select_dead_letters((), where))
 
     async def replay_dead_letters(
         self,

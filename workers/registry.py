@@ -11,7 +11,16 @@ DEFAULT_HANDLERS = "loops_webhooks.handlers.examples:router"
 
 
 class HandlerLoadError(ValueError):
-    """The handlers spec could not be turned into a router; the worker must not start."""
+    """The handlers spec could not be turned into a router; the worker must not start.
+
+    ``while_importing`` is the exception a handler module raised while it was imported (its
+    traceback shows the file and line to fix); None when the failure is elsewhere, e.g. the
+    module itself is not found.
+    """
+
+    def __init__(self, message: str, *, while_importing: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.while_importing = while_importing
 
 
 def load_router(spec: str) -> Router:
@@ -48,10 +57,14 @@ def _import_router(path: str) -> Router:
         )
     try:
         found: Any = importlib.import_module(module_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module calling sys.exit() at import, too
+        missing = isinstance(exc, ModuleNotFoundError) and _is_module_or_parent(
+            exc.name, module_name
+        )
         raise HandlerLoadError(
             f"cannot load handlers {path!r}: importing {module_name!r} failed: "
-            f"{type(exc).__name__}: {_first_line(exc)}"
+            f"{type(exc).__name__}: {_first_line(exc)}",
+            while_importing=None if missing else exc,
         ) from exc
     for part in attribute.split("."):
         try:
@@ -68,6 +81,12 @@ def _import_router(path: str) -> Router:
     return found
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     lines = str(exc).splitlines()
     return lines[0] if lines else ""
+
+
+def _is_module_or_parent(name: str | None, module_name: str) -> bool:
+    """Whether the module not found is the one named in the spec (or a package above it), as
+    opposed to something that module imports."""
+    return name is not None and (module_name == name or module_name.startswith(name + "."))

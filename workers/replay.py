@@ -14,7 +14,7 @@ from enum import StrEnum
 from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
-from loops_webhooks.workers.dead_letters import DeadLetter
+from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason
 from loops_webhooks.workers.intake import JOB_TTL_MS, job_payload
 from loops_webhooks.workers.scripts import register_script
 
@@ -33,8 +33,17 @@ class ReplayResult(StrEnum):
 async def replay_dead_letter(
     redis: Redis, letter: DeadLetter, *, queue_name: str, force: bool = False
 ) -> ReplayResult:
-    """Put one dead letter's event back on the queue, as it was when ``letter`` was read."""
+    """Put one dead letter's event back on the queue, as it was when ``letter`` was read.
+
+    SKIPPED if it holds no stored event (a body the receiver could not parse), or if its
+    payload did not fit a handler's model (``invalid_payload``) and ``force`` is not given:
+    replaying that is useful only after the model was fixed. GONE if the letter is gone or
+    was dead-lettered anew since it was read: another replay (or a purge) took it, and
+    replaying it again would run its handler one more round.
+    """
     if not letter.event_id:
+        return ReplayResult.SKIPPED
+    if letter.reason == DeadLetterReason.INVALID_PAYLOAD and not force:
         return ReplayResult.SKIPPED
     now_ms = int(time.time() * 1000)
     job_id = keys.job_id_for_event(letter.event_id)

@@ -7,6 +7,7 @@ keyword arguments from a validated Settings model, so a mistake fails at start-u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 from signal import Signals
@@ -15,28 +16,25 @@ from typing import Any, cast
 import orjson
 import structlog
 from arq.connections import ArqRedis
+from arq.jobs import deserialize_job_raw
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from loops_webhooks.handlers import Router
+from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.connection import open_redis
-from loops_webhooks.workers.dispatch import (
-    DISPATCHER,
-    SETTLED_JOBS,
-    Dispatcher,
-    process_event,
-    slowest_handler_timeout,
-)
+from loops_webhooks.workers.dispatch import REDIS_FAILURES, Dispatcher, slowest_handler_timeout
 from loops_webhooks.workers.event_store import EventStore
+from loops_webhooks.workers.health import RedisHealth
+from loops_webhooks.workers.in_progress import InProgressKeeper
 from loops_webhooks.workers.intake import PROCESS_EVENT_JOB
 from loops_webhooks.workers.metrics import refresh_queue_gauges
 from loops_webhooks.workers.metrics_server import MetricsServer
 from loops_webhooks.workers.reconciler import Reconciler
-from loops_webhooks.workers.retry_policy import RetryPolicy
 from loops_webhooks.workers.scripts import register_script
 
 __all__ = ["EventWorker", "build_worker"]
@@ -59,8 +57,9 @@ STARTUP_REDIS_TRIES = 5
 """A worker starting while Redis is unreachable tries this often, a second apart (as arq's
 own ``create_pool`` would), before it exits."""
 
-REDIS_UNREACHABLE_PAUSE_SECONDS = 0.5
-"""How long a worker that cannot reach Redis waits before polling again."""
+
+HEALTH_KEY_INTERVAL_SECONDS = 5
+"""How often arq's health key is written: the write that notices a full Redis when idle."""
 
 RECONCILER = "loops_reconciler"
 METRICS_SERVER = "loops_metrics_server"
@@ -69,17 +68,28 @@ log = structlog.get_logger(logger_name="loops_webhooks.workers")
 
 
 class EventWorker(Worker):
-    """arq's Worker, claiming all the due jobs it has room for in one script call per poll.
+    """arq's Worker, with its job step and its loop made to outlive Redis trouble.
 
-    arq claims each job with WATCH, EXISTS, ZSCORE and MULTI/EXEC: four round trips per job,
-    the largest cost of a short job. The script makes the same checks and sets the same
-    in-progress marker atomically, once per poll; everything else is arq's own code.
+    Claiming: arq claims each job with WATCH, EXISTS, ZSCORE and MULTI/EXEC, four round trips
+    per job, the largest cost of a short job; one script makes the same checks and sets the
+    same in-progress marker atomically, once per poll. Running: ``run_job`` calls the
+    dispatcher directly, whose final write reschedules or removes the job and says so in its
+    return value, so arq's own pre-job pipeline and finishing step are skipped. Riding out
+    Redis: a Redis error in a poll or a job never leaves the worker (arq would exit); it is
+    reported to ``redis_health``, the poll loop backs off, and work goes on when Redis
+    answers. The in-progress markers of running jobs are kept alive by a thread
+    (``InProgressKeeper``), so a handler blocking the loop cannot let another worker in.
     """
 
     shutting_down = False
     """Set by SIGTERM/SIGINT: a job cancelled from now on was stopped, not timed out."""
 
+    dispatcher: Dispatcher
+    in_progress: InProgressKeeper
+    redis_health: RedisHealth
+
     async def main(self) -> None:
+        """arq's main loop, after waiting a little for a Redis that is not there yet."""
         for tries_left in range(STARTUP_REDIS_TRIES - 1, -1, -1):
             try:
                 await self.pool.ping()
@@ -91,20 +101,6 @@ class EventWorker(Worker):
                 await asyncio.sleep(1)
         await super().main()
 
-    async def _poll_iteration(self) -> None:
-        """arq's poll, which outlives a Redis outage or failover instead of ending the worker.
-
-        A poll (or a finished job's bookkeeping) that cannot reach Redis is logged and tried
-        again after a pause; each try opens a new connection, which with Sentinel asks for the
-        current primary. Jobs cut off by the outage are redelivered once their in-progress
-        marker expires, and the reconciler re-enqueues any event whose job was lost.
-        """
-        try:
-            await super()._poll_iteration()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-            log.warning("worker cannot reach Redis", error=type(error).__name__, detail=str(error))
-            await asyncio.sleep(REDIS_UNREACHABLE_PAUSE_SECONDS)
-
     def handle_sig(self, signum: Signals) -> None:
         self.shutting_down = True
         super().handle_sig(signum)
@@ -112,6 +108,28 @@ class EventWorker(Worker):
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         self.shutting_down = True
         super().handle_sig_wait_for_completion(signum)
+
+    async def _poll_iteration(self) -> None:
+        pause = self.redis_health.backoff_seconds()
+        if pause:
+            await asyncio.sleep(pause)
+        try:
+            if self.redis_health.problem is not None:
+                await self.record_health_now()
+            await super()._poll_iteration()
+        except REDIS_FAILURES as error:
+            self.redis_health.failed(error)
+
+    async def record_health(self) -> None:
+        if timestamp_ms() / 1000 - self._last_health_check < self.health_check_interval:
+            return
+        await super().record_health()
+        self.redis_health.succeeded()
+
+    async def record_health_now(self) -> None:
+        """Write arq's health key at once: the probe that says Redis takes writes again."""
+        self._last_health_check = 0
+        await self.record_health()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         room = self.max_jobs - self.job_counter
@@ -136,30 +154,70 @@ class EventWorker(Worker):
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id.decode()] = task
 
-    async def finish_job(
-        self,
-        job_id: str,
-        finish: bool,
-        result_data: bytes | None,
-        result_timeout_s: float | None,
-        keep_result_forever: bool,
-        incr_score: int | None,
-        keep_in_progress: float | None,
-    ) -> None:
-        """Skip arq's own bookkeeping for a job whose final event-store write already did it."""
-        settled: set[str] = self.ctx[SETTLED_JOBS]
-        if job_id in settled:
-            settled.discard(job_id)
+    async def run_job(self, job_id: str, score: int) -> None:
+        """Run one claimed job. Raises nothing, as arq's own ``run_job``: arq's loop re-raises
+        what a job raised and the worker would stop. A job cancelled by a shutdown was settled
+        by the dispatcher on its way out (its handlers run again later)."""
+        self.in_progress.track(job_id)
+        try:
+            await self._run_event_job(job_id)
+        except asyncio.CancelledError:
+            log.info("job cancelled by shutdown; it runs again later", job_id=job_id)
+        except REDIS_FAILURES as error:
+            self.redis_health.failed(error)
+            log.warning(
+                "job not run: Redis failed before any handler ran; it runs again later",
+                job_id=job_id,
+                error=f"{type(error).__name__}: {error}",
+            )
+            await self._release(job_id)
+        except Exception:
+            log.exception("job failed unexpectedly; it runs again later", job_id=job_id)
+            await self._release(job_id)
+        finally:
+            self.in_progress.untrack(job_id)
+
+    async def _run_event_job(self, job_id: str) -> None:
+        payload = await self.pool.get(keys.arq_job_key(job_id))
+        if payload is None:
+            log.warning("job payload expired or removed; dropping the job", job_id=job_id)
+            await self._remove(job_id)
             return
-        await super().finish_job(
-            job_id,
-            finish,
-            result_data,
-            result_timeout_s,
-            keep_result_forever,
-            incr_score,
-            keep_in_progress,
+        function_name, args, _, _, _ = deserialize_job_raw(
+            payload, deserializer=self.job_deserializer
         )
+        if function_name != PROCESS_EVENT_JOB or len(args) != 2:
+            log.error("not an event job; dropping it", job_id=job_id, function=function_name)
+            await self._remove(job_id)
+            return
+        event_id, event_type = args
+        settled = False
+        with structlog.contextvars.bound_contextvars(event_id=event_id, event_type=event_type):
+            try:
+                async with asyncio.timeout(self.job_timeout_s):
+                    settled = await self.dispatcher.process(event_id, event_type, job_id=job_id)
+            except TimeoutError:
+                settled = True  # the dispatcher recorded the cut-short attempts and the job
+        self.redis_health.succeeded()
+        if not settled:
+            await self._remove(job_id)
+
+    async def _remove(self, job_id: str) -> None:
+        """arq's own finishing step: the job, its marker and retry counter go."""
+        await super().finish_job(job_id, True, None, None, False, None, None)
+
+    async def _release(self, job_id: str) -> None:
+        """Give a job that did not run back to the queue now (best effort: if Redis cannot
+        take even this, the marker expires)."""
+        with contextlib.suppress(*REDIS_FAILURES):
+            await self.pool.delete(keys.arq_in_progress_key(job_id))
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        except REDIS_FAILURES as error:
+            log.warning("Redis unusable while stopping", error=f"{type(error).__name__}: {error}")
+        self.in_progress.stop()
 
 
 def _worker_redis(settings: Settings, redis_url: str) -> ArqRedis:
@@ -193,7 +251,7 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         redis = ctx["redis"]
-        ctx[DISPATCHER] = Dispatcher(
+        worker.dispatcher = Dispatcher(
             router,
             EventStore(
                 redis,
@@ -203,9 +261,10 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
             retry_policy=retry_policy,
             handler_timeout_seconds=settings.handler_timeout_seconds,
             dead_letter_unhandled=settings.unhandled == "dead-letter",
-            settled_jobs=ctx[SETTLED_JOBS],
             shutting_down=lambda: worker.shutting_down,
+            on_redis_failure=worker.redis_health.failed,
         )
+        worker.in_progress.start(asyncio.get_running_loop())
         reconciler = Reconciler(
             redis,
             queue_name=settings.queue_name,
@@ -222,6 +281,7 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
                 refresh=functools.partial(
                     refresh_queue_gauges, redis, queue_name=settings.queue_name
                 ),
+                problem=lambda: worker.redis_health.problem,
             )
             await metrics_server.start()
             ctx[METRICS_SERVER] = metrics_server
@@ -243,7 +303,7 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
     worker = EventWorker(
         functions=[
             func(
-                process_event,
+                _run_by_event_worker,
                 name=PROCESS_EVENT_JOB,
                 timeout=job_timeout,
                 max_tries=NEVER_BY_ARQ,
@@ -264,9 +324,22 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
         job_serializer=orjson.dumps,
         job_deserializer=orjson.loads,
         log_results=False,
-        ctx={SETTLED_JOBS: set()},
+        health_check_interval=HEALTH_KEY_INTERVAL_SECONDS,
     )
     # arq lets a job that lost its worker be taken over 10 s after its timeout; a job's
     # timeout already bounds it, so a shorter margin redelivers sooner without overlap.
     worker.in_progress_timeout_s = job_timeout + IN_PROGRESS_MARGIN_SECONDS
+    worker.redis_health = RedisHealth()
+    worker.in_progress = InProgressKeeper(
+        redis_url,
+        sentinel_password=settings.sentinel_password,
+        ttl_seconds=worker.in_progress_timeout_s,
+        running_handlers=lambda: sorted(worker.dispatcher.running),
+    )
     return worker
+
+
+async def _run_by_event_worker(ctx: dict[str, Any], event_id: str, event_type: str) -> None:
+    """Registered so that arq knows the job's name and time limit; ``EventWorker.run_job``
+    runs these jobs itself and never calls this."""
+    raise RuntimeError("process_event jobs are run by EventWorker.run_job")

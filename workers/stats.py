@@ -18,7 +18,9 @@ WINDOW_MINUTES = 60
 @dataclass(frozen=True, slots=True)
 class Stats:
     """``queued`` is ready and waiting, ``running`` taken by a worker, ``scheduled_retries``
-    due later; ``last_hour`` counts handler outcomes (done, retry, dead_letter, unhandled)."""
+    due later; ``last_hour`` counts handler outcomes (done, retry, dead_letter, unhandled),
+    ``per_minute`` the same per minute, oldest first, the current minute last (a chart's
+    series: sixty entries, an empty one for a quiet minute)."""
 
     queued: int
     running: int
@@ -28,6 +30,7 @@ class Stats:
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
     last_hour: dict[str, int] = field(default_factory=dict)
     oldest_pending_age_seconds: float | None = None
+    per_minute: list[dict[str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +80,13 @@ async def collect_stats(redis: Redis, *, queue_name: str) -> Stats:
         for letter_id in letter_ids:
             pipe.hget(keys.dead_letter_key(letter_id.decode()), "reason")
         reasons = await pipe.execute()
+    per_minute = [
+        {name.decode(): int(value) for name, value in counts.items()} for counts in minutes
+    ]
+    per_minute.reverse()
     last_hour: Counter[str] = Counter()
-    for counts in minutes:
-        last_hour.update({name.decode(): int(value) for name, value in counts.items()})
+    for counts in per_minute:
+        last_hour.update(counts)
     return Stats(
         queued=max(0, figures.due - running),
         running=running,
@@ -89,4 +96,5 @@ async def collect_stats(redis: Redis, *, queue_name: str) -> Stats:
         dead_letters_by_reason=dict(Counter(r.decode() for r in reasons if r is not None)),
         last_hour=dict(last_hour),
         oldest_pending_age_seconds=figures.oldest_pending_age_seconds,
+        per_minute=per_minute,
     )

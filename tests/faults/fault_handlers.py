@@ -96,3 +96,56 @@ async def release_stock(event: CheckoutSessionEvent, ctx: HandlerContext) -> Non
     if not is_fixed():
         os._exit(1)  # as a segfault or the OOM killer would: no cleanup, nothing recorded
     await apply_effect(ctx)
+
+
+# Hostile handlers, for event types of their own (``hostile.*``), which no other handler matches.
+
+BLOCK_SECONDS = 10
+"""Longer than the in-progress marker's TTL (the 2 s handler timeout + 7 s)."""
+
+TRACK_RUNNING = """
+local now = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if tonumber(ARGV[2]) > 0 and now > tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then
+  redis.call('HSET', KEYS[2], ARGV[1], now)
+end
+return now
+"""
+
+
+class ProcessLevelError(BaseException):
+    """Outside the Exception hierarchy, as some libraries' control-flow exceptions are."""
+
+
+@router.on("hostile.blocks_loop", name="blocks_loop")
+async def blocks_loop(event: Event, ctx: HandlerContext) -> None:
+    """The mistake: a blocking sleep in an async handler. Runs at once are counted."""
+    effects.hincrby("invocations", pair(ctx), 1)
+    effects.eval(TRACK_RUNNING, 2, "running", "max_running", pair(ctx), 1)
+    time.sleep(BLOCK_SECONDS)  # noqa: ASYNC251 (the mistake under test)
+    effects.eval(TRACK_RUNNING, 2, "running", "max_running", pair(ctx), -1)
+    effects.eval(*apply_once_args(ctx))
+
+
+RAISED = {
+    "hostile.system_exit": lambda: SystemExit(3),
+    "hostile.keyboard_interrupt": KeyboardInterrupt,
+    "hostile.base_exception": lambda: ProcessLevelError("not an Exception"),
+}
+
+
+@router.on("hostile.*", name="raises_base_exception", max_attempts=2)
+async def raises_base_exception(event: Event, ctx: HandlerContext) -> None:
+    await invoked(ctx)
+    if event.type in RAISED:
+        raise RAISED[event.type]()
+    await apply_effect(ctx)
+
+
+@router.on("hostile.*", name="bystander")
+async def bystander(event: Event, ctx: HandlerContext) -> None:
+    """Slow and innocent: must complete once beside a handler that raises SystemExit."""
+    if event.type == "hostile.blocks_loop":
+        return
+    await invoked(ctx)
+    await asyncio.sleep(1.0)
+    await apply_effect(ctx)

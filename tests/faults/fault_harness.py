@@ -178,6 +178,15 @@ class RedisProcess:
         self._process.kill()
         self._process.wait(STOP_SECONDS)
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing is answered (a hung Redis)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def shutdown(self) -> None:
         """``SHUTDOWN``: the orderly stop."""
         assert self._process is not None
@@ -187,6 +196,7 @@ class RedisProcess:
 
     def close(self) -> None:
         if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGCONT)
             self._process.terminate()
             try:
                 self._process.wait(STOP_SECONDS)
@@ -545,11 +555,22 @@ class Harness:
 
     With ``sentinel``, the event store is a ``SentinelGroup`` instead of one server: the
     services get its ``redis+sentinel://`` URL and ``LOOPS_REDIS_MIN_REPLICAS=1``.
+    ``settings`` override the suite's ``LOOPS_*`` settings (names without the prefix). Each
+    worker serves ``/healthz`` on its own port, ``worker_metrics_ports[slot]``.
     """
 
-    def __init__(self, root: Path, sender: EventSender, *, sentinel: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        sender: EventSender,
+        settings: dict[str, str] | None = None,
+        *,
+        sentinel: bool = False,
+    ) -> None:
         self.root = root
         self.sender = sender
+        self.settings = settings or {}
+        self.worker_metrics_ports = [free_port(), free_port()]
         self.sentinel_group = SentinelGroup(root / "redis-ha") if sentinel else None
         self.redis = (
             self.sentinel_group.primary
@@ -598,6 +619,7 @@ class Harness:
             "LOOPS_SHUTDOWN_GRACE_SECONDS": "1",
             "FAULTS_EFFECTS_URL": self.effects_redis.url,
             "FAULTS_FIXED_FLAG": str(self.fixed_flag),
+            **{f"LOOPS_{name.upper()}": value for name, value in self.settings.items()},
         }
 
     async def start(self) -> None:
@@ -610,7 +632,15 @@ class Harness:
         env = self.env
         serve = ["serve", "--port", str(self.receiver_port)]
         self.receiver = Service("receiver", serve, env, self.root)
-        workers = [Service(f"worker{slot}", ["worker"], env, self.root) for slot in (0, 1)]
+        workers = [
+            Service(
+                f"worker{slot}",
+                ["worker"],
+                {**env, "LOOPS_METRICS_PORT": str(self.worker_metrics_ports[slot])},
+                self.root,
+            )
+            for slot in (0, 1)
+        ]
         self.supervisor = Supervisor(workers)
         self.receiver.start()
         for worker in workers:

@@ -75,6 +75,8 @@ class Workspace:
             "EFFECTS_FILE": str(self.effects),
             "BROKEN_FLAG": str(self.broken),
             "PYTHONPATH": str(root),
+            # A shop's own variable under our prefix: every command must start normally.
+            "LOOPS_API_KEY": "sk_live_the_shops_own",
         }
 
     def effects_of(self, handler: str, event_id: str) -> int:
@@ -126,7 +128,15 @@ def dev(
 ) -> Iterator[str]:
     """A running ``loops-webhooks dev``; yields its webhook URL."""
     port = free_port()
-    start_loops_webhooks("dev", "--port", str(port), env=workspace.env, port=port)
+    start_loops_webhooks(
+        "dev",
+        "--port",
+        str(port),
+        "--dashboard-port",
+        str(free_port()),
+        env=workspace.env,
+        port=port,
+    )
     yield f"http://127.0.0.1:{port}/webhooks/loops"
 
 
@@ -140,7 +150,7 @@ def test_send_to_a_running_dev_ends_with_the_handler_having_run(
     sent = send(workspace, dev, "--id", "evt_cli_send")
 
     assert sent.returncode == 0, sent.stderr
-    assert sent.stdout.startswith("200 ")
+    assert sent.stdout.startswith("evt_cli_send 200 ")
     wait_until(lambda: workspace.effects_of("fulfil", "evt_cli_send") == 1, "the handler")
     shown = run_cli("events", "show", "evt_cli_send", "--json", env=workspace.env)
     story = orjson.loads(shown.stdout)
@@ -154,8 +164,32 @@ def test_send_count_reports_how_many_distinct_events_were_accepted(
     sent = send(workspace, dev, "--count", "25")
 
     assert sent.returncode == 0, sent.stderr
-    assert "accepted 25 of 25 events" in sent.stdout
-    wait_until(lambda: workspace.effects.read_text().count("fulfil ") == 25, "25 handled events")
+    *lines, summary = sent.stdout.splitlines()
+    assert summary == "accepted 25 of 25 events"
+    ids = [line.split()[0] for line in lines]
+    assert len(set(ids)) == 25 and all(line.split()[1] == "200" for line in lines)
+    wait_until(lambda: all(workspace.effects_of("fulfil", i) == 1 for i in ids), "25 handled")
+
+
+def test_send_json_lists_every_event_sent_and_events_list_shows_them_newest_first(
+    workspace: Workspace, dev: str, redis_url: str
+) -> None:
+    sent = orjson.loads(send(workspace, dev, "--count", "3", "--json").stdout)
+    ids = [delivery["id"] for delivery in sent["sent"]]
+    assert sent["accepted"] == 3
+    wait_until(lambda: all(event_status(redis_url, i) == "done" for i in ids), "3 done")
+
+    listed = run_cli("events", "list", "--json", env=workspace.env)
+    dead = run_cli("events", "list", "--status", "dead", env=workspace.env)
+
+    assert listed.returncode == 0, listed.stderr
+    rows = orjson.loads(listed.stdout)
+    assert sorted(row["id"] for row in rows) == sorted(ids)
+    assert [row["received_at"] for row in rows] == sorted(
+        (row["received_at"] for row in rows), reverse=True
+    )
+    assert {row["status"] for row in rows} == {"done"}
+    assert dead.stdout.strip() == "no events"
 
 
 def test_dev_without_a_secret_prints_one_that_signs_accepted_events(
@@ -165,7 +199,9 @@ def test_dev_without_a_secret_prints_one_that_signs_accepted_events(
 ) -> None:
     env = {k: v for k, v in workspace.env.items() if k != "LOOPS_WEBHOOK_SECRET"}
     port = free_port()
-    dev = start_loops_webhooks("dev", "--port", str(port), env=env, port=port)
+    dev = start_loops_webhooks(
+        "dev", "--port", str(port), "--dashboard-port", str(free_port()), env=env, port=port
+    )
     printed = [word for word in dev.output().split() if word.startswith("whsec_dev_")]
     assert printed, dev.output()
 
@@ -196,7 +232,9 @@ def test_dev_on_the_embedded_redis_processes_after_a_restart_what_was_received_b
         assert workspace.effects_of("fulfil", "evt_before_restart") == 0
 
         port = free_port()
-        start_loops_webhooks("dev", "--port", str(port), env=env, port=port)
+        start_loops_webhooks(
+            "dev", "--port", str(port), "--dashboard-port", str(free_port()), env=env, port=port
+        )
 
         wait_until(lambda: workspace.effects_of("fulfil", "evt_before_restart") == 1, "handler")
     finally:
@@ -230,7 +268,15 @@ def test_dev_stops_cleanly_on_sigint(
     workspace: Workspace, start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
 ) -> None:
     port = free_port()
-    dev = start_loops_webhooks("dev", "--port", str(port), env=workspace.env, port=port)
+    dev = start_loops_webhooks(
+        "dev",
+        "--port",
+        str(port),
+        "--dashboard-port",
+        str(free_port()),
+        env=workspace.env,
+        port=port,
+    )
 
     dev.process.send_signal(signal.SIGINT)
 
@@ -260,6 +306,36 @@ def test_dlq_list_and_show_describe_the_dead_letter(
     assert "RuntimeError: mail server said no" in shown.stdout
     assert "Traceback" in shown.stdout
     assert '"id":"evt_cli_dead"' in shown.stdout
+
+
+def test_dlq_show_with_the_event_id_shows_that_events_letters(
+    workspace: Workspace, dead_lettered: str
+) -> None:
+    shown = run_cli("dlq", "show", "evt_cli_dead", "--json", env=workspace.env)
+
+    assert shown.returncode == 0, shown.stderr
+    [letter] = orjson.loads(shown.stdout)
+    assert letter["id"] == dead_lettered
+    assert "mail server said no" in letter["traceback"]
+
+
+def test_events_show_keeps_the_attempts_from_before_a_replay(
+    workspace: Workspace, dead_lettered: str, redis_url: str
+) -> None:
+    workspace.broken.unlink()
+    assert run_cli("dlq", "replay", dead_lettered, env=workspace.env).returncode == 0
+    wait_until(lambda: event_status(redis_url, "evt_cli_dead") == "done", "the replayed event")
+
+    shown = run_cli("events", "show", "evt_cli_dead", env=workspace.env)
+    story = orjson.loads(run_cli("events", "show", "evt_cli_dead", "--json",
+                                 env=workspace.env).stdout)  # fmt: skip
+
+    assert "  notify: done, 1 attempt(s)" in shown.stdout
+    assert "  notify (before a replay): dead, 1 attempt(s), last at " in shown.stdout
+    assert "    last error: RuntimeError: mail server said no" in shown.stdout
+    [before] = story["before_replays"]["notify"]
+    assert (before["status"], before["attempts"]) == ("dead", 1)
+    assert story["handlers"]["notify"]["status"] == "done"
 
 
 def test_a_dead_letter_replayed_after_the_fix_ends_handled_without_rerunning_what_succeeded(
@@ -408,16 +484,32 @@ def test_bad_usage_exits_2(args: tuple[str, ...], workspace: Workspace) -> None:
     assert result.stderr.strip()
 
 
+@pytest.mark.parametrize(
+    "url", ["redis://:hunter2@127.0.0.1:{port}/0", "redis://127.0.0.1:{port}/0?password=hunter2"]
+)
 def test_redis_down_exits_1_with_a_clear_message(
-    workspace: Workspace, free_port: Callable[[], int]
+    workspace: Workspace, free_port: Callable[[], int], url: str
 ) -> None:
-    env = {**workspace.env, "REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0"}
+    env = {**workspace.env, "REDIS_URL": url.format(port=free_port())}
 
     result = run_cli("stats", env=env)
 
     assert result.returncode == 1
     assert "cannot reach Redis" in result.stderr
     assert "hunter2" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_handler_module_that_exits_at_import_makes_the_worker_exit_2_saying_so(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(7)\n")
+    env = {**workspace.env, "PYTHONPATH": str(tmp_path)}
+
+    result = run_cli("worker", "--handlers", "exits_at_import:router", env=env)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "importing 'exits_at_import' failed: SystemExit: 7" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -430,9 +522,9 @@ def test_an_unknown_event_exits_1(workspace: Workspace) -> None:
 
 
 def test_help_is_available_for_every_command(workspace: Workspace) -> None:
-    for command in (["serve"], ["worker"], ["dev"], ["send"], ["events", "show"], ["dlq", "list"],
-                    ["dlq", "show"], ["dlq", "replay"], ["dlq", "purge"], ["stats"],
-                    ["stop-redis"]):  # fmt: skip
+    for command in (["serve"], ["worker"], ["dev"], ["handlers"], ["send"], ["events", "show"],
+                    ["events", "list"], ["dlq", "list"], ["dlq", "show"], ["dlq", "replay"],
+                    ["dlq", "purge"], ["stats"], ["stop-redis"]):  # fmt: skip
         result = run_cli(*command, "--help", env=workspace.env)
         assert result.returncode == 0, command
         assert "usage: loops-webhooks" in result.stdout

@@ -190,6 +190,68 @@ async def test_a_declared_length_over_the_limit_is_refused_before_the_body_arriv
     assert await redis.dbsize() == 0
 
 
+def request_head(loops, content_length: int, extra: str = "") -> bytes:
+    """A signed POST's head declaring ``content_length``, for requests written by hand."""
+    return (
+        f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}"
+        f"Content-Type: application/json\r\nContent-Length: {content_length}\r\n"
+        f"loops-signature: {loops.signature(b'')}\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("declared", [100 * MIB, MIB + 1])
+async def test_an_oversized_body_expecting_100_continue_gets_413_and_never_100_continue(
+    receiver, loops, redis, declared
+):
+    head = request_head(loops, declared, "Expect: 100-continue\r\n")
+
+    status_line = await exchange(receiver, head, b"")
+
+    assert status_line.startswith(b"HTTP/1.1 413 ")
+    assert await redis.dbsize() == 0
+
+
+async def test_a_body_within_the_limit_expecting_100_continue_is_invited_and_accepted(
+    receiver, loops
+):
+    body = loops.event()
+    response = await receiver.post(
+        WEBHOOK_PATH, data=body, headers={**loops.headers(body), "Expect": "100-continue"}
+    )
+    assert response.status == 200
+
+
+async def test_a_body_that_stops_arriving_gets_408_after_the_read_timeout(
+    start_receiver, redis_url, loops, redis
+):
+    client = await start_receiver(redis_url, read_timeout_seconds=0.5)
+    head = request_head(loops, 1000)
+
+    started = time.monotonic()
+    status_line = await exchange(client, head, b'{"id": "evt_slow", ')
+
+    assert status_line.startswith(b"HTTP/1.1 408 ")
+    assert 0.4 < time.monotonic() - started < 2
+    assert await redis.dbsize() == 0
+
+
+async def test_requests_beyond_the_body_slots_wait_and_get_503_busy_after_the_read_timeout(
+    start_receiver, redis_url, loops
+):
+    client = await start_receiver(redis_url, read_timeout_seconds=0.5, max_concurrent_bodies=1)
+    head = request_head(loops, 1000)
+
+    holding = asyncio.create_task(exchange(client, head, b"{"))
+    await asyncio.sleep(0.05)
+    next_in_line = asyncio.create_task(exchange(client, head, b"{"))
+    await asyncio.sleep(0.05)
+    behind_both = await exchange(client, head, b"{")
+
+    assert behind_both.startswith(b"HTTP/1.1 503 ")
+    assert (await holding).startswith(b"HTTP/1.1 408 ")
+    assert (await next_in_line).startswith(b"HTTP/1.1 408 ")
+
+
 async def test_a_chunked_body_is_refused_once_it_passes_the_limit_without_waiting_for_its_end(
     receiver, loops, redis
 ):

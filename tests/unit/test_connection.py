@@ -7,13 +7,13 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from loops_webhooks.settings import ConfigurationError
-from loops_webhooks.workers.connection import (
+from loops_webhooks.redis_url import (
+    InvalidRedisUrl,
     SentinelAddress,
     check_redis_url,
-    open_redis,
     sentinel_address,
 )
+from loops_webhooks.workers.connection import open_redis
 
 
 def test_a_plain_redis_url_is_not_a_sentinel_address():
@@ -54,7 +54,7 @@ def test_a_sentinel_url_without_a_database_means_database_zero_and_takes_a_user(
     ],
 )
 def test_a_malformed_sentinel_url_says_what_is_wrong_and_hides_the_password(url, problem):
-    with pytest.raises(ConfigurationError) as raised:
+    with pytest.raises(InvalidRedisUrl) as raised:
         check_redis_url(url)
     message = str(raised.value)
     assert message.startswith("REDIS_URL is not a valid Sentinel URL")

@@ -22,8 +22,8 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
+from loops_webhooks.redis_url import sentinel_address
 from loops_webhooks.settings import Settings
-from loops_webhooks.workers.connection import sentinel_address
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"
@@ -540,12 +540,14 @@ def test_receiver_is_ready_on_readyz_and_alive_on_healthz():
     assert ports[receiver["livenessProbe"]["httpGet"]["port"]] == 8080
 
 
-def test_worker_is_alive_on_healthz_at_its_metrics_port():
+def test_worker_is_ready_on_healthz_at_its_metrics_port_bound_for_the_pod_ip():
     worker = the_container("Deployment", WORKER)
     ports = {port["name"]: port["containerPort"] for port in worker["ports"]}
-    probe = worker["livenessProbe"]["httpGet"]
+    probe = worker["readinessProbe"]["httpGet"]
+    assert "livenessProbe" not in worker  # a full or down Redis must not restart workers
     assert probe["path"] == "/healthz"
     assert ports[probe["port"]] == int(literal_env(worker)["LOOPS_METRICS_PORT"])
+    assert literal_env(worker)["LOOPS_METRICS_HOST"] == "0.0.0.0"
 
 
 def test_worker_termination_grace_exceeds_its_shutdown_grace():

@@ -20,13 +20,13 @@ from arq import Retry
 from loops_webhooks.handlers import HandlerContext, Reject, RetryLater, Router
 from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.handlers.events import CheckoutSessionEvent, Event
+from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
 from loops_webhooks.workers.dispatch import Dispatcher
 from loops_webhooks.workers.event_store import EventStatus, EventStore, HandlerState, HandlerStatus
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
 from loops_webhooks.workers.keys import dead_letter_id
-from loops_webhooks.workers.retry_policy import RetryPolicy
 
 QUEUE = "loops:queue"
 COMPLETED = "checkout.session.completed"
@@ -618,10 +618,9 @@ async def test_a_redelivered_job_of_an_event_that_already_finished_runs_nothing(
 
 def worker_dispatcher(
     deliveries: Deliveries, router: Router, *, shutting_down: bool = True, max_attempts: int = 3
-) -> tuple[Dispatcher, set[str]]:
+) -> Dispatcher:
     """The dispatcher as the worker builds it: its final write settles the running arq job."""
-    settled: set[str] = set()
-    dispatcher = Dispatcher(
+    return Dispatcher(
         router,
         EventStore(deliveries.redis, dedupe_ttl_seconds=3600, queue_name=QUEUE),
         retry_policy=RetryPolicy(
@@ -629,10 +628,8 @@ def worker_dispatcher(
         ),
         handler_timeout_seconds=5.0,
         dead_letter_unhandled=False,
-        settled_jobs=settled,
         shutting_down=lambda: shutting_down,
     )
-    return dispatcher, settled
 
 
 async def claim_job(deliveries: Deliveries, event_id: str) -> str:
@@ -648,13 +645,12 @@ async def test_a_finished_event_removes_its_job_in_the_same_write_when_settling(
 ) -> None:
     router = Router()
     router.on(COMPLETED, name="fulfil")(Calls().recording())
-    dispatcher, settled = worker_dispatcher(deliveries, router)
+    dispatcher = worker_dispatcher(deliveries, router)
     event_id = await deliveries.record()
     job_id = await claim_job(deliveries, event_id)
 
     assert await dispatcher.process(event_id, COMPLETED, job_id=job_id)
 
-    assert settled == {job_id}
     assert await deliveries.status(event_id) == EventStatus.DONE
     assert await deliveries.redis.zscore(QUEUE, job_id) is None
     for key in (
@@ -670,14 +666,13 @@ async def test_a_retry_reschedules_the_job_at_the_due_time_when_settling(
 ) -> None:
     router = Router()
     router.on(COMPLETED, name="flaky")(Calls().recording(fail))
-    dispatcher, settled = worker_dispatcher(deliveries, router)
+    dispatcher = worker_dispatcher(deliveries, router)
     event_id = await deliveries.record()
     job_id = await claim_job(deliveries, event_id)
 
     assert await dispatcher.process(event_id, COMPLETED, job_id=job_id)
 
     state = await deliveries.state(event_id, "flaky")
-    assert settled == {job_id}
     assert state.status == HandlerStatus.RETRY
     assert await deliveries.redis.zscore(QUEUE, job_id) == state.next_attempt_at
     assert await deliveries.redis.exists(keys.arq_job_key(job_id))
@@ -709,9 +704,7 @@ async def test_a_job_cancelled_at_its_time_limit_counts_the_attempt_and_reschedu
         started.set()
         await asyncio.sleep(60)
 
-    dispatcher, settled = worker_dispatcher(
-        deliveries, router_with(("slow", slow)), shutting_down=False
-    )
+    dispatcher = worker_dispatcher(deliveries, router_with(("slow", slow)), shutting_down=False)
     event_id = await deliveries.record()
     job_id = await claim_job(deliveries, event_id)
     job = asyncio.create_task(dispatcher.process(event_id, COMPLETED, job_id=job_id))
@@ -724,5 +717,36 @@ async def test_a_job_cancelled_at_its_time_limit_counts_the_attempt_and_reschedu
     state = await deliveries.state(event_id, "slow")
     assert (state.status, state.attempts) == (HandlerStatus.RETRY, 1)
     assert state.next_attempt_at is not None
-    assert settled == {job_id}
     assert await deliveries.redis.zscore(QUEUE, job_id) == state.next_attempt_at
+
+
+class ProcessLevel(BaseException):
+    """A custom BaseException, outside the Exception hierarchy."""
+
+
+@pytest.mark.parametrize(
+    "error", [SystemExit(7), KeyboardInterrupt(), GeneratorExit(), ProcessLevel("boom")]
+)
+@pytest.mark.parametrize("is_async", [True, False])
+async def test_a_handler_raising_a_base_exception_fails_one_attempt_and_its_neighbour_completes(
+    deliveries: Deliveries, error: BaseException, is_async: bool
+) -> None:
+    async def raises_async(event: Event, ctx: HandlerContext) -> None:
+        raise error
+
+    def raises_sync(event: Event, ctx: HandlerContext) -> None:
+        raise error
+
+    calls = Calls()
+    event_id = await deliveries.record()
+    exits = raises_async if is_async else raises_sync
+    dispatcher = deliveries.dispatcher(router_with(("exits", exits), ("fulfil", calls.recording())))
+
+    with pytest.raises(Retry):
+        await dispatcher.process(event_id, COMPLETED)
+
+    state = await deliveries.state(event_id, "exits")
+    assert (state.status, state.attempts) == (HandlerStatus.RETRY, 1)
+    assert state.last_error is not None and state.last_error.startswith(type(error).__name__)
+    assert (await deliveries.state(event_id, "fulfil")).status == HandlerStatus.DONE
+    assert calls.attempts == [1]

@@ -22,17 +22,17 @@ PACKAGE_FOLDERS = {
     "loops_webhooks.ingest": REPO_ROOT / "ingest",
 }
 
-LEAVES = {"loops_webhooks.settings", "loops_webhooks.logs"}
+LEAVES = {"loops_webhooks.settings", "loops_webhooks.logs", "loops_webhooks.redis_url"}
 USER_CODE = {"loops_webhooks.handlers.examples"}
 """Written as a shop's handler module is: against the public names only."""
 PUBLIC_API = {"loops_webhooks", "loops_webhooks.events", "loops_webhooks.testing"}
 EDGES = ("loops_webhooks.ingest", "loops_webhooks.dashboard")
 
 ALLOWED: dict[str, set[str]] = {
-    "handlers": {"handlers"},
+    "handlers": {"handlers", "leaf"},
     "workers": {"handlers", "workers", "leaf"},
     "edge": {"workers", "edge", "leaf"},
-    "leaf": set(),
+    "leaf": {"leaf"},
     "api": {"handlers"},
     "user": {"api"},
     "bootstrap": set(),

@@ -163,6 +163,17 @@ def test_a_multi_line_import_error_is_reported_on_one_line(write_module: WriteMo
     assert str(caught.value).endswith("RuntimeError: first line")
 
 
+def test_a_module_that_exits_at_import_is_reported_as_an_import_failure(
+    write_module: WriteModule,
+) -> None:
+    module = write_module("import sys\nsys.exit(7)")
+
+    with pytest.raises(HandlerLoadError) as caught:
+        load_router(f"{module}:router")
+
+    assert str(caught.value).endswith(f"importing {module!r} failed: SystemExit: 7")
+
+
 def test_a_missing_attribute_is_reported(write_module: WriteModule) -> None:
     module = write_module("from loops_webhooks import Router\n")
 
@@ -191,11 +202,12 @@ def test_a_handler_load_error_is_a_value_error() -> None:
     assert issubclass(HandlerLoadError, ValueError)
 
 
-def test_importing_the_handler_api_loads_no_aiohttp_arq_or_redis() -> None:
+def test_importing_the_handler_api_and_the_testing_kit_loads_no_aiohttp_arq_or_redis() -> None:
     script = (
         "import sys, loops_webhooks.handlers.examples\n"
         "from loops_webhooks import Router, HandlerContext, Reject, RetryLater, RegistrationError\n"
         "from loops_webhooks.events import Event, CheckoutSessionEvent, CheckoutSession\n"
+        "import loops_webhooks.testing, loops_webhooks.handlers.testing\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'aiohttp', 'arq', 'redis'}))"
     )
 

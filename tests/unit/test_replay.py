@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -34,7 +35,9 @@ async def redis() -> AsyncIterator[FakeAsyncRedis]:
         await client.aclose()
 
 
-async def event_with_dead_handlers(redis: FakeAsyncRedis, *dead: str) -> list[DeadLetter]:
+async def event_with_dead_handlers(
+    redis: FakeAsyncRedis, *dead: str, reason: DeadLetterReason = DeadLetterReason.REJECTED
+) -> list[DeadLetter]:
     """An event whose handler 'ok' succeeded and whose handlers ``dead`` were dead-lettered."""
     raw = orjson.dumps({"id": "evt_1", "type": TYPE})
     now = int(time.time() * 1000)
@@ -49,7 +52,7 @@ async def event_with_dead_handlers(redis: FakeAsyncRedis, *dead: str) -> list[De
         letters.append(
             DeadLetter(
                 id=dead_letter_id("evt_1", name),
-                reason=DeadLetterReason.REJECTED,
+                reason=reason,
                 event_id="evt_1",
                 handler=name,
                 attempts=1,
@@ -107,3 +110,43 @@ async def test_a_forced_replay_clears_every_handler_state(redis: FakeAsyncRedis)
     stored = await EventStore(redis, dedupe_ttl_seconds=DAY).get("evt_1")
     assert stored is not None
     assert stored.handlers == {}
+
+
+async def test_a_letter_replayed_and_dead_lettered_anew_since_it_was_read_is_not_replayed_again(
+    redis: FakeAsyncRedis,
+) -> None:
+    [read_by_a_second_replay] = await event_with_dead_handlers(redis, "a")
+    assert await replay_dead_letter(redis, read_by_a_second_replay, queue_name=QUEUE) == "replayed"
+    await asyncio.sleep(0.002)
+    [dead_again] = await event_with_dead_handlers(redis, "a")
+    assert dead_again.dead_lettered_at != read_by_a_second_replay.dead_lettered_at
+
+    result = await replay_dead_letter(redis, read_by_a_second_replay, queue_name=QUEUE)
+
+    assert result is ReplayResult.GONE
+    assert await get_dead_letter(redis, dead_again.id) == dead_again
+
+
+async def test_an_invalid_payload_letter_with_its_event_stored_is_replayed_only_with_force(
+    redis: FakeAsyncRedis,
+) -> None:
+    [letter] = await event_with_dead_handlers(redis, "a", reason=DeadLetterReason.INVALID_PAYLOAD)
+
+    unforced = await replay_dead_letter(redis, letter, queue_name=QUEUE)
+    forced = await replay_dead_letter(redis, letter, queue_name=QUEUE, force=True)
+
+    assert (unforced, forced) == (ReplayResult.SKIPPED, ReplayResult.REPLAYED)
+    stored = await EventStore(redis, dedupe_ttl_seconds=DAY).get("evt_1")
+    assert stored is not None and stored.status == "pending"
+
+
+async def test_a_body_the_receiver_could_not_parse_is_skipped_even_with_force(
+    redis: FakeAsyncRedis,
+) -> None:
+    letter_id = await EventIntake(redis, queue_name=QUEUE).dead_letter_unparseable(
+        b"not json", {}, int(time.time() * 1000), "body is not JSON"
+    )
+    letter = await get_dead_letter(redis, letter_id)
+    assert letter is not None
+
+    assert await replay_dead_letter(redis, letter, queue_name=QUEUE, force=True) == "skipped"

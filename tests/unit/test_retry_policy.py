@@ -3,7 +3,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loops_webhooks.workers.retry_policy import RetryPolicy
+from loops_webhooks.handlers.retry_policy import RetryPolicy
 
 bases = st.floats(min_value=0.001, max_value=600, allow_nan=False, allow_infinity=False)
 caps = st.floats(min_value=0.001, max_value=86_400, allow_nan=False, allow_infinity=False)

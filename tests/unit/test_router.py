@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from loops_webhooks.handlers import HandlerContext, RegistrationError, Router
 from loops_webhooks.handlers.events import CheckoutSessionEvent, Event
+from loops_webhooks.handlers.router import pattern_warnings
 
 
 async def handle(event: Any, ctx: HandlerContext) -> None:
@@ -326,3 +327,38 @@ def test_a_pattern_without_a_star_matches_only_the_identical_type(
     pattern: str, event_type: str
 ) -> None:
     assert bool(names(routed(pattern), event_type)) == (pattern == event_type)
+
+
+def test_a_pattern_one_letter_off_a_known_type_is_warned_about_with_the_likely_type() -> None:
+    router = Router()
+
+    @router.on("checkout.session.complete", name="fulfil")
+    async def fulfil(event: object, ctx: object) -> None: ...
+
+    assert pattern_warnings(router) == [
+        "handler 'fulfil': pattern 'checkout.session.complete' matches no known Loops event "
+        "type; did you mean 'checkout.session.completed'?"
+    ]
+
+
+def test_a_pattern_far_from_every_known_type_is_warned_about_with_the_known_types() -> None:
+    router = Router()
+
+    @router.on("invoice.paid", name="bill")
+    async def bill(event: object, ctx: object) -> None: ...
+
+    [warning] = pattern_warnings(router)
+    assert "known types: checkout.session.completed, checkout.session.expired" in warning
+
+
+@pytest.mark.parametrize(
+    "pattern", ["checkout.session.completed", "checkout.session.*", "*", "*.failed"]
+)
+def test_a_pattern_matching_a_known_type_gets_no_warning(pattern: str) -> None:
+    router = Router()
+
+    @router.on(pattern, name="ok")
+    async def ok(event: object, ctx: object) -> None: ...
+
+    assert pattern_warnings(router) == []
+    assert router.handlers[0].known_event_types

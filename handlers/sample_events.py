@@ -1,4 +1,5 @@
-"""Realistic Loops events, shaped as the Loops API documents them, for ``send`` and tests."""
+"""Realistic Loops events, shaped as the Loops API documents them: the one builder behind
+``loops-webhooks send`` and the testing kit's ``make_event``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,254 @@
+"""The JSON API under ``/api/``, the one the pages' buttons call: lists are
+``{"items": [...], "next_cursor": ...}`` pages, errors ``{"error": ..., "detail": ...}``.
+
+Times are ISO 8601 in UTC with milliseconds. Replay and purge take ``{"ids": [...]}`` or
+``{"filter": {...}}`` (``{}`` is every dead letter) and ``"dry_run"``; they answer counts,
+and each one that changes something is logged with the ids it touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from loops_webhooks.dashboard import queries
+from loops_webhooks.dashboard.app_keys import IDENTITY, OPERATIONS, READ_ONLY
+from loops_webhooks.dashboard.errors import BadRequest, Forbidden, json_response
+from loops_webhooks.workers.dead_letters import DeadLetter
+from loops_webhooks.workers.event_store import HandlerState, StoredEvent
+from loops_webhooks.workers.operations import DeadLetterFilter, EventSummary
+
+__all__ = ["add_routes", "iso_time", "pretty_body"]
+
+log = structlog.get_logger(logger_name="loops_webhooks.dashboard")
+
+MAX_IDS = 10_000
+
+
+def iso_time(ms: int | None) -> str | None:
+    if not ms:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def pretty_body(raw: bytes) -> str:
+    """The raw body indented if it is JSON, else as text (undecodable bytes as U+FFFD)."""
+    try:
+        return orjson.dumps(orjson.loads(raw), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:
+        return raw.decode(errors="replace")
+
+
+def _event_item(event: EventSummary) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "type": event.type,
+        "status": event.status,
+        "received_at": iso_time(event.received_at_ms),
+        "finished_at": iso_time(event.finished_at_ms),
+        "outcome": event.outcome,
+    }
+
+
+def _handler_state(state: HandlerState) -> dict[str, Any]:
+    return {
+        "status": state.status,
+        "attempts": state.attempts,
+        "first_attempt_at": iso_time(state.first_attempt_at),
+        "last_attempt_at": iso_time(state.last_attempt_at),
+        "next_attempt_at": iso_time(state.next_attempt_at),
+        "last_error": state.last_error,
+        "duration_ms": state.duration_ms,
+    }
+
+
+def _event(event: StoredEvent, letters: list[DeadLetter]) -> dict[str, Any]:
+    return {
+        "id": event.event_id,
+        "type": event.event_type,
+        "status": event.status,
+        "outcome": event.outcome,
+        "received_at": iso_time(event.received_at_ms),
+        "finished_at": iso_time(event.finished_at_ms),
+        "handlers": {name: _handler_state(state) for name, state in event.handlers.items()},
+        "before_replays": {
+            name: [_handler_state(state) for state in states]
+            for name, states in event.history.items()
+        },
+        "dead_letters": [letter.id for letter in letters],
+        "headers": event.headers,
+        "raw": event.raw.decode(errors="replace"),
+    }
+
+
+def _letter(letter: DeadLetter, *, full: bool) -> dict[str, Any]:
+    data: dict[str, Any] = asdict(letter)
+    for name in ("first_attempt_at", "last_attempt_at", "dead_lettered_at", "received_at"):
+        data[name] = iso_time(data[name])
+    data.pop("raw")
+    data.pop("headers")
+    data.pop("traceback")
+    if full:
+        data["traceback"] = letter.traceback
+        data["headers"] = orjson.loads(letter.headers or "{}")
+        data["raw"] = letter.raw.decode(errors="replace")
+    return data
+
+
+async def stats(request: web.Request) -> web.Response:
+    return json_response(asdict(await request.app[OPERATIONS].stats()))
+
+
+async def list_events(request: web.Request) -> web.Response:
+    page = await request.app[OPERATIONS].list_events(
+        queries.event_filter(request.query),
+        limit=queries.limit_of(request.query),
+        cursor=request.query.get("cursor") or None,
+    )
+    return json_response(
+        {"items": [_event_item(e) for e in page.items], "next_cursor": page.next_cursor}
+    )
+
+
+async def get_event(request: web.Request) -> web.Response:
+    operations = request.app[OPERATIONS]
+    event_id = request.match_info["event_id"]
+    event = await operations.get_event(event_id)
+    return json_response(_event(event, await operations.dead_letters_of_event(event_id)))
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    page = await request.app[OPERATIONS].list_dead_letters(
+        queries.dead_letter_filter(request.query),
+        limit=queries.limit_of(request.query),
+        cursor=request.query.get("cursor") or None,
+    )
+    return json_response(
+        {
+            "items": [_letter(letter, full=False) for letter in page.items],
+            "next_cursor": page.next_cursor,
+        }
+    )
+
+
+async def get_dead_letter(request: web.Request) -> web.Response:
+    letter = await request.app[OPERATIONS].get_dead_letter(request.match_info["letter_id"])
+    return json_response(_letter(letter, full=True))
+
+
+async def _selection(request: web.Request) -> tuple[list[str], DeadLetterFilter | None, bool]:
+    """(ids, filter, dry_run) of a replay or purge body; exactly one of ids and filter."""
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"the body is not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise BadRequest('the body must be a JSON object: {"ids": [...]} or {"filter": {...}}')
+    unknown = set(body) - {"ids", "filter", "dry_run"}
+    if unknown:
+        raise BadRequest(f"unknown field(s) {sorted(unknown)}: expected ids, filter, dry_run")
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest("dry_run: must be true or false")
+    if ("ids" in body) == ("filter" in body):
+        raise BadRequest('give exactly one of "ids" (a list of dead letter ids) and "filter"')
+    if "ids" in body:
+        ids = body["ids"]
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            raise BadRequest("ids: must be a non-empty list of dead letter ids (strings)")
+        if len(ids) > MAX_IDS:
+            raise BadRequest(f"ids: at most {MAX_IDS} at once; use a filter for more")
+        return list(dict.fromkeys(ids)), None, dry_run
+    where = body["filter"]
+    if not isinstance(where, dict):
+        raise BadRequest('filter: must be an object, e.g. {"handler": "...", "since": "2h"}')
+    unknown = set(where) - set(queries.DEAD_LETTER_FILTER_FIELDS)
+    if unknown:
+        fields = ", ".join(queries.DEAD_LETTER_FILTER_FIELDS)
+        raise BadRequest(f"filter: unknown field(s) {sorted(unknown)}; known: {fields}")
+    return [], queries.dead_letter_filter(where), dry_run
+
+
+async def _count(request: web.Request, ids: list[str], where: DeadLetterFilter | None) -> int:
+    """What a dry run answers: how many letters the selection holds (NotFound for a named
+    letter that is not stored, so the page says so before anyone confirms)."""
+    operations = request.app[OPERATIONS]
+    if ids:
+        return len(await operations.select_dead_letters(ids))
+    return await operations.count_dead_letters(where or DeadLetterFilter())
+
+
+def _refuse_if_read_only(request: web.Request, action: str) -> None:
+    if request.app[READ_ONLY]:
+        raise Forbidden(
+            "read_only", f"this dashboard is read-only (LOOPS_DASHBOARD_READ_ONLY): no {action}"
+        )
+
+
+def _who(request: web.Request) -> dict[str, Any]:
+    identity = request.get(IDENTITY)
+    return {
+        "credential": identity.credential if identity else None,
+        "remote": request.remote,
+    }
+
+
+async def replay(request: web.Request) -> web.Response:
+    ids, where, dry_run = await _selection(request)
+    operations = request.app[OPERATIONS]
+    if dry_run:
+        return json_response({"dry_run": True, "matched": await _count(request, ids, where)})
+    _refuse_if_read_only(request, "replay")
+    letters = await operations.select_dead_letters(ids, where)
+    report = await operations.replay_dead_letters(letters)
+    log.info(
+        "dead letters replayed",
+        filter=asdict(where) if where else None,
+        replayed=report.replayed,
+        skipped=report.skipped,
+        gone=report.gone,
+        **_who(request),
+    )
+    return json_response(
+        {
+            "dry_run": False,
+            "matched": len(letters),
+            "replayed": len(report.replayed),
+            "skipped": len(report.skipped),
+            "gone": len(report.gone),
+            "event_ids": sorted({letter.event_id for letter in letters if letter.event_id}),
+        }
+    )
+
+
+async def purge(request: web.Request) -> web.Response:
+    ids, where, dry_run = await _selection(request)
+    operations = request.app[OPERATIONS]
+    if dry_run:
+        return json_response({"dry_run": True, "matched": await _count(request, ids, where)})
+    _refuse_if_read_only(request, "purge")
+    letters = await operations.select_dead_letters(ids, where)
+    purged = await operations.purge_dead_letters(letters)
+    log.info(
+        "dead letters purged",
+        filter=asdict(where) if where else None,
+        purged=[letter.id for letter in letters],
+        count=purged,
+        **_who(request),
+    )
+    return json_response({"dry_run": False, "matched": len(letters), "purged": purged})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/stats", stats)
+    app.router.add_get("/api/events", list_events)
+    app.router.add_get("/api/events/{event_id}", get_event)
+    app.router.add_get("/api/dead-letters", list_dead_letters)
+    app.router.add_post("/api/dead-letters/replay", replay)
+    app.router.add_post("/api/dead-letters/purge", purge)
+    app.router.add_get("/api/dead-letters/{letter_id:.+}", get_dead_letter)

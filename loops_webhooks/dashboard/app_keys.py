@@ -1,0 +1,20 @@
+"""The typed application and request keys of the dashboard, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from loops_webhooks.dashboard.auth import Gate, Identity
+from loops_webhooks.settings import Settings
+from loops_webhooks.workers.operations import Operations
+
+__all__ = ["GATE", "IDENTITY", "OPERATIONS", "READ_ONLY", "REDIS_URL", "SETTINGS"]
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS_URL = web.AppKey("redis_url", str)
+GATE = web.AppKey("gate", Gate)
+READ_ONLY = web.AppKey("read_only", bool)
+OPERATIONS = web.AppKey("operations", Operations)
+
+IDENTITY = web.RequestKey("identity", Identity)
+"""Request key: how the request was authenticated (absent on the login page and assets)."""

@@ -1,0 +1,55 @@
+"""The dashboard's errors, each mapped to one HTTP status and error code, here only."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from loops_webhooks.workers.operations import InvalidCursor, NotFound
+
+__all__ = [
+    "BadRequest",
+    "Forbidden",
+    "Unauthenticated",
+    "api_error",
+    "json_response",
+    "status_for",
+]
+
+
+class BadRequest(ValueError):
+    """A query parameter or JSON body the API cannot use; the message says which and why."""
+
+
+class Unauthenticated(Exception):
+    """No credentials, or a wrong token. The message never holds the token."""
+
+
+class Forbidden(Exception):
+    """Authenticated, but not allowed: a missing CSRF token, or read-only mode."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+def status_for(error: Exception) -> tuple[int, str, str] | None:
+    """(status, error code, detail) for one of the errors the dashboard answers, else None."""
+    if isinstance(error, BadRequest | InvalidCursor):
+        return 400, "bad_request", str(error)
+    if isinstance(error, Unauthenticated):
+        return 401, "unauthenticated", str(error)
+    if isinstance(error, Forbidden):
+        return 403, error.code, str(error)
+    if isinstance(error, NotFound):
+        return 404, "not_found", str(error.args[0])
+    return None
+
+
+def json_response(data: object, *, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def api_error(status: int, code: str, detail: str) -> web.Response:
+    """The receiver's error shape here too: ``{"error": code, "detail": detail}``."""
+    return json_response({"error": code, "detail": detail}, status=status)

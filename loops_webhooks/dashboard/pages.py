@@ -1,0 +1,187 @@
+"""The dashboard's pages, rendered on the server from the operations API (aiohttp-jinja2).
+
+Reading needs no script at all; the replay, purge and logout buttons call the JSON API with
+a few lines of ``static/dashboard.js``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp_jinja2
+import orjson
+import structlog
+from aiohttp import web
+
+from loops_webhooks.dashboard import queries
+from loops_webhooks.dashboard.api import pretty_body
+from loops_webhooks.dashboard.app_keys import GATE, OPERATIONS
+from loops_webhooks.dashboard.auth import SESSION_COOKIE, SESSION_MAX_AGE_SECONDS
+from loops_webhooks.dashboard.chart import OUTCOMES, outcome_chart
+from loops_webhooks.workers.dead_letters import DeadLetterReason
+from loops_webhooks.workers.event_store import EventStatus
+from loops_webhooks.workers.operations import NotFound
+
+__all__ = ["add_routes", "is_https"]
+
+log = structlog.get_logger(logger_name="loops_webhooks.dashboard")
+
+OVERVIEW_REFRESH_SECONDS = 10
+
+
+def is_https(request: web.Request) -> bool:
+    """Whether the browser reached us over https, itself or through a TLS-ending proxy."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return request.secure or forwarded == "https"
+
+
+def _local_path(target: str) -> str:
+    """Where to go after logging in: a path of this site only, never another site."""
+    if target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return "/"
+
+
+def _next_page(request: web.Request, cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    return str(request.rel_url.update_query(cursor=cursor))
+
+
+def _first_page(request: web.Request) -> str | None:
+    if "cursor" not in request.query:
+        return None
+    return str(request.rel_url.without_query_params("cursor"))
+
+
+async def overview(request: web.Request) -> web.Response:
+    stats = await request.app[OPERATIONS].stats()
+    context = {
+        "stats": stats,
+        "chart": outcome_chart(stats.per_minute),
+        "outcomes": OUTCOMES,
+        "refresh_seconds": OVERVIEW_REFRESH_SECONDS,
+    }
+    return aiohttp_jinja2.render_template("overview.html", request, context)
+
+
+async def events(request: web.Request) -> web.Response:
+    operations = request.app[OPERATIONS]
+    wanted = request.query.get("id", "").strip()
+    missing = None
+    if wanted:
+        try:
+            await operations.get_event(wanted)
+        except NotFound:
+            missing = wanted
+        else:
+            raise web.HTTPFound(f"/events/{quote(wanted, safe='')}")
+    page = await operations.list_events(
+        queries.event_filter(request.query),
+        limit=queries.limit_of(request.query),
+        cursor=request.query.get("cursor") or None,
+    )
+    context = {
+        "page": page,
+        "query": request.query,
+        "statuses": list(EventStatus),
+        "missing": missing,
+        "next_page": _next_page(request, page.next_cursor),
+        "first_page": _first_page(request),
+    }
+    return aiohttp_jinja2.render_template("events.html", request, context)
+
+
+async def event(request: web.Request) -> web.Response:
+    operations = request.app[OPERATIONS]
+    event_id = request.match_info["event_id"]
+    stored = await operations.get_event(event_id)
+    context = {
+        "event": stored,
+        "letters": await operations.dead_letters_of_event(event_id),
+        "body": pretty_body(stored.raw),
+    }
+    return aiohttp_jinja2.render_template("event.html", request, context)
+
+
+async def dead_letters(request: web.Request) -> web.Response:
+    where = queries.dead_letter_filter(request.query)
+    page = await request.app[OPERATIONS].list_dead_letters(
+        where, limit=queries.limit_of(request.query), cursor=request.query.get("cursor") or None
+    )
+    selected_filter = {
+        name: request.query[name]
+        for name in queries.DEAD_LETTER_FILTER_FIELDS
+        if request.query.get(name, "").strip()
+    }
+    context = {
+        "page": page,
+        "query": request.query,
+        "reasons": list(DeadLetterReason),
+        "filter_json": orjson.dumps(selected_filter).decode(),
+        "filtered": bool(selected_filter),
+        "next_page": _next_page(request, page.next_cursor),
+        "first_page": _first_page(request),
+    }
+    return aiohttp_jinja2.render_template("dead_letters.html", request, context)
+
+
+async def dead_letter(request: web.Request) -> web.Response:
+    letter = await request.app[OPERATIONS].get_dead_letter(request.match_info["letter_id"])
+    context = {
+        "letter": letter,
+        "headers": orjson.loads(letter.headers or "{}"),
+        "body": pretty_body(letter.raw),
+    }
+    return aiohttp_jinja2.render_template("dead_letter.html", request, context)
+
+
+async def login_form(request: web.Request) -> web.Response:
+    if request.app[GATE].open:
+        raise web.HTTPFound("/")
+    context: dict[str, Any] = {"next": _local_path(request.query.get("next", "/")), "error": None}
+    return aiohttp_jinja2.render_template("login.html", request, context)
+
+
+async def login(request: web.Request) -> web.Response:
+    gate = request.app[GATE]
+    if gate.open:
+        raise web.HTTPSeeOther("/")
+    form = await request.post()
+    token = form.get("token")
+    target = _local_path(str(form.get("next", "/")))
+    if not isinstance(token, str) or not gate.token_matches(token.strip()):
+        reason = "wrong token" if token else "no token"
+        log.warning("dashboard login refused", reason=reason, remote=request.remote)
+        context = {"next": target, "error": "That token is not the dashboard's token."}
+        return aiohttp_jinja2.render_template("login.html", request, context, status=401)
+    log.info("dashboard login", remote=request.remote)
+    response = web.HTTPSeeOther(target)
+    response.set_cookie(
+        SESSION_COOKIE,
+        gate.new_session(),
+        max_age=SESSION_MAX_AGE_SECONDS,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=is_https(request),
+    )
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    response = web.Response(status=204)
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", overview)
+    app.router.add_get("/events", events)
+    app.router.add_get("/events/{event_id}", event)
+    app.router.add_get("/dead-letters", dead_letters)
+    app.router.add_get("/dead-letters/{letter_id:.+}", dead_letter)
+    app.router.add_get("/login", login_form)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
