@@ -109,14 +109,21 @@ async def _read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(too_large)
     slots = request.app[BODY_SLOTS]
+    # No timer where nothing can wait: a free slot is taken at once, and a body that arrived
+    # with its headers (the usual webhook) is already whole. Timers are per request costs.
     try:
-        async with asyncio.timeout(timeout):
+        if slots.locked():
+            async with asyncio.timeout(timeout):
+                await slots.acquire()
+        else:
             await slots.acquire()
     except TimeoutError:
         raise ReceiverBusy(
             f"{settings.max_concurrent_bodies} request bodies are being read; retry later"
         ) from None
     try:
+        if request.content.is_eof():
+            return await request.read()
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError:
