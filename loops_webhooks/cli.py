@@ -37,6 +37,8 @@ from loops_webhooks.settings import (
 from loops_webhooks.workers.registry import HandlerLoadError
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from loops_webhooks.handlers import Router
 
 __all__ = ["main"]
@@ -131,7 +133,6 @@ def handlers(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
 
     from loops_webhooks.ingest.app import create_app
     from loops_webhooks.ingest.memory import keep_large_buffers_returnable
@@ -144,24 +145,30 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     def listening(_aiohttp_banner: str) -> None:
         _log().info("receiver listening", url=url)
 
+    # aiohttp closes a connection whose request headers are not complete within its
+    # keep-alive timeout (counted from the connection's start or its last response).
+    _run_app(
+        app,
+        args,
+        print=listening,
+        keepalive_timeout=settings.read_timeout_seconds,
+        loop=new_event_loop(),
+    )
+    return EXIT_OK
+
+
+def _run_app(app: web.Application, args: argparse.Namespace, **options: Any) -> None:
+    """Serve ``app`` on ``--host``/``--port`` until a signal; a port that cannot be bound is
+    a one-line failure, not a traceback (nor a Redis error)."""
+    from aiohttp import web
+
     try:
-        # aiohttp closes a connection whose request headers are not complete within its
-        # keep-alive timeout (counted from the connection's start or its last response).
-        web.run_app(
-            app,
-            host=args.host,
-            port=args.port,
-            access_log=None,
-            print=listening,
-            keepalive_timeout=settings.read_timeout_seconds,
-            loop=new_event_loop(),
-        )
+        web.run_app(app, host=args.host, port=args.port, access_log=None, **options)
     except OSError as error:
         reason = error.strerror or str(error)
         raise operations.CommandFailed(
             f"cannot listen on {args.host}:{args.port}: {reason}"
         ) from None
-    return EXIT_OK
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -236,7 +243,6 @@ def _is_loopback(host: str) -> bool:
 
 def dashboard(args: argparse.Namespace, settings: Settings) -> int:
     import structlog
-    from aiohttp import web
 
     from loops_webhooks.dashboard.app import create_app
 
@@ -254,19 +260,7 @@ def dashboard(args: argparse.Namespace, settings: Settings) -> int:
     else:
         token = settings.require_dashboard_token()
     app = create_app(settings, redis_url_for(settings), token=token)
-    try:
-        web.run_app(
-            app,
-            host=args.host,
-            port=args.port,
-            access_log=None,
-            print=None,
-        )
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise operations.CommandFailed(
-            f"cannot listen on {args.host}:{args.port}: {reason}"
-        ) from None
+    _run_app(app, args, print=None)
     return EXIT_OK
 
 

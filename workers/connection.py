@@ -22,7 +22,7 @@ import redis.sentinel
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
-from loops_webhooks.redis_url import sentinel_address
+from loops_webhooks.redis_url import SentinelAddress, sentinel_address
 
 __all__ = ["open_blocking_redis", "open_redis"]
 
@@ -44,15 +44,8 @@ def open_redis(
     if address is None:
         plain: Redis = redis_class.from_url(url, **options)
         return plain
-    socket_options = {name: value for name, value in options.items() if name.startswith("socket_")}
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(address.sentinels),
-        sentinel_kwargs={**socket_options, "password": sentinel_password, "ssl": address.tls},
-        db=address.db,
-        username=address.username,
-        password=address.password,
-        ssl=address.tls,
-        **options,
+        list(address.sentinels), **_sentinel_options(address, sentinel_password, options)
     )
     client: Redis = sentinel.master_for(address.master_name, redis_class=redis_class)
     return client
@@ -67,15 +60,24 @@ def open_blocking_redis(
     if address is None:
         plain: redis.Redis = redis.Redis.from_url(url, **options)
         return plain
-    socket_options = {name: value for name, value in options.items() if name.startswith("socket_")}
     sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        list(address.sentinels),
-        sentinel_kwargs={**socket_options, "password": sentinel_password, "ssl": address.tls},
-        db=address.db,
-        username=address.username,
-        password=address.password,
-        ssl=address.tls,
-        **options,
+        list(address.sentinels), **_sentinel_options(address, sentinel_password, options)
     )
     client: redis.Redis = sentinel.master_for(address.master_name)  # type: ignore[no-untyped-call]
     return client
+
+
+def _sentinel_options(
+    address: SentinelAddress, sentinel_password: str | None, options: dict[str, Any]
+) -> dict[str, Any]:
+    """redis-py's ``Sentinel`` options: the Sentinels' own connections get the socket options
+    and their password; the Redis servers' get the rest and the URL's credentials."""
+    socket_options = {name: value for name, value in options.items() if name.startswith("socket_")}
+    return {
+        "sentinel_kwargs": {**socket_options, "password": sentinel_password, "ssl": address.tls},
+        "db": address.db,
+        "username": address.username,
+        "password": address.password,
+        "ssl": address.tls,
+        **options,
+    }

@@ -180,6 +180,7 @@ class EventStore:
             keys.arq_in_progress_key(settle_job),
             keys.arq_retry_key(settle_job),
             keys.event_dead_letters_key(event.event_id),
+            keys.DEAD_LETTER_REASON_COUNTS,
             *(keys.dead_letter_key(letter.id) for letter in dead_letters),
         ]
         reply = await self._finish(

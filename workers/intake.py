@@ -187,7 +187,11 @@ class EventIntake:
             flat += [name, value]
         await self._write(
             self._dead_letter_unparseable,
-            [keys.dead_letter_key(letter.id), keys.DEAD_LETTER_INDEX],
+            [
+                keys.dead_letter_key(letter.id),
+                keys.DEAD_LETTER_INDEX,
+                keys.DEAD_LETTER_REASON_COUNTS,
+            ],
             flat,
         )
         return letter.id

@@ -17,6 +17,7 @@ __all__ = [
     "ARQ_JOB_PREFIX",
     "DEAD_LETTER_INDEX",
     "DEAD_LETTER_PREFIX",
+    "DEAD_LETTER_REASON_COUNTS",
     "EVENT_DEAD_LETTERS_PREFIX",
     "EVENT_INDEX",
     "EVENT_PREFIX",
@@ -48,6 +49,10 @@ Ids whose record has expired are removed by the reconciler and skipped by reader
 
 DEAD_LETTER_INDEX = PREFIX + "dlq"
 """Sorted set of dead-letter ids, scored by the time they were dead-lettered (ms)."""
+
+DEAD_LETTER_REASON_COUNTS = PREFIX + "dlq-reasons"
+"""Hash of how many dead letters are stored per reason, kept by the scripts that add and
+remove letters, so the figures never read every letter."""
 
 EVENT_PREFIX = PREFIX + "event:"
 DEAD_LETTER_PREFIX = PREFIX + "dlq:"

@@ -57,6 +57,7 @@ async def replay_dead_letter(
             keys.EVENT_INDEX,
             queue_name,
             keys.arq_job_key(job_id),
+            keys.DEAD_LETTER_REASON_COUNTS,
         ],
         args=[
             letter.id,
@@ -83,6 +84,7 @@ async def purge_dead_letter(redis: Redis, letter: DeadLetter, *, dedupe_ttl_seco
             keys.DEAD_LETTER_INDEX,
             keys.event_key(letter.event_id),
             keys.event_dead_letters_key(letter.event_id),
+            keys.DEAD_LETTER_REASON_COUNTS,
         ],
         args=[letter.id, dedupe_ttl_seconds * 1000],
     )

@@ -69,17 +69,18 @@ async def collect_stats(redis: Redis, *, queue_name: str) -> Stats:
     figures = await queue_figures(redis, queue_name=queue_name)
     now_ms = int(time.time() * 1000)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zrange(keys.DEAD_LETTER_INDEX, 0, -1)
+        pipe.hgetall(keys.DEAD_LETTER_REASON_COUNTS)
         for minute in range(WINDOW_MINUTES):
             pipe.hgetall(keys.outcome_counts_key(now_ms - minute * 60_000))
-        letter_ids, *minutes = await pipe.execute()
+        stored_counts, *minutes = await pipe.execute()
     running = 0
     async for _ in redis.scan_iter(match=keys.ARQ_EVENT_JOBS_IN_PROGRESS, count=1000):
         running += 1
-    async with redis.pipeline(transaction=False) as pipe:
-        for letter_id in letter_ids:
-            pipe.hget(keys.dead_letter_key(letter_id.decode()), "reason")
-        reasons = await pipe.execute()
+    by_reason = {
+        name.decode(): int(count) for name, count in stored_counts.items() if int(count) > 0
+    }
+    if sum(by_reason.values()) != figures.dead_letters:
+        by_reason = await _count_reasons_letter_by_letter(redis)
     per_minute = [
         {name.decode(): int(value) for name, value in counts.items()} for counts in minutes
     ]
@@ -93,8 +94,19 @@ async def collect_stats(redis: Redis, *, queue_name: str) -> Stats:
         scheduled_retries=figures.scheduled,
         pending_events=figures.pending_events,
         dead_letters=figures.dead_letters,
-        dead_letters_by_reason=dict(Counter(r.decode() for r in reasons if r is not None)),
+        dead_letters_by_reason=by_reason,
         last_hour=dict(last_hour),
         oldest_pending_age_seconds=figures.oldest_pending_age_seconds,
         per_minute=per_minute,
     )
+
+
+async def _count_reasons_letter_by_letter(redis: Redis) -> dict[str, int]:
+    """The slow way, for letters stored before the per-reason counts were kept: reads every
+    letter's reason (a pipelined read per letter)."""
+    letter_ids = await redis.zrange(keys.DEAD_LETTER_INDEX, 0, -1)
+    async with redis.pipeline(transaction=False) as pipe:
+        for letter_id in letter_ids:
+            pipe.hget(keys.dead_letter_key(letter_id.decode()), "reason")
+        reasons = await pipe.execute()
+    return dict(Counter(reason.decode() for reason in reasons if reason is not None))

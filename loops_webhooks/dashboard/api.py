@@ -183,6 +183,18 @@ async def _count(request: web.Request, ids: list[str], where: DeadLetterFilter |
     return await operations.count_dead_letters(where or DeadLetterFilter())
 
 
+async def _selected(
+    request: web.Request, action: str
+) -> web.Response | tuple[list[DeadLetter], DeadLetterFilter | None]:
+    """The letters a replay or purge request selects, or, for a dry run, the answer that
+    counts them (allowed in read-only mode: it changes nothing)."""
+    ids, where, dry_run = await _selection(request)
+    if dry_run:
+        return json_response({"dry_run": True, "matched": await _count(request, ids, where)})
+    _refuse_if_read_only(request, action)
+    return await request.app[OPERATIONS].select_dead_letters(ids, where), where
+
+
 def _refuse_if_read_only(request: web.Request, action: str) -> None:
     if request.app[READ_ONLY]:
         raise Forbidden(
@@ -199,13 +211,11 @@ def _who(request: web.Request) -> dict[str, Any]:
 
 
 async def replay(request: web.Request) -> web.Response:
-    ids, where, dry_run = await _selection(request)
-    operations = request.app[OPERATIONS]
-    if dry_run:
-        return json_response({"dry_run": True, "matched": await _count(request, ids, where)})
-    _refuse_if_read_only(request, "replay")
-    letters = await operations.select_dead_letters(ids, where)
-    report = await operations.replay_dead_letters(letters)
+    selected = await _selected(request, "replay")
+    if isinstance(selected, web.Response):
+        return selected
+    letters, where = selected
+    report = await request.app[OPERATIONS].replay_dead_letters(letters)
     log.info(
         "dead letters replayed",
         filter=asdict(where) if where else None,
@@ -227,13 +237,11 @@ async def replay(request: web.Request) -> web.Response:
 
 
 async def purge(request: web.Request) -> web.Response:
-    ids, where, dry_run = await _selection(request)
-    operations = request.app[OPERATIONS]
-    if dry_run:
-        return json_response({"dry_run": True, "matched": await _count(request, ids, where)})
-    _refuse_if_read_only(request, "purge")
-    letters = await operations.select_dead_letters(ids, where)
-    purged = await operations.purge_dead_letters(letters)
+    selected = await _selected(request, "purge")
+    if isinstance(selected, web.Response):
+        return selected
+    letters, where = selected
+    purged = await request.app[OPERATIONS].purge_dead_letters(letters)
     log.info(
         "dead letters purged",
         filter=asdict(where) if where else None,

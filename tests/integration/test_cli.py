@@ -509,8 +509,9 @@ def test_a_handler_module_that_exits_at_import_makes_the_worker_exit_2_saying_so
     result = run_cli("worker", "--handlers", "exits_at_import:router", env=env)
 
     assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "importing 'exits_at_import' failed: SystemExit: 7" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "importing 'exits_at_import' failed: SystemExit: 7" in last_line
+    assert f'File "{tmp_path / "exits_at_import.py"}", line 2' in result.stderr
 
 
 def test_an_unknown_event_exits_1(workspace: Workspace) -> None:

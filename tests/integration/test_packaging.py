@@ -51,6 +51,20 @@ def test_the_wheel_ships_every_lua_script(wheel: Path) -> None:
     assert [s for s in scripts if f"loops_webhooks/workers/lua/{s}" not in names] == []
 
 
+def test_the_wheel_ships_the_dashboards_templates_and_assets(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    dashboard = REPO_ROOT / "loops_webhooks" / "dashboard"
+
+    assets = [
+        path.relative_to(dashboard).as_posix()
+        for folder in ("templates", "static")
+        for path in (dashboard / folder).iterdir()
+    ]
+
+    assert assets
+    assert [a for a in assets if f"loops_webhooks/dashboard/{a}" not in names] == []
+
+
 def test_an_install_from_the_wheel_runs_its_scripts_against_redis(
     wheel: Path, tmp_path: Path, redis_url: str
 ) -> None:

@@ -504,7 +504,11 @@ async def assert_answer_keeps_the_contract(
         assert (answer.status, document["error"]) == (400, "invalid_payload"), answer
         [letter_id] = await redis.zrange(keys.DEAD_LETTER_INDEX, 0, -1)
         letter_key = keys.dead_letter_key(letter_id.decode())
-        assert set(stored) == {keys.DEAD_LETTER_INDEX.encode(), letter_key.encode()}
+        assert set(stored) == {
+            keys.DEAD_LETTER_INDEX.encode(),
+            keys.DEAD_LETTER_REASON_COUNTS.encode(),
+            letter_key.encode(),
+        }
         letter = await redis.hgetall(letter_key)
         assert letter[b"raw"] == request.body
         assert letter[b"reason"] == b"invalid_payload"

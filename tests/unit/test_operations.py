@@ -216,6 +216,36 @@ async def test_purge_lets_a_dead_event_expire_only_once_its_last_letter_is_gone(
     assert await operations.dead_letters_of_event("evt_1") == []
 
 
+async def test_dead_letters_by_reason_are_counted_as_letters_come_and_go(
+    redis: FakeAsyncRedis, operations: Operations
+) -> None:
+    for n in range(3):
+        await receive(redis, f"evt_{n}", 1_000 + n)
+        await dead_letter(redis, f"evt_{n}", ["fulfil", "audit"], now=2_000 + n)
+    await dead_letter(redis, "evt_0", ["fulfil"], now=3_000)  # replaces its letter
+    await EventIntake(redis, queue_name=QUEUE).dead_letter_unparseable(b"[]", {}, 4_000, "no")
+
+    letters = await operations.select_dead_letters(where=DeadLetterFilter(handler="audit"))
+    await operations.replay_dead_letters(letters[:2])
+    await operations.purge_dead_letters(letters[2:])
+    stats = await operations.stats()
+
+    assert stats.dead_letters_by_reason == {"max_attempts": 3, "invalid_payload": 1}
+    assert await redis.hget(keys.DEAD_LETTER_REASON_COUNTS, "max_attempts") == b"3"
+
+
+async def test_letters_stored_before_the_counts_were_kept_are_still_counted(
+    redis: FakeAsyncRedis, operations: Operations
+) -> None:
+    await receive(redis, "evt_1", 1_000)
+    await dead_letter(redis, "evt_1", ["fulfil", "audit"], now=2_000)
+    await redis.delete(keys.DEAD_LETTER_REASON_COUNTS)
+
+    stats = await operations.stats()
+
+    assert stats.dead_letters_by_reason == {"max_attempts": 2}
+
+
 def test_dead_letter_ids_stay_distinct_whatever_colons_the_event_id_holds() -> None:
     pairs = [("a:b", "c"), ("a", "b:c"), ("a%3Ab", "c"), ("a", ""), ("a:", "")]
 

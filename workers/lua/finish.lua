@@ -11,7 +11,8 @@
 -- KEYS[7] in_progress        the job's in-progress marker (arq's)
 -- KEYS[8] retry_counter      the job's run counter (arq's)
 -- KEYS[9] event_letters      set of the event's dead-letter ids
--- KEYS[10..] one key per dead letter, in the order of ARGV[6]
+-- KEYS[10] reason_counts     hash of the number of dead letters per reason
+-- KEYS[11..] one key per dead letter, in the order of ARGV[6]
 -- ARGV[1] now                ms
 -- ARGV[2] expire_at          ms: when a finished event's record (and dedupe) expires
 -- ARGV[3] event_id
@@ -26,12 +27,12 @@
 -- Returns the next handler's due time (ms), -1 if the event is gone, -2 if it is finished.
 local event, pending, dead_letter_index, outcome_counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local queue, job_key, in_progress, retry_counter = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local event_letters = KEYS[9]
+local event_letters, reason_counts = KEYS[9], KEYS[10]
 local now, expire_at, event_id = ARGV[1], ARGV[2], ARGV[3]
 local states, handler_names = cjson.decode(ARGV[4]), cjson.decode(ARGV[5])
 local letters, outcome, counts = cjson.decode(ARGV[6]), ARGV[7], cjson.decode(ARGV[8])
 local counts_ttl_s, job_id, handler_prefix = ARGV[9], ARGV[10], ARGV[11]
-local FIRST_LETTER_KEY = 10
+local FIRST_LETTER_KEY = 11
 
 local function settle_job(next_due)
   if job_id == '' then return end
@@ -64,6 +65,9 @@ if #letters > 0 then
       flat[#flat + 1] = value
     end
     local letter_key = KEYS[FIRST_LETTER_KEY + i - 1]
+    local replaced = redis.call('HGET', letter_key, 'reason')
+    if replaced then redis.call('HINCRBY', reason_counts, replaced, -1) end
+    redis.call('HINCRBY', reason_counts, letter.reason, 1)
     redis.call('DEL', letter_key)
     redis.call('HSET', letter_key, 'raw', kept[1], 'headers', kept[2],
                'received_at', kept[3], 'event_type', kept[4], unpack(flat))

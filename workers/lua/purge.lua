@@ -6,13 +6,16 @@
 -- KEYS[2] dead_letter_index  sorted set of dead-letter ids
 -- KEYS[3] event              the event's hash
 -- KEYS[4] event_letters      set of the event's dead-letter ids
+-- KEYS[5] reason_counts      hash of the number of dead letters per reason
 -- ARGV[1] letter_id
 -- ARGV[2] dedupe_ttl_ms      how long a finished event's id is still remembered
 -- Returns 1 purged, 0 already gone.
 local letter, dead_letter_index, event, event_letters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local reason_counts = KEYS[5]
 local letter_id, dedupe_ttl_ms = ARGV[1], ARGV[2]
 
 if redis.call('EXISTS', letter) == 0 then return 0 end
+redis.call('HINCRBY', reason_counts, redis.call('HGET', letter, 'reason'), -1)
 redis.call('DEL', letter)
 redis.call('ZREM', dead_letter_index, letter_id)
 redis.call('SREM', event_letters, letter_id)

@@ -11,6 +11,7 @@
 -- KEYS[6] event_index        sorted set of every stored event id
 -- KEYS[7] queue              arq's queue
 -- KEYS[8] job_key            the event job's payload
+-- KEYS[9] reason_counts      hash of the number of dead letters per reason
 -- ARGV[1] letter_id
 -- ARGV[2] event_id
 -- ARGV[3] handler            '' for a letter of an event no handler matched
@@ -26,6 +27,7 @@
 -- Returns 1 replayed, 0 not (gone, or changed since it was read).
 local letter, dead_letter_index, event, event_letters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local pending, event_index, queue, job_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local reason_counts = KEYS[9]
 local letter_id, event_id, handler, force, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local job_id, payload, job_ttl_ms = ARGV[6], ARGV[7], ARGV[8]
 local handler_prefix, history_prefix, dead_lettered_at = ARGV[9], ARGV[10], ARGV[11]
@@ -66,6 +68,7 @@ redis.call('HDEL', event, 'finished_at', 'outcome')
 redis.call('PERSIST', event)
 redis.call('ZADD', pending, 'NX', now, event_id)
 enqueue_job(queue, job_key, job_id, payload, now, job_ttl_ms)
+redis.call('HINCRBY', reason_counts, redis.call('HGET', letter, 'reason'), -1)
 redis.call('DEL', letter)
 redis.call('ZREM', dead_letter_index, letter_id)
 redis.call('SREM', event_letters, letter_id)
