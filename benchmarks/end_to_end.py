@@ -1,11 +1,11 @@
 """End to end: receipt-to-handler-start latency at a fixed offered rate, and peak memory.
 
-Starts its own ``redis-server`` (loopback, AOF on with ``appendfsync everysec``), one
-``loops-webhooks serve`` and one ``loops-webhooks worker`` whose one async handler, on
-``checkout.session.completed``, appends the event id and ``time.time()`` to a file as its first
-statement. An open-loop load generator (aiohttp) sends unique signed ~600-byte events at a
-fixed rate: each send is scheduled by the clock, never by the previous answer. Then, per
-event handled:
+Starts its own ``redis-server`` (loopback, AOF on with ``appendfsync always``, as the
+durability promise needs), one ``loops-webhooks serve`` and one ``loops-webhooks worker``
+whose one async handler, on ``checkout.session.completed``, appends the event id and
+``time.time()`` to a file as its first statement. An open-loop load generator (aiohttp)
+sends unique signed ~600-byte events at a fixed rate: each send is scheduled by the clock,
+never by the previous answer. Then, per event handled:
 
 - receipt to handler start: handler start - ``received_at`` of the event's hash (the receiver's
   clock reading, in whole ms, when the request reached the view);
@@ -208,7 +208,7 @@ def redis_command(workdir: Path) -> tuple[list[str], int]:
     command = [
         str(find_redis_server()),
         "--bind", "127.0.0.1", "--port", str(port), "--dir", str(redis_dir),
-        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        "--appendonly", "yes", "--appendfsync", "always", "--save", "",
     ]  # fmt: skip
     return command, port
 

@@ -1,11 +1,13 @@
 """Load test: the receiver against a bare aiohttp handler, in one run, on this machine's loopback.
 
-Each server gets core 0 (the receiver shares it with its Redis); ``wrk`` gets core 1 and sends
+Each server gets core 0, both on uvloop; the receiver's Redis (``appendfsync always``) gets
+core 1, as production gives Redis a host of its own, and shares it with ``wrk``, which sends
 the same load to both: unique, signed, ~600-byte Loops events over 64 connections for N
-seconds. Prints req/s, p50, p99 and errors for both and their ratio, and writes the figures
-as JSON to ``benchmarks/results/``. See ``benchmarks/README.md``.
+seconds. Both run once per round, one after the other; prints req/s, p50, p99 and errors per
+round, each round's ratio and the median ratio, and writes the figures as JSON to
+``benchmarks/results/``. See ``benchmarks/README.md``.
 
-    python benchmarks/receiver.py [--seconds 10] [--connections 64]
+    python benchmarks/receiver.py [--seconds 10] [--connections 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +33,7 @@ from processes import cpu_seconds, free_port, pinned_process, wait_for_port
 
 SERVER_CORE = 0
 LOAD_CORE = 1
+REDIS_CORE = 1
 SECRET = "whsec_benchmark_only"
 WEBHOOK_PATH = "/webhooks/loops"
 EVENTS_PER_SECOND_OF_LOAD = 20_000
@@ -68,7 +72,9 @@ end
 
 
 def bare_server(port: int) -> None:
-    """The baseline: read the body, answer 200 ``{"received": true}``, nothing else."""
+    """The baseline: read the body, answer 200 ``{"received": true}``, nothing else; on
+    uvloop, as the receiver runs."""
+    import uvloop
     from aiohttp import web
 
     async def receive(request: web.Request) -> web.Response:
@@ -77,7 +83,14 @@ def bare_server(port: int) -> None:
 
     app = web.Application()
     app.router.add_post(WEBHOOK_PATH, receive)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=port,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+    )
 
 
 def write_events(path: Path, count: int) -> None:
@@ -139,10 +152,12 @@ def run_wrk(
     }
 
 
-def measure_bare(wrk: str, events: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def measure_bare(
+    wrk: str, events: Path, workdir: Path, args: argparse.Namespace, round_: int
+) -> dict[str, Any]:
     port = free_port()
     command = [sys.executable, __file__, "bare-server", "--port", str(port)]
-    with pinned_process(command, SERVER_CORE, workdir / "bare.log") as server:
+    with pinned_process(command, SERVER_CORE, workdir / f"bare-{round_}.log") as server:
         wait_for_port(port, server)
         url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
         before = cpu_seconds(server.pid)
@@ -152,17 +167,17 @@ def measure_bare(wrk: str, events: Path, workdir: Path, args: argparse.Namespace
 
 
 def measure_receiver(
-    wrk: str, events: Path, workdir: Path, args: argparse.Namespace
+    wrk: str, events: Path, workdir: Path, args: argparse.Namespace, round_: int
 ) -> dict[str, Any]:
     from loops_webhooks.embedded_redis import find_redis_server
 
     redis_port, port = free_port(), free_port()
-    redis_dir = workdir / "redis"
+    redis_dir = workdir / f"redis-{round_}"
     redis_dir.mkdir()
     redis_command = [
         str(find_redis_server()),
         "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(redis_dir),
-        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        "--appendonly", "yes", "--appendfsync", "always", "--save", "",
     ]  # fmt: skip
     receiver_command = [
         str(Path(sys.executable).parent / "loops-webhooks"),
@@ -171,11 +186,12 @@ def measure_receiver(
     receiver_env = {
         "LOOPS_WEBHOOK_SECRET": SECRET,
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "LOOPS_METRICS_PORT": str(free_port()),
     }
     with (
-        pinned_process(redis_command, SERVER_CORE, workdir / "redis.log") as redis_server,
+        pinned_process(redis_command, REDIS_CORE, workdir / f"redis-{round_}.log") as redis_server,
         pinned_process(
-            receiver_command, SERVER_CORE, workdir / "receiver.log", receiver_env
+            receiver_command, SERVER_CORE, workdir / f"receiver-{round_}.log", receiver_env
         ) as receiver,
     ):
         wait_for_port(redis_port, redis_server)
@@ -202,36 +218,42 @@ def stored_events(redis_port: int) -> int:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    rows = [("target", "req/s", "p50 ms", "p99 ms", "errors", "requests")]
-    for name in ("bare_aiohttp", "receiver"):
-        r = results[name]
-        rows.append(
-            (
-                name,
-                f"{r['req_per_s']:.0f}",
-                f"{r['p50_ms']:.2f}",
-                f"{r['p99_ms']:.2f}",
-                str(r["errors"]),
-                str(r["requests"]),
+    rows = [("round", "target", "req/s", "p50 ms", "p99 ms", "errors", "requests", "CPU s")]
+    for number, run in enumerate(results["rounds"], 1):
+        for name in ("bare_aiohttp", "receiver"):
+            r = run[name]
+            rows.append(
+                (
+                    str(number),
+                    name,
+                    f"{r['req_per_s']:.0f}",
+                    f"{r['p50_ms']:.2f}",
+                    f"{r['p99_ms']:.2f}",
+                    str(r["errors"]),
+                    str(r["requests"]),
+                    " + ".join(f"{v:.1f}" for v in r["cpu_seconds"].values()),
+                )
             )
-        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
-    print(f"receiver / bare = {results['ratio']:.2f}x")
+    ratios = " ".join(f"{run['ratio']:.2f}" for run in results["rounds"])
+    print(f"receiver / bare per round: {ratios}")
+    print(f"receiver / bare, median of {len(results['rounds'])} rounds = {results['ratio']:.2f}x")
+    print(f"receiver p99, median of the rounds = {results['receiver_p99_ms']:.1f} ms")
+    stored = " ".join(str(run["receiver"]["events_stored"]) for run in results["rounds"])
+    print(f"events stored by the receiver per round: {stored} (in-flight requests included)")
     print(
-        f"events stored by the receiver: {results['receiver']['events_stored']} "
-        "(requests still in flight when wrk stopped are stored too)"
+        f"CPU s: bare = server on core {SERVER_CORE}; "
+        f"receiver = receiver on core {SERVER_CORE} + Redis on core {REDIS_CORE} (with wrk)"
     )
-    for name in ("bare_aiohttp", "receiver"):
-        used = ", ".join(f"{k} {v:.1f}" for k, v in results[name]["cpu_seconds"].items())
-        print(f"CPU seconds under load on core {SERVER_CORE}, {name}: {used}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="load per target (%(default)s)")
     parser.add_argument("--connections", type=int, default=64, help="(%(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each (%(default)s)")
     commands = parser.add_subparsers(dest="command")
     bare = commands.add_parser("bare-server", help="run the baseline server (used internally)")
     bare.add_argument("--port", type=int, required=True)
@@ -269,15 +291,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "events_generated": event_count,
                 "event_bytes": events.stat().st_size // event_count - 66,
             },
-            "bare_aiohttp": measure_bare(wrk, events, workdir, args),
-            "receiver": measure_receiver(wrk, events, workdir, args),
+            "setup": {
+                "server_core": SERVER_CORE,
+                "redis_core": REDIS_CORE,
+                "load_core": LOAD_CORE,
+                "event_loop": "uvloop (both servers)",
+                "redis": "appendonly yes, appendfsync always",
+            },
+            "rounds": [],
         }
-    results["ratio"] = round(
-        results["receiver"]["req_per_s"] / results["bare_aiohttp"]["req_per_s"], 3
+        for round_ in range(args.rounds):
+            # Alternate which goes first, so neither always runs on a machine the other warmed.
+            order = [("bare_aiohttp", measure_bare), ("receiver", measure_receiver)]
+            run = {
+                name: measure(wrk, events, workdir, args, round_)
+                for name, measure in (order if round_ % 2 == 0 else order[::-1])
+            }
+            run["ratio"] = round(run["receiver"]["req_per_s"] / run["bare_aiohttp"]["req_per_s"], 3)
+            results["rounds"].append(run)
+            print(f"round {round_ + 1}: receiver / bare = {run['ratio']:.2f}x", flush=True)
+            for name in ("bare_aiohttp", "receiver"):
+                if run[name]["requests"] > event_count:
+                    print(f"warning: {name} got more requests than unique events", file=sys.stderr)
+    results["ratio"] = statistics.median(run["ratio"] for run in results["rounds"])
+    results["receiver_p99_ms"] = statistics.median(
+        run["receiver"]["p99_ms"] for run in results["rounds"]
     )
-    for name in ("bare_aiohttp", "receiver"):
-        if results[name]["requests"] > event_count:
-            print(f"warning: {name} got more requests than unique events", file=sys.stderr)
 
     print_table(results)
     RESULTS_DIR.mkdir(exist_ok=True)

@@ -5,7 +5,9 @@ script starts (no persistence, loopback only), with the same concurrency and pol
 a JSON job serializer:
 
 - ``bare_arq``: ``arq.worker.Worker`` running a no-op job, jobs enqueued with
-  ``ArqRedis.enqueue_job``, ``keep_result=0`` (ours keeps no result either);
+  ``ArqRedis.enqueue_job``, ``keep_result=0`` (ours keeps no result either), on arq's own
+  (the standard library's) event loop;
+- ``bare_arq_uvloop``: the same on uvloop, as ours runs;
 - ``loops_webhooks``: ``loops-webhooks worker`` with one no-op async handler on ``"*"``,
   events recorded and enqueued with ``EventIntake.submit`` (the receiver's producer API), so
   every job does the full bookkeeping: begin, parse, run, finish, log line;
@@ -87,10 +89,15 @@ async def noop(ctx: dict[str, Any], event_id: str, event_type: str) -> None:
     """The bare worker's job: same arguments as ``process_event``, does nothing."""
 
 
-def run_bare_worker(redis_url: str, concurrency: int, poll_delay: float) -> None:
+def run_bare_worker(redis_url: str, concurrency: int, poll_delay: float, on_uvloop: bool) -> None:
     """The baseline, run in its own process by this script."""
     from arq.connections import RedisSettings
     from arq.worker import Worker, func
+
+    if on_uvloop:
+        import uvloop
+
+        asyncio.set_event_loop(uvloop.new_event_loop())  # arq's Worker runs on the current loop
 
     Worker(
         functions=[func(noop, name=BARE_JOB)],
@@ -264,13 +271,14 @@ def measure(
 
     reset_redis(redis_url)
     log = workdir / f"{contender}-{round_}.log"
-    if contender == "bare_arq":
+    if contender.startswith("bare_arq"):
         asyncio.run(preload_bare(redis_url, args.events))
         queue = BARE_QUEUE
         command = [
             sys.executable, __file__,
             "--concurrency", str(args.concurrency), "--poll-delay", str(args.poll_delay),
             "bare-arq-worker", "--redis-url", redis_url,
+            *(["--uvloop"] if contender == "bare_arq_uvloop" else []),
         ]  # fmt: skip
         env: dict[str, str] = {}
     else:
@@ -290,7 +298,7 @@ def measure(
     reset_stats(redis_url)
     with pinned_process(command, WORKER_CORE, log, env) as worker:
         figures = drain(redis_url, queue, args.events, worker, log, redis_pid)
-    if contender != "bare_arq":
+    if not contender.startswith("bare_arq"):
         figures["events_left_pending"] = pending_events(redis_url)
     return figures
 
@@ -311,7 +319,8 @@ def pending_events(redis_url: str) -> int:
         return int(client.zcard(keys.PENDING_EVENTS))
 
 
-CONTENDERS = ("bare_arq", "loops_webhooks", "loops_webhooks_quiet")
+CONTENDERS = ("bare_arq", "bare_arq_uvloop", "loops_webhooks", "loops_webhooks_quiet")
+OURS = ("loops_webhooks", "loops_webhooks_quiet")
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -342,8 +351,11 @@ def print_table(results: dict[str, Any]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
-    for name in CONTENDERS[1:]:
-        print(f"{name} / bare_arq = {results['ratio'][name]:.2f}x")
+    for name in OURS:
+        print(
+            f"{name} / bare_arq = {results['ratio'][name]:.2f}x, "
+            f"/ bare_arq_uvloop = {results['ratio_to_uvloop'][name]:.2f}x (medians)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -359,10 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     bare = commands.add_parser("bare-arq-worker", help="run the baseline (used internally)")
     bare.add_argument("--redis-url", required=True)
+    bare.add_argument("--uvloop", action="store_true", help="run arq on uvloop")
     args = parser.parse_args(argv)
 
     if args.command == "bare-arq-worker":
-        run_bare_worker(args.redis_url, args.concurrency, args.poll_delay)
+        run_bare_worker(args.redis_url, args.concurrency, args.poll_delay, args.uvloop)
         return 0
     if len(os.sched_getaffinity(0)) < 2:
         print("needs two CPU cores: one for the worker, one for Redis", file=sys.stderr)
@@ -425,9 +438,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "redis": "dedicated redis-server on loopback, no persistence",
         },
         "summary": summary,
-        "ratio": {
-            name: round(summary[name]["jobs_per_s_median"] / bare_rate, 3)
-            for name in CONTENDERS[1:]
+        "ratio": {name: round(summary[name]["jobs_per_s_median"] / bare_rate, 3) for name in OURS},
+        "ratio_to_uvloop": {
+            name: round(
+                summary[name]["jobs_per_s_median"]
+                / summary["bare_arq_uvloop"]["jobs_per_s_median"],
+                3,
+            )
+            for name in OURS
         },
         "runs": runs,
     }

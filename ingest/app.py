@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from loops_webhooks.ingest import metrics, views
 from loops_webhooks.ingest.app_keys import (
     BODY_SLOTS,
+    EVENT_IDENTITY,
     INTAKE,
     OUTCOME,
     REDIS,
@@ -107,7 +108,6 @@ async def _answer_and_log(request: web.Request, handler: Handler) -> web.StreamR
     """Every error leaves as ``{"error", "detail"}`` JSON with its one status code; every
     request leaves one log line with its outcome and duration; webhook requests are counted."""
     started = time.perf_counter()
-    structlog.contextvars.clear_contextvars()
     try:
         response = await handler(request)
     except web.HTTPException as http_error:
@@ -121,6 +121,7 @@ async def _answer_and_log(request: web.Request, handler: Handler) -> web.StreamR
     if outcome is not None:
         metrics.REQUESTS_BY_OUTCOME[outcome].inc()
         metrics.REQUEST_DURATION.observe(duration)
+    event_id, event_type = request.get(EVENT_IDENTITY, (None, None))
     log.info(
         "request",
         method=request.method,
@@ -128,6 +129,8 @@ async def _answer_and_log(request: web.Request, handler: Handler) -> web.StreamR
         status=response.status,
         outcome=outcome,
         duration_ms=round(duration * 1000, 2),
+        event_id=event_id,
+        event_type=event_type,
     )
     return response
 

@@ -11,7 +11,16 @@ from loops_webhooks.ingest.signature import SignatureVerifier
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers.intake import EventIntake
 
-__all__ = ["BODY_SLOTS", "INTAKE", "OUTCOME", "REDIS", "REDIS_URL", "SETTINGS", "VERIFIER"]
+__all__ = [
+    "BODY_SLOTS",
+    "EVENT_IDENTITY",
+    "INTAKE",
+    "OUTCOME",
+    "REDIS",
+    "REDIS_URL",
+    "SETTINGS",
+    "VERIFIER",
+]
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS_URL = web.AppKey("redis_url", str)
@@ -23,3 +32,7 @@ BODY_SLOTS = web.AppKey("body_slots", asyncio.Semaphore)
 
 OUTCOME = web.RequestKey("outcome", str)
 """Request key: what became of a webhook request (a metrics outcome label)."""
+EVENT_IDENTITY = web.RequestKey("event_identity", tuple[str, str])
+"""Request key: the (id, type) of the event a webhook request stored, for its log line
+(a request key, not structlog's contextvars: cheaper on the hot path, and the line is the
+only place that needs them)."""

@@ -14,7 +14,15 @@ from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_urldispatcher import _default_expect_handler
 from redis.exceptions import RedisError
 
-from loops_webhooks.ingest.app_keys import BODY_SLOTS, INTAKE, OUTCOME, REDIS, SETTINGS, VERIFIER
+from loops_webhooks.ingest.app_keys import (
+    BODY_SLOTS,
+    EVENT_IDENTITY,
+    INTAKE,
+    OUTCOME,
+    REDIS,
+    SETTINGS,
+    VERIFIER,
+)
 from loops_webhooks.ingest.errors import (
     BodyTimeout,
     InvalidBody,
@@ -56,7 +64,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     write_started = time.perf_counter()
     created = await _acknowledged(request.app[INTAKE].submit(event), deadline)
     REDIS_WRITE_DURATION.observe(time.perf_counter() - write_started)
-    structlog.contextvars.bind_contextvars(event_id=event_id, event_type=event_type)
+    request[EVENT_IDENTITY] = (event_id, event_type)
     request[OUTCOME] = "accepted" if created else "duplicate"
     return json_response({"received": True, "id": event_id, "duplicate": not created})
 
@@ -101,14 +109,21 @@ async def _read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(too_large)
     slots = request.app[BODY_SLOTS]
+    # No timer where nothing can wait: a free slot is taken at once, and a body that arrived
+    # with its headers (the usual webhook) is already whole. Timers are per request costs.
     try:
-        async with asyncio.timeout(timeout):
+        if slots.locked():
+            async with asyncio.timeout(timeout):
+                await slots.acquire()
+        else:
             await slots.acquire()
     except TimeoutError:
         raise ReceiverBusy(
             f"{settings.max_concurrent_bodies} request bodies are being read; retry later"
         ) from None
     try:
+        if request.content.is_eof():
+            return await request.read()
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError:

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from loops_webhooks import operator_commands as operations
 from loops_webhooks.embedded_redis import EmbeddedRedisError, ensure_embedded_redis
+from loops_webhooks.event_loop import new_event_loop
 from loops_webhooks.logs import configure_logging
 from loops_webhooks.operator_commands import RedisUnreachable, UsageError
 from loops_webhooks.redis_url import redacted_url
@@ -146,7 +147,13 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
     # aiohttp closes a connection whose request headers are not complete within its
     # keep-alive timeout (counted from the connection's start or its last response).
-    _run_app(app, args, print=listening, keepalive_timeout=settings.read_timeout_seconds)
+    _run_app(
+        app,
+        args,
+        print=listening,
+        keepalive_timeout=settings.read_timeout_seconds,
+        loop=new_event_loop(),
+    )
     return EXIT_OK
 
 
@@ -172,6 +179,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     router = _load_handlers(args, settings)
     for warning in pattern_warnings(router):
         _log().warning(warning)
+    asyncio.set_event_loop(new_event_loop())  # arq's Worker runs on the current loop
     try:
         build_worker(settings, redis_url_for(settings), router).run()
     except (RedisError, OSError) as error:

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter
-from loops_webhooks.workers.scripts import register_script
+from loops_webhooks.workers.scripts import BatchedScript
 
 __all__ = [
     "Action",
@@ -114,8 +114,8 @@ class EventStore:
         self._redis = redis
         self._queue_name = queue_name
         self._dedupe_ttl_ms = dedupe_ttl_seconds * 1000
-        self._begin = register_script(redis, "begin")
-        self._finish = register_script(redis, "finish")
+        self._begin = BatchedScript(redis, "begin")
+        self._finish = BatchedScript(redis, "finish")
 
     async def begin(
         self, event_id: str, limits: Sequence[tuple[str, int]], now_ms: int

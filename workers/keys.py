@@ -14,6 +14,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 __all__ = [
     "ARQ_EVENT_JOBS_IN_PROGRESS",
     "ARQ_IN_PROGRESS_PREFIX",
+    "ARQ_JOB_PREFIX",
     "DEAD_LETTER_INDEX",
     "DEAD_LETTER_PREFIX",
     "DEAD_LETTER_REASON_COUNTS",
@@ -119,6 +120,9 @@ def arq_job_key(job_id: str) -> str:
 
 ARQ_IN_PROGRESS_PREFIX = in_progress_key_prefix
 """arq marks a job taken by a worker with this prefix and the job id."""
+
+ARQ_JOB_PREFIX = job_key_prefix
+"""arq keeps a job's payload under this prefix and the job id."""
 
 ARQ_EVENT_JOBS_IN_PROGRESS = in_progress_key_prefix + job_id_for_event("*")
 """Pattern matching the in-progress markers of event jobs, for counting running ones."""

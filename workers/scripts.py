@@ -7,13 +7,17 @@ has the library ``enqueue_job.lua`` prepended, so that step is written once.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
-__all__ = ["SCRIPTS", "register_script", "script_source"]
+__all__ = ["SCRIPTS", "BatchedScript", "register_script", "script_source"]
 
 SCRIPTS: dict[str, tuple[str, ...]] = {
     "record_and_enqueue": ("enqueue_job",),
@@ -39,3 +43,76 @@ def script_source(name: str) -> str:
 def register_script(redis: Redis, name: str) -> AsyncScript:
     """The script, bound to ``redis`` (EVALSHA, loading it once if Redis does not know it)."""
     return redis.register_script(script_source(name))
+
+
+class BatchedScript:
+    """A script whose calls made within one event-loop tick share one Redis round trip.
+
+    A worker's jobs move in step (claimed together, begun together, finished together), so
+    calls of one tick are many; one pipeline of EVALSHA for all of them costs the client one
+    connection checkout, one write and one read instead of one of each per call, which was
+    the larger part of a short job's CPU. Each caller gets its own reply or its own error;
+    a script Redis does not know (new or restarted Redis) is loaded and its calls run again.
+    Calls are independent, as before: no transaction joins them.
+    """
+
+    def __init__(self, redis: Redis, name: str) -> None:
+        self._redis = redis
+        self._script = register_script(redis, name)
+        self._waiting: list[tuple[Sequence[Any], Sequence[Any], asyncio.Future[Any]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, *, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._start_flush)
+        self._waiting.append((keys, args, future))
+        return await future
+
+    def _start_flush(self) -> None:
+        batch, self._waiting = self._waiting, []
+        task = asyncio.create_task(self._flush(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(
+        self, batch: list[tuple[Sequence[Any], Sequence[Any], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            if len(batch) == 1:
+                script_keys, args, _ = batch[0]
+                replies: list[Any] = [await self._script(keys=script_keys, args=args)]
+            else:
+                replies = await self._pipelined(batch)
+        except BaseException as error:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for (*_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _pipelined(
+        self, batch: list[tuple[Sequence[Any], Sequence[Any], asyncio.Future[Any]]]
+    ) -> list[Any]:
+        sha = self._script.sha
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script_keys, args, _ in batch:
+                pipe.evalsha(sha, len(script_keys), *script_keys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for index, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                script_keys, args, _ = batch[index]
+                try:
+                    replies[index] = await self._script(keys=script_keys, args=args)
+                except Exception as error:
+                    replies[index] = error
+        return replies
