@@ -13,6 +13,7 @@ import aiohttp_jinja2
 import orjson
 import structlog
 from aiohttp import web
+from yarl import URL
 
 from loops_webhooks.dashboard import queries
 from loops_webhooks.dashboard.api import pretty_body
@@ -37,10 +38,17 @@ def is_https(request: web.Request) -> bool:
 
 
 def _local_path(target: str) -> str:
-    """Where to go after logging in: a path of this site only, never another site."""
-    if target.startswith("/") and not target.startswith(("//", "/\\")):
-        return target
-    return "/"
+    """Where to go after logging in: a path of this site only, never another site.
+
+    Anything with a control character or a backslash is refused outright: URL parsers drop
+    tabs and newlines, so ``/<tab>/evil.example`` would leave as ``//evil.example``.
+    """
+    if any(ord(char) < 0x20 or char in "\\\x7f" for char in target):
+        return "/"
+    url = URL(target)
+    if url.is_absolute() or url.scheme or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
 
 
 def _next_page(request: web.Request, cursor: str | None) -> str | None:
