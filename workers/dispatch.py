@@ -139,7 +139,10 @@ class Dispatcher:
             await _despite_cancellation(
                 self._record(event, handlers, outcomes, refunds, settle_job=job_id)
             )
-            raise
+            # A plain CancelledError, not the subclass that carried the outcomes: Python
+            # 3.11's asyncio.timeout turns only the exact type into its TimeoutError, which
+            # is how the worker tells the job's time limit from a shutdown.
+            raise asyncio.CancelledError from None
         next_due = await _despite_cancellation(
             self._record(event, handlers, outcomes, settle_job=job_id)
         )
@@ -347,16 +350,18 @@ class Dispatcher:
                     error_message=f"no handler matches the type {event.event_type!r}",
                 )
             )
-        await self._until_written(
-            lambda: self._store.finish(
-                event,
-                {},
-                [],
-                letters,
-                now_ms=now,
-                outcome=DeadLetterReason.UNHANDLED,
-                counts={"unhandled": 1},
-                settle_job=job_id,
+        await _despite_cancellation(
+            self._until_written(
+                lambda: self._store.finish(
+                    event,
+                    {},
+                    [],
+                    letters,
+                    now_ms=now,
+                    outcome=DeadLetterReason.UNHANDLED,
+                    counts={"unhandled": 1},
+                    settle_job=job_id,
+                )
             )
         )
 

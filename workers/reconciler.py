@@ -71,8 +71,12 @@ class Reconciler:
         while True:
             try:
                 repaired = await self.reconcile_once()
-            except RedisError as error:
+            except (RedisError, OSError) as error:
                 log.warning("reconciler could not reach Redis", error=str(error))
+            except Exception:
+                # A pass that fails for another reason must not end the reconciler for good:
+                # it is what repairs lost jobs, and nothing else would notice it had stopped.
+                log.exception("reconciler pass failed; the next one runs as usual")
             else:
                 if repaired:
                     log.warning("re-enqueued events that had no live job", count=repaired)

@@ -720,6 +720,28 @@ async def test_a_job_cancelled_at_its_time_limit_counts_the_attempt_and_reschedu
     assert await deliveries.redis.zscore(QUEUE, job_id) == state.next_attempt_at
 
 
+async def test_a_job_reaching_its_time_limit_surfaces_as_the_timeouts_own_error(
+    deliveries: Deliveries,
+) -> None:
+    """The worker tells the job's time limit (attempts count, the job is settled) from a
+    shutdown by asyncio.timeout's TimeoutError; on Python 3.11 only an exact CancelledError
+    becomes one, so the dispatcher must not let its outcome-carrying subclass out."""
+
+    async def slow(event: Event, ctx: HandlerContext) -> None:
+        await asyncio.sleep(60)
+
+    dispatcher = worker_dispatcher(deliveries, router_with(("slow", slow)), shutting_down=False)
+    event_id = await deliveries.record()
+    job_id = await claim_job(deliveries, event_id)
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await dispatcher.process(event_id, COMPLETED, job_id=job_id)
+
+    state = await deliveries.state(event_id, "slow")
+    assert (state.status, state.attempts) == (HandlerStatus.RETRY, 1)
+
+
 class ProcessLevel(BaseException):
     """A custom BaseException, outside the Exception hierarchy."""
 
