@@ -23,7 +23,6 @@ __all__ = [
     "DeadLetterReason",
     "build_dead_letter",
     "get_dead_letter",
-    "list_dead_letters",
 ]
 
 TRACEBACK_LIMIT = 8192
@@ -133,13 +132,3 @@ def build_dead_letter(
 async def get_dead_letter(redis: Redis, letter_id: str) -> DeadLetter | None:
     stored = await redis.hgetall(keys.dead_letter_key(letter_id))  # type: ignore[misc]
     return DeadLetter.from_redis(stored) if stored else None
-
-
-async def list_dead_letters(redis: Redis, *, since_ms: int = 0) -> list[DeadLetter]:
-    """Dead letters dead-lettered at or after ``since_ms``, newest first."""
-    ids = await redis.zrevrangebyscore(keys.DEAD_LETTER_INDEX, "+inf", since_ms)
-    async with redis.pipeline(transaction=False) as pipe:
-        for letter_id in ids:
-            pipe.hgetall(keys.dead_letter_key(letter_id.decode()))
-        stored = await pipe.execute()
-    return [DeadLetter.from_redis(entry) for entry in stored if entry]

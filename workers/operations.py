@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
-from loops_webhooks.workers.dead_letters import DeadLetter
+from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
 from loops_webhooks.workers.event_store import EventStatus, EventStore, StoredEvent
 from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
 from loops_webhooks.workers.stats import Stats, collect_stats
@@ -157,10 +157,10 @@ class Operations:
         return await index.page(self._redis, where.since_ms, where.matches, limit, cursor)
 
     async def get_dead_letter(self, letter_id: str) -> DeadLetter:
-        stored = await self._redis.hgetall(keys.dead_letter_key(letter_id))  # type: ignore[misc]
-        if not stored:
+        letter = await get_dead_letter(self._redis, letter_id)
+        if letter is None:
             raise NotFound(f"dead letter {letter_id!r} not found")
-        return DeadLetter.from_redis(stored)
+        return letter
 
     async def dead_letters_of_event(self, event_id: str) -> list[DeadLetter]:
         """Every dead letter of one event, as the event's own set of letter ids lists them."""

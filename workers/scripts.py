@@ -29,6 +29,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "purge": (),
     "reenqueue_orphans": ("enqueue_job",),
     "trim_event_index": (),
+    "recount_dead_letter_reasons": (),
 }
 """Every script, with the libraries it needs."""
 

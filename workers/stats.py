@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
+from loops_webhooks.workers.scripts import register_script
 
 __all__ = ["QueueFigures", "Stats", "collect_stats", "queue_figures"]
 
@@ -102,11 +103,11 @@ async def collect_stats(redis: Redis, *, queue_name: str) -> Stats:
 
 
 async def _count_reasons_letter_by_letter(redis: Redis) -> dict[str, int]:
-    """The slow way, for letters stored before the per-reason counts were kept: reads every
-    letter's reason (a pipelined read per letter)."""
-    letter_ids = await redis.zrange(keys.DEAD_LETTER_INDEX, 0, -1)
-    async with redis.pipeline(transaction=False) as pipe:
-        for letter_id in letter_ids:
-            pipe.hget(keys.dead_letter_key(letter_id.decode()), "reason")
-        reasons = await pipe.execute()
-    return dict(Counter(reason.decode() for reason in reasons if reason is not None))
+    """The slow way, when the kept counts disagree with the index (letters stored before the
+    counts were kept): reads every letter's reason, in one script that also stores the result,
+    so the next call is the fast one again."""
+    reply = await register_script(redis, "recount_dead_letter_reasons")(
+        keys=[keys.DEAD_LETTER_INDEX, keys.DEAD_LETTER_REASON_COUNTS],
+        args=[keys.DEAD_LETTER_PREFIX],
+    )
+    return {reply[i].decode(): int(reply[i + 1]) for i in range(0, len(reply), 2)}

@@ -244,6 +244,24 @@ async def test_letters_stored_before_the_counts_were_kept_are_still_counted(
     stats = await operations.stats()
 
     assert stats.dead_letters_by_reason == {"max_attempts": 2}
+    assert await redis.hget(keys.DEAD_LETTER_REASON_COUNTS, "max_attempts") == b"2"
+
+
+async def test_counts_left_short_by_letters_from_before_are_rebuilt_and_stay_right(
+    redis: FakeAsyncRedis, operations: Operations
+) -> None:
+    await receive(redis, "evt_1", 1_000)
+    await dead_letter(redis, "evt_1", ["fulfil", "audit", "notify"], now=2_000)
+    await redis.delete(keys.DEAD_LETTER_REASON_COUNTS)
+    [first, *_] = await operations.select_dead_letters(where=DeadLetterFilter())
+    await operations.purge_dead_letters([first])  # leaves the counts at -1
+
+    assert (await operations.stats()).dead_letters_by_reason == {"max_attempts": 2}
+    await operations.purge_dead_letters(
+        await operations.select_dead_letters(where=DeadLetterFilter())
+    )
+    assert (await operations.stats()).dead_letters_by_reason == {}
+    assert await redis.hget(keys.DEAD_LETTER_REASON_COUNTS, "max_attempts") == b"0"
 
 
 def test_dead_letter_ids_stay_distinct_whatever_colons_the_event_id_holds() -> None:
