@@ -380,7 +380,9 @@ def _parser() -> argparse.ArgumentParser:
         command("worker", worker, "Run a worker: run the matching handlers for stored events.")
     )
     dev_parser = command(
-        "dev", dev, "Run the receiver and a worker together, for development (Ctrl-C stops)."
+        "dev",
+        dev,
+        "Run the receiver, a worker and the dashboard together, for development (Ctrl-C stops).",
     )
     network_options(dev_parser)
     worker_options(dev_parser)

@@ -44,7 +44,8 @@ def run_dev(
     env = dict(os.environ, REDIS_URL=redis_url)
     env.setdefault("LOOPS_LOG_FORMAT", "console")
     url = f"http://{host}:{port}{webhook_path}"
-    print(f"loops-webhooks dev: receiver at {url}, worker with LOOPS_HANDLERS", flush=True)
+    handlers = worker_options[worker_options.index("--handlers") + 1]
+    print(f"loops-webhooks dev: receiver at {url}, worker with handlers {handlers}", flush=True)
     send = f"{send_command} send checkout.session.completed --url {url}"
     if secret_configured:
         print("  signing secret: LOOPS_WEBHOOK_SECRET", flush=True)

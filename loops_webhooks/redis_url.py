@@ -51,9 +51,7 @@ class SentinelAddress:
 
 
 def _malformed(problem: str) -> InvalidRedisUrl:
-    return InvalidRedisUrl(
-        f"REDIS_URL is not a valid Sentinel URL ({problem}); expected {SENTINEL_URL_SHAPE}"
-    )
+    return InvalidRedisUrl(f"not a valid Sentinel URL ({problem}); expected {SENTINEL_URL_SHAPE}")
 
 
 def _host_and_port(text: str) -> tuple[str, int]:

@@ -546,7 +546,7 @@ def test_a_malformed_sentinel_url_exits_2_naming_redis_url(
     result = run_cli(*command, env=env)
 
     assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "REDIS_URL is not a valid Sentinel URL (no master name" in result.stderr
+    assert "REDIS_URL: not a valid Sentinel URL (no master name" in result.stderr
     assert "hunter2" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
