@@ -34,6 +34,7 @@ from loops_webhooks.settings import (
     effective_settings,
     read_settings,
 )
+from loops_webhooks.workers.dead_letters import DeadLetterReason
 from loops_webhooks.workers.registry import HandlerLoadError
 
 if TYPE_CHECKING:
@@ -442,6 +443,11 @@ def _parser() -> argparse.ArgumentParser:
     def filters(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--type", help="only dead letters of this event type")
         sub.add_argument("--handler", help="only dead letters of this handler")
+        sub.add_argument(
+            "--reason",
+            choices=[reason.value for reason in DeadLetterReason],
+            help="only dead letters of this reason",
+        )
         sub.add_argument(
             "--since", type=operations.parse_since, help="ISO time or a duration ago (15m, 2d)"
         )

@@ -207,15 +207,21 @@ async def list_events(operations: Operations, args: argparse.Namespace) -> int:
     return 0
 
 
+def _filter(args: argparse.Namespace) -> DeadLetterFilter:
+    """The dead-letter filter the options give: ``--type``, ``--handler``, ``--reason``,
+    ``--since``."""
+    return DeadLetterFilter(
+        event_type=args.type, handler=args.handler, reason=args.reason, since_ms=args.since
+    )
+
+
 async def _select(operations: Operations, args: argparse.Namespace) -> list[DeadLetter]:
-    """Dead letters by id, or by filters (type, handler, since), newest first."""
-    where = DeadLetterFilter(event_type=args.type, handler=args.handler, since_ms=args.since)
-    return await operations.select_dead_letters(getattr(args, "ids", None) or (), where)
+    """Dead letters by id, or by the filters, newest first."""
+    return await operations.select_dead_letters(getattr(args, "ids", None) or (), _filter(args))
 
 
 async def list_letters(operations: Operations, args: argparse.Namespace) -> int:
-    where = DeadLetterFilter(event_type=args.type, handler=args.handler, since_ms=args.since)
-    letters = (await operations.list_dead_letters(where, limit=args.limit)).items
+    letters = (await operations.list_dead_letters(_filter(args), limit=args.limit)).items
     if args.json:
         _print_json([_letter_json(letter, full=False) for letter in letters])
         return 0
@@ -266,7 +272,7 @@ def _print_letter(letter: DeadLetter) -> None:
 
 
 def _has_selection(args: argparse.Namespace) -> bool:
-    return bool(args.ids or args.all or args.type or args.handler or args.since)
+    return bool(args.ids or args.all or args.type or args.handler or args.reason or args.since)
 
 
 async def replay_letters(operations: Operations, args: argparse.Namespace) -> int:

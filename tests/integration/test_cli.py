@@ -303,6 +303,10 @@ def test_dlq_list_and_show_describe_the_dead_letter(
     [entry] = orjson.loads(listed.stdout)
     assert entry["handler"] == "notify"
     assert entry["reason"] == "max_attempts"
+    by_reason = run_cli("dlq", "list", "--reason", "max_attempts", "--json", env=workspace.env)
+    other_reason = run_cli("dlq", "list", "--reason", "rejected", "--json", env=workspace.env)
+    assert [e["id"] for e in orjson.loads(by_reason.stdout)] == [dead_lettered]
+    assert orjson.loads(other_reason.stdout) == []
     assert "RuntimeError: mail server said no" in shown.stdout
     assert "Traceback" in shown.stdout
     assert '"id":"evt_cli_dead"' in shown.stdout
