@@ -8,9 +8,7 @@ from fakeredis import FakeAsyncRedis
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.operations import DeadLetterFilter, Operations
-from tests.unit.test_replay import DAY, QUEUE, event_with_dead_handlers, redis
-
-__all__ = ["redis"]
+from tests.unit.test_replay import DAY, QUEUE, event_with_dead_handlers
 
 
 def operations(redis: FakeAsyncRedis) -> Operations:

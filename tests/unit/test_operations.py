@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -24,15 +23,6 @@ from loops_webhooks.workers.operations import (
 QUEUE = "loops:queue"
 TYPE = "checkout.session.completed"
 DAY = 86_400
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[FakeAsyncRedis]:
-    client = FakeAsyncRedis()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -15,15 +14,6 @@ from loops_webhooks.workers.reconciler import Reconciler
 
 QUEUE = "loops:queue"
 AN_HOUR_AGO_MS = int(time.time() * 1000) - 3_600_000
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[FakeAsyncRedis]:
-    client = FakeAsyncRedis()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def reconciler(redis: FakeAsyncRedis, grace_seconds: float = 60) -> Reconciler:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import orjson
-import pytest
 from fakeredis import FakeAsyncRedis
 
 from loops_webhooks.workers import keys
@@ -24,15 +22,6 @@ from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, repla
 QUEUE = "loops:queue"
 TYPE = "checkout.session.completed"
 DAY = 86_400
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[FakeAsyncRedis]:
-    client = FakeAsyncRedis()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def event_with_dead_handlers(
