@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from loops_webhooks.ingest import metrics, views
+from loops_webhooks.ingest import views
 from loops_webhooks.ingest.app_keys import (
     BODY_SLOTS,
     EVENT_IDENTITY,
@@ -22,7 +22,9 @@ from loops_webhooks.ingest.app_keys import (
     VERIFIER,
 )
 from loops_webhooks.ingest.errors import error_response, response_for
+from loops_webhooks.ingest.metrics import RECEIVER_METRICS
 from loops_webhooks.ingest.signature import SignatureVerifier
+from loops_webhooks.logs import CanonicalLine
 from loops_webhooks.redis_url import redacted_url
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers.connection import open_redis
@@ -32,6 +34,7 @@ from loops_webhooks.workers.metrics_server import MetricsServer
 __all__ = ["create_app"]
 
 log = structlog.get_logger(logger_name="loops_webhooks.ingest")
+request_line = CanonicalLine("loops_webhooks.ingest")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -79,6 +82,7 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
     app[INTAKE] = EventIntake(
         redis,
         queue_name=settings.queue_name,
+        deadline_seconds=timeout,
         min_replicas=settings.redis_min_replicas,
         # WAIT gets half of the deadline, so its answer arrives before the socket times out
         replica_timeout_ms=max(1, int(timeout * 1000 / 2)),
@@ -119,18 +123,19 @@ async def _answer_and_log(request: web.Request, handler: Handler) -> web.StreamR
     duration = time.perf_counter() - started
     outcome = request.get(OUTCOME)
     if outcome is not None:
-        metrics.REQUESTS_BY_OUTCOME[outcome].inc()
-        metrics.REQUEST_DURATION.observe(duration)
+        RECEIVER_METRICS.request_answered(outcome, duration)
     event_id, event_type = request.get(EVENT_IDENTITY, (None, None))
-    log.info(
+    request_line.info(
         "request",
-        method=request.method,
-        path=request.path,
-        status=response.status,
-        outcome=outcome,
-        duration_ms=round(duration * 1000, 2),
-        event_id=event_id,
-        event_type=event_type,
+        {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "outcome": outcome,
+            "duration_ms": round(duration * 1000, 2),
+            "event_id": event_id,
+            "event_type": event_type,
+        },
     )
     return response
 

@@ -93,6 +93,13 @@ def job_payload(event_id: str, event_type: str, enqueued_at_ms: int) -> bytes:
     )
 
 
+def _expire(waiting: list[asyncio.Future[bool]], seconds: float) -> None:
+    """The deadline of a batch passed: its callers get TimeoutError; the write goes on."""
+    for future in waiting:
+        if not future.done():
+            future.set_exception(TimeoutError(f"Redis did not answer within {seconds:g}s"))
+
+
 class EventIntake:
     """Records and enqueues events for the receiver, batching concurrent requests."""
 
@@ -101,11 +108,15 @@ class EventIntake:
         redis: Redis,
         *,
         queue_name: str,
+        deadline_seconds: float | None = None,
         min_replicas: int = 0,
         replica_timeout_ms: int = 1000,
     ) -> None:
+        """``deadline_seconds``: how long ``submit`` waits for Redis at most before it raises
+        TimeoutError (None: as long as the client's own timeouts let it)."""
         self._redis = redis
         self._queue_name = queue_name
+        self._deadline_seconds = deadline_seconds
         self._min_replicas = min_replicas
         self._replica_timeout_ms = replica_timeout_ms
         self._record_and_enqueue = register_script(redis, "record_and_enqueue")
@@ -116,7 +127,8 @@ class EventIntake:
     async def submit(self, event: ReceivedEvent) -> bool:
         """Store and enqueue ``event``; True if it is new, False if its id was already recorded.
 
-        Returns only after Redis acknowledged the write; raises the Redis error otherwise.
+        Returns only after Redis acknowledged the write; raises the Redis error otherwise, or
+        TimeoutError once the deadline passed (the write may still be committed later).
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
@@ -134,7 +146,11 @@ class EventIntake:
 
     async def _flush(self, batch: list[tuple[ReceivedEvent, asyncio.Future[bool]]]) -> None:
         """One script call for the batch. Every waiting caller gets its own answer or error,
-        whatever fails, so none waits forever; an event that cannot be encoded fails alone."""
+        whatever fails, so none waits forever; an event that cannot be encoded fails alone.
+
+        The deadline is one timer for the batch rather than one per caller: they were all
+        queued within the tick before this flush started, so they share it.
+        """
         now_ms = int(time.time() * 1000)
         records: list[bytes] = []
         waiting: list[asyncio.Future[bool]] = []
@@ -148,6 +164,11 @@ class EventIntake:
                 waiting.append(future)
         if not records:
             return
+        deadline = None
+        if self._deadline_seconds is not None:
+            deadline = asyncio.get_running_loop().call_later(
+                self._deadline_seconds, _expire, waiting, self._deadline_seconds
+            )
         try:
             results = await self._write(
                 self._record_and_enqueue,
@@ -161,6 +182,9 @@ class EventIntake:
             if not isinstance(error, Exception):
                 raise
             return
+        finally:
+            if deadline is not None:
+                deadline.cancel()
         for future, created in zip(waiting, results, strict=True):
             if not future.done():
                 future.set_result(bool(created))

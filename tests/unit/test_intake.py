@@ -176,3 +176,42 @@ async def test_different_unparseable_bodies_are_separate_dead_letters(intake, re
     await intake.dead_letter_unparseable(b"[1, 2]", HEADERS, RECEIVED_AT_MS, "bad")
 
     assert await redis.zcard(keys.DEAD_LETTER_INDEX) == 2
+
+
+class StalledRedis(CountingRedis):
+    """fakeredis whose scripts never answer, as a stalled (SIGSTOPped) server's would not."""
+
+    async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
+        self.script_calls += 1
+        await asyncio.Event().wait()
+
+
+async def test_every_caller_of_a_batch_gets_timeout_error_at_the_deadline() -> None:
+    redis = StalledRedis()
+    intake = EventIntake(redis, queue_name=QUEUE, deadline_seconds=0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    results = await asyncio.gather(
+        *(intake.submit(received(f"evt_{n}")) for n in range(3)), return_exceptions=True
+    )
+
+    waited = loop.time() - started
+    assert [type(result) for result in results] == [TimeoutError] * 3
+    assert "0.2s" in str(results[0])
+    assert 0.2 <= waited < 1.0
+    assert redis.script_calls == 1
+
+
+def live_timers(loop: asyncio.AbstractEventLoop) -> int:
+    return sum(not timer.cancelled() for timer in loop._scheduled)  # type: ignore[attr-defined]
+
+
+async def test_a_batch_answered_in_time_cancels_its_deadline(redis: CountingRedis) -> None:
+    intake = EventIntake(redis, queue_name=QUEUE, deadline_seconds=30)
+    loop = asyncio.get_running_loop()
+    timers_before = live_timers(loop)
+
+    assert await intake.submit(received("evt_in_time")) is True
+
+    assert live_timers(loop) == timers_before

@@ -49,3 +49,44 @@ def test_console_format_is_not_json() -> None:
 
     assert "from structlog" in lines[0]
     assert not lines[0].startswith("{")
+
+
+CANONICAL_PROGRAM = """
+import asyncio, structlog
+from loops_webhooks.logs import CanonicalLine, configure_logging
+configure_logging("{fmt}", "{level}")
+fields = {{"method": "POST", "status": 200, "duration_ms": 0.12, "event_id": "evt_1"}}
+structlog.get_logger(logger_name="loops_webhooks.ingest").info("request", **fields)
+async def main():
+    line = CanonicalLine("loops_webhooks.ingest")
+    line.info("request", dict(fields))
+    line.info("request", dict(fields, event_id="evt_2"))
+asyncio.run(main())
+"""
+
+
+def run_canonical(log_format: str, level: str = "info") -> list[str]:
+    program = CANONICAL_PROGRAM.format(fmt=log_format, level=level)
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    )
+    return result.stderr.strip().splitlines()
+
+
+def test_the_canonical_line_is_the_line_structlog_writes_with_the_same_keys_in_order() -> None:
+    from_structlog, *canonical = [orjson.loads(line) for line in run_canonical("json")]
+
+    assert len(canonical) == 2
+    for line in canonical:
+        assert list(line) == list(from_structlog)
+        assert {k: v for k, v in line.items() if k not in ("timestamp", "event_id")} == {
+            k: v for k, v in from_structlog.items() if k not in ("timestamp", "event_id")
+        }
+    assert [line["event_id"] for line in canonical] == ["evt_1", "evt_2"]
+
+
+def test_the_canonical_line_is_dropped_below_its_level_and_rendered_by_structlog_on_console():
+    assert run_canonical("json", level="warning") == []
+    console = run_canonical("console")
+    assert len(console) == 3
+    assert all("request" in line and not line.startswith("{") for line in console)
