@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from loops_webhooks.ingest import views
+from loops_webhooks.ingest.answers import accounted, method_not_allowed, not_found
 from loops_webhooks.ingest.app_keys import (
     BODY_SLOTS,
-    EVENT_IDENTITY,
     INTAKE,
-    OUTCOME,
     REDIS,
     REDIS_URL,
     SETTINGS,
     VERIFIER,
 )
-from loops_webhooks.ingest.errors import error_response, response_for
-from loops_webhooks.ingest.metrics import RECEIVER_METRICS
 from loops_webhooks.ingest.signature import SignatureVerifier
-from loops_webhooks.logs import CanonicalLine
 from loops_webhooks.redis_url import redacted_url
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers.connection import open_redis
@@ -34,9 +29,6 @@ from loops_webhooks.workers.metrics_server import MetricsServer
 __all__ = ["create_app"]
 
 log = structlog.get_logger(logger_name="loops_webhooks.ingest")
-request_line = CanonicalLine("loops_webhooks.ingest")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(settings: Settings, redis_url: str) -> web.Application:
@@ -48,7 +40,6 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     """
     verifier = SignatureVerifier(settings.require_webhook_secrets())
     app = web.Application(
-        middlewares=[_answer_and_log],
         client_max_size=settings.max_body_bytes,
         # The signature covers the bytes as sent: never decompress them before verifying.
         handler_args={"auto_decompress": False, "read_bufsize": 16 * 1024},
@@ -63,8 +54,11 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.router.add_post(
         settings.webhook_path, views.receive_webhook, expect_handler=views.expect_continue
     )
-    app.router.add_get("/healthz", views.healthz)
-    app.router.add_get("/readyz", views.readyz)
+    app.router.add_route("*", settings.webhook_path, method_not_allowed("POST"))
+    for path, view in (("/healthz", views.healthz), ("/readyz", views.readyz)):
+        app.router.add_get(path, accounted(view))
+        app.router.add_route("*", path, method_not_allowed("GET"))
+    app.router.add_route("*", "/{path:.*}", not_found)
     return app
 
 
@@ -105,55 +99,3 @@ async def _metrics_server_context(app: web.Application) -> AsyncIterator[None]:
     await server.start()
     yield
     await server.stop()
-
-
-@web.middleware
-async def _answer_and_log(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as ``{"error", "detail"}`` JSON with its one status code; every
-    request leaves one log line with its outcome and duration; webhook requests are counted."""
-    started = time.perf_counter()
-    try:
-        response = await handler(request)
-    except web.HTTPException as http_error:
-        if http_error.status < 400:
-            raise
-        response = _http_error_response(request, http_error)
-    except Exception as error:
-        response = _error_response(request, error)
-    duration = time.perf_counter() - started
-    outcome = request.get(OUTCOME)
-    if outcome is not None:
-        RECEIVER_METRICS.request_answered(outcome, duration)
-    event_id, event_type = request.get(EVENT_IDENTITY, (None, None))
-    request_line.info(
-        "request",
-        {
-            "method": request.method,
-            "path": request.path,
-            "status": response.status,
-            "outcome": outcome,
-            "duration_ms": round(duration * 1000, 2),
-            "event_id": event_id,
-            "event_type": event_type,
-        },
-    )
-    return response
-
-
-def _http_error_response(request: web.Request, http_error: web.HTTPException) -> web.Response:
-    code = http_error.reason.lower().replace(" ", "_")
-    response = error_response(http_error.status, code, http_error.reason)
-    if http_error.status == 405:
-        response.headers["Allow"] = http_error.headers.get("Allow", "POST")
-        request[OUTCOME] = "method_not_allowed"
-    return response
-
-
-def _error_response(request: web.Request, error: Exception) -> web.Response:
-    known = response_for(error)
-    if known is not None:
-        response, request[OUTCOME] = known
-        return response
-    log.exception("unexpected error")
-    request[OUTCOME] = "error"
-    return error_response(500, "internal_error", "unexpected error; see the receiver's log")

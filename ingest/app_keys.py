@@ -13,9 +13,7 @@ from loops_webhooks.workers.intake import EventIntake
 
 __all__ = [
     "BODY_SLOTS",
-    "EVENT_IDENTITY",
     "INTAKE",
-    "OUTCOME",
     "REDIS",
     "REDIS_URL",
     "SETTINGS",
@@ -29,10 +27,3 @@ REDIS = web.AppKey("redis", Redis)
 INTAKE = web.AppKey("intake", EventIntake)
 BODY_SLOTS = web.AppKey("body_slots", asyncio.Semaphore)
 """One slot per request body being read (``LOOPS_MAX_CONCURRENT_BODIES``)."""
-
-OUTCOME = web.RequestKey("outcome", str)
-"""Request key: what became of a webhook request (a metrics outcome label)."""
-EVENT_IDENTITY = web.RequestKey("event_identity", tuple[str, str])
-"""Request key: the (id, type) of the event a webhook request stored, for its log line
-(a request key, not structlog's contextvars: cheaper on the hot path, and the line is the
-only place that needs them)."""

@@ -14,15 +14,8 @@ from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_urldispatcher import _default_expect_handler
 from redis.exceptions import RedisError
 
-from loops_webhooks.ingest.app_keys import (
-    BODY_SLOTS,
-    EVENT_IDENTITY,
-    INTAKE,
-    OUTCOME,
-    REDIS,
-    SETTINGS,
-    VERIFIER,
-)
+from loops_webhooks.ingest.answers import answer_for_error, answered
+from loops_webhooks.ingest.app_keys import BODY_SLOTS, INTAKE, REDIS, SETTINGS, VERIFIER
 from loops_webhooks.ingest.errors import (
     BodyTimeout,
     InvalidBody,
@@ -31,10 +24,10 @@ from loops_webhooks.ingest.errors import (
     ReceiverBusy,
     ReceiverUnavailable,
     json_response,
-    response_for,
 )
 from loops_webhooks.ingest.metrics import RECEIVER_METRICS
 from loops_webhooks.ingest.signature import SIGNATURE_HEADER
+from loops_webhooks.settings import Settings
 from loops_webhooks.workers.intake import ReceivedEvent
 
 __all__ = ["expect_continue", "healthz", "readyz", "receive_webhook"]
@@ -47,7 +40,22 @@ T = TypeVar("T")
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
+    """Verify, store and enqueue, and only then answer 2xx; every error in JSON."""
+    started = time.perf_counter()
+    try:
+        event, created = await _store(request)
+    except Exception as error:
+        response, outcome = answer_for_error(error)
+        answered(request, response, started, outcome)
+        return response
+    response = json_response({"received": True, "id": event.event_id, "duplicate": not created})
+    outcome = "accepted" if created else "duplicate"
+    answered(request, response, started, outcome, (event.event_id, event.event_type))
+    return response
+
+
+async def _store(request: web.Request) -> tuple[ReceivedEvent, bool]:
+    """The verified event, once Redis acknowledged it, and whether it was new."""
     received_at_ms = int(time.time() * 1000)
     body = await _read_body(request)
     request.app[VERIFIER].verify(body, request.headers.getall(SIGNATURE_HEADER, []))
@@ -57,16 +65,14 @@ async def receive_webhook(request: web.Request) -> web.Response:
     except InvalidPayload as problem:
         intake = request.app[INTAKE]
         keep = intake.dead_letter_unparseable(body, headers, received_at_ms, str(problem))
-        await _acknowledged(asyncio.wait_for(keep, settings.redis_timeout_seconds))
+        await _acknowledged(asyncio.wait_for(keep, request.app[SETTINGS].redis_timeout_seconds))
         raise
     event = ReceivedEvent(event_id, event_type, body, headers, received_at_ms)
     write_started = time.perf_counter()
     # The intake holds its batch to LOOPS_REDIS_TIMEOUT_SECONDS: one timer per batch, none here.
     created = await _acknowledged(request.app[INTAKE].submit(event))
     RECEIVER_METRICS.redis_write_durations.observe(time.perf_counter() - write_started)
-    request[EVENT_IDENTITY] = (event_id, event_type)
-    request[OUTCOME] = "accepted" if created else "duplicate"
-    return json_response({"received": True, "id": event_id, "duplicate": not created})
+    return event, created
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -89,46 +95,33 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     it; otherwise aiohttp's own answer (``100 Continue``, or 417 for another expectation)."""
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        problem = PayloadTooLarge(f"body is over the limit of {limit} bytes")
-        known = response_for(problem)
-        assert known is not None
-        request[OUTCOME] = known[1]
-        return known[0]
+        started = time.perf_counter()
+        response, outcome = answer_for_error(
+            PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        )
+        answered(request, response, started, outcome)
+        return response
     await _default_expect_handler(request)
     return None
 
 
 async def _read_body(request: web.Request) -> bytes:
-    """The whole body, read in one of the receiver's body slots, within the read timeout.
+    """The whole body, within the read timeout; one still arriving is read in a body slot.
 
-    Bodies not yet read wait in aiohttp's per-connection buffer (a few dozen KiB, then TCP
-    flow control), so the slots bound what hostile clients holding bodies open can cost.
+    Bodies not yet read wait in aiohttp's per-connection buffer (``read_bufsize``, then TCP
+    flow control), so the slots bound what hostile clients holding bodies open can cost. A
+    body that arrived whole with its headers (the usual webhook) is already in that buffer:
+    it takes no slot and no timer, which are per request costs.
     """
     settings = request.app[SETTINGS]
-    limit, timeout = settings.max_body_bytes, settings.read_timeout_seconds
+    limit = settings.max_body_bytes
     too_large = f"body is over the limit of {limit} bytes"
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(too_large)
-    slots = request.app[BODY_SLOTS]
-    # No timer where nothing can wait: a free slot is taken at once, and a body that arrived
-    # with its headers (the usual webhook) is already whole. Timers are per request costs.
-    try:
-        if slots.locked():
-            async with asyncio.timeout(timeout):
-                await slots.acquire()
-        else:
-            await slots.acquire()
-    except TimeoutError:
-        raise ReceiverBusy(
-            f"{settings.max_concurrent_bodies} request bodies are being read; retry later"
-        ) from None
     try:
         if request.content.is_eof():
             return await request.read()
-        async with asyncio.timeout(timeout):
-            return await request.read()
-    except TimeoutError:
-        raise BodyTimeout(f"the body did not arrive whole within {timeout:g}s") from None
+        return await _read_in_slot(request, settings)
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(too_large) from None
     except (RequestPayloadError, ConnectionError) as error:
@@ -137,6 +130,23 @@ async def _read_body(request: web.Request) -> bytes:
         # cyclic garbage collector happens to run (hundreds of MiB under held bodies).
         error.__traceback__ = None
         raise InvalidBody(f"the body could not be read: {error}") from None
+
+
+async def _read_in_slot(request: web.Request, settings: Settings) -> bytes:
+    timeout = settings.read_timeout_seconds
+    slots = request.app[BODY_SLOTS]
+    try:
+        async with asyncio.timeout(timeout):
+            await slots.acquire()
+    except TimeoutError:
+        raise ReceiverBusy(
+            f"{settings.max_concurrent_bodies} request bodies are being read; retry later"
+        ) from None
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise BodyTimeout(f"the body did not arrive whole within {timeout:g}s") from None
     finally:
         slots.release()
 
