@@ -35,6 +35,7 @@ __all__ = ["expect_continue", "healthz", "readyz", "receive_webhook"]
 log = structlog.get_logger(logger_name="loops_webhooks.ingest")
 
 MAX_EVENT_ID_LENGTH = 255
+_KEPT_HEADERS = frozenset((b"content-type", b"user-agent"))
 _REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 T = TypeVar("T")
 
@@ -169,21 +170,18 @@ def _event_identity(body: bytes) -> tuple[str, str]:
 
 
 def _headers_worth_keeping(request: web.Request) -> dict[str, str]:
-    """What a faithful replay needs: the signature, content type, user agent, Loops' own."""
+    """What a faithful replay needs: the signature, content type, user agent, Loops' own.
+
+    Read from the raw header bytes, names lower-cased; a value that is not UTF-8 is kept with
+    U+FFFD in place of its bad bytes (no JSON encoder accepts the lone surrogates that
+    aiohttp's decoded headers would hold).
+    """
     kept = {}
-    for name, value in request.headers.items():
-        lowered = name.lower()
-        if lowered in ("content-type", "user-agent") or lowered.startswith("loops-"):
-            kept[lowered] = _as_text(value)
+    for raw_name, raw_value in request.raw_headers:
+        name = raw_name.lower()
+        if name in _KEPT_HEADERS or name.startswith(b"loops-"):
+            kept[name.decode("latin-1")] = raw_value.decode("utf-8", "replace")
     return kept
-
-
-def _as_text(value: str) -> str:
-    """A header value as valid UTF-8: aiohttp hands bytes that are not UTF-8 over as lone
-    surrogates, which no JSON encoder accepts; they are kept as U+FFFD instead."""
-    if value.isascii():
-        return value
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 async def _acknowledged(write: Awaitable[T]) -> T:

@@ -100,12 +100,24 @@ class _TickWriter:
         if not self._lines:
             return
         lines, self._lines = self._lines, []
-        self._stream.write(b"".join(lines))
-        self._stream.flush()
+        try:
+            self._stream.write(b"".join(lines))
+            self._stream.flush()
+        except ValueError:  # the stream was closed (a test's captured stderr): nowhere to go
+            pass
 
 
 _fast_lines: _TickWriter | None = None
 """Set by ``configure_logging`` when lines are JSON and the level lets ``info`` through."""
+_json_renderer: structlog.typing.Processor | None = None
+"""The renderer ``configure_logging`` put last in structlog's chain. While it is still last,
+structlog would render what ``CanonicalLine`` writes; once structlog is configured otherwise
+(``structlog.testing.capture_logs``, another ``configure``), lines go through structlog."""
+
+
+def _as_configured() -> bool:
+    processors = structlog.get_config()["processors"]
+    return bool(processors) and processors[-1] is _json_renderer
 
 
 class CanonicalLine:
@@ -114,7 +126,8 @@ class CanonicalLine:
     With JSON logs the line is what structlog would write for
     ``structlog.get_logger(logger_name=name).info(event, **fields)``, the same keys in the
     same order, but none of the context bound with structlog's contextvars (the receiver
-    binds none); in any other setup it is that very call.
+    binds none); in any other setup, or while structlog is configured otherwise, it is that
+    very call.
     """
 
     __slots__ = ("_logger", "_name")
@@ -125,7 +138,7 @@ class CanonicalLine:
 
     def info(self, event: str, fields: dict[str, Any]) -> None:
         writer = _fast_lines
-        if writer is None:
+        if writer is None or not _as_configured():
             self._logger.info(event, **fields)
             return
         fields["event"] = event
@@ -143,7 +156,7 @@ def configure_logging(log_format: LogFormat = "auto", level: str = "info") -> No
     """Configure structlog and the standard library once, at the edge (the CLI)."""
     render_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     level_number = logging.getLevelNamesMapping()[level.upper()]
-    global _fast_lines
+    global _fast_lines, _json_renderer
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -155,8 +168,9 @@ def configure_logging(log_format: LogFormat = "auto", level: str = "info") -> No
         logger_factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
         foreign: structlog.typing.Processor = structlog.processors.JSONRenderer(_orjson_text)
         _fast_lines = _TickWriter(sys.stderr.buffer) if level_number <= logging.INFO else None
+        _json_renderer = ours
     else:
-        _fast_lines = None
+        _fast_lines = _json_renderer = None
         ours = foreign = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         logger_factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(

@@ -17,8 +17,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from arq.jobs import serialize_job
@@ -49,30 +48,33 @@ class NotReplicated(RedisError):
 
 
 def _record(event: ReceivedEvent, now_ms: int) -> bytes:
-    """The script's argument for one event (see ``lua/record_and_enqueue.lua``)."""
-    job_id = keys.job_id_for_event(event.event_id)
-    return _length_prefixed(
-        keys.event_key(event.event_id).encode(),
-        keys.arq_job_key(job_id).encode(),
-        event.event_id.encode(),
-        event.event_type.encode(),
-        event.raw,
-        orjson.dumps(dict(event.headers)),
-        b"%d" % event.received_at_ms,
-        job_id.encode(),
-        job_payload(event.event_id, event.event_type, now_ms),
-    )
+    """The script's argument for one event (see ``lua/record_and_enqueue.lua``): its fields,
+    each written ``<length>:<bytes>``, in one argument; the keys are derived in the script.
+
+    One argument per event rather than one per field: redis-py's per-argument packing, not
+    Redis, was the largest cost of a batch when each field was an argument of its own.
+    """
+    event_id = event.event_id.encode()
+    event_type = event.event_type.encode()
+    headers = orjson.dumps(dict(event.headers))
+    received_at = b"%d" % event.received_at_ms
+    payload = job_payload(event.event_id, event.event_type, now_ms)
+    return b"%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b" % (
+        len(event_id), event_id,
+        len(event_type), event_type,
+        len(event.raw), event.raw,
+        len(headers), headers,
+        len(received_at), received_at,
+        len(payload), payload,
+    )  # fmt: skip
 
 
-def _length_prefixed(*fields: bytes) -> bytes:
-    """One script argument for many fields: redis-py's per-argument packing, not Redis,
-    was the largest cost of a batch when each field was an argument of its own."""
-    return b"".join(b"%d:%b" % (len(field), field) for field in fields)
+class ReceivedEvent(NamedTuple):
+    """A verified request, as it will be stored: the exact raw bytes and what replay needs.
 
-
-@dataclass(frozen=True, slots=True)
-class ReceivedEvent:
-    """A verified request, as it will be stored: the exact raw bytes and what replay needs."""
+    A named tuple: made once per request, and a frozen dataclass's ``__init__`` costs several
+    times more.
+    """
 
     event_id: str
     event_type: str
@@ -173,7 +175,7 @@ class EventIntake:
             results = await self._write(
                 self._record_and_enqueue,
                 [keys.PENDING_EVENTS, keys.EVENT_INDEX, self._queue_name],
-                [JOB_TTL_MS, *records],
+                [JOB_TTL_MS, keys.EVENT_PREFIX, keys.JOB_ID_PREFIX, keys.ARQ_JOB_PREFIX, *records],
             )
         except BaseException as error:
             for future in waiting:

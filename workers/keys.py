@@ -23,6 +23,7 @@ __all__ = [
     "EVENT_PREFIX",
     "HANDLER_FIELD_PREFIX",
     "HANDLER_HISTORY_FIELD_PREFIX",
+    "JOB_ID_PREFIX",
     "OUTCOME_COUNTS_TTL_SECONDS",
     "PENDING_EVENTS",
     "REPLICATION_MARK",
@@ -109,9 +110,13 @@ def unparseable_dead_letter_id(body_sha256: str) -> str:
     return ":" + body_sha256
 
 
+JOB_ID_PREFIX = "event:"
+"""An event's arq job id is this prefix and the event id."""
+
+
 def job_id_for_event(event_id: str) -> str:
     """One arq job id per event, so an event is never processed by two jobs at once."""
-    return f"event:{event_id}"
+    return JOB_ID_PREFIX + event_id
 
 
 def arq_job_key(job_id: str) -> str:

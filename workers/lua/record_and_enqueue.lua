@@ -5,11 +5,14 @@
 -- KEYS[2] event_index  sorted set of every stored event id, by receipt time
 -- KEYS[3] queue        arq's queue
 -- ARGV[1] job_ttl_ms
--- ARGV[2..] one record per event, its fields each written "<length>:<bytes>": event key,
---   job key, event id, type, raw body, headers (JSON), receipt time (ms), job id, payload
+-- ARGV[2] event_prefix    an event's hash is this and its id
+-- ARGV[3] job_id_prefix   an event's job id is this and its id
+-- ARGV[4] job_key_prefix  a job's payload key is this and its job id
+-- ARGV[5..] one record per event, its fields each written "<length>:<bytes>": event id,
+--   type, raw body, headers (JSON), receipt time (ms), job payload
 -- Returns one flag per record: 1 recorded, 0 already recorded.
 local pending, event_index, queue = KEYS[1], KEYS[2], KEYS[3]
-local job_ttl_ms = ARGV[1]
+local job_ttl_ms, event_prefix, job_id_prefix, job_key_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 local function fields_of(record)
   local fields, position = {}, 1
@@ -23,9 +26,10 @@ local function fields_of(record)
 end
 
 local results = {}
-for i = 2, #ARGV do
-  local event_key, job_key, event_id, event_type, raw, headers, received_at, job_id, payload =
-    unpack(fields_of(ARGV[i]))
+for i = 5, #ARGV do
+  local event_id, event_type, raw, headers, received_at, payload = unpack(fields_of(ARGV[i]))
+  local event_key, job_id = event_prefix .. event_id, job_id_prefix .. event_id
+  local job_key = job_key_prefix .. job_id
   if redis.call('EXISTS', event_key) == 1 then
     results[#results + 1] = 0
   else
