@@ -121,7 +121,10 @@ async def _read_body(request: web.Request) -> bytes:
         raise PayloadTooLarge(too_large)
     try:
         if request.content.is_eof():
-            return await request.read()
+            body = request.content.read_nowait()
+            if len(body) > limit:  # a chunked body has no Content-Length to check first
+                raise PayloadTooLarge(too_large)
+            return body
         return await _read_in_slot(request, settings)
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(too_large) from None

@@ -126,18 +126,20 @@ class EventIntake:
         self._waiting: list[tuple[ReceivedEvent, asyncio.Future[bool]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def submit(self, event: ReceivedEvent) -> bool:
-        """Store and enqueue ``event``; True if it is new, False if its id was already recorded.
+    def submit(self, event: ReceivedEvent) -> asyncio.Future[bool]:
+        """Store and enqueue ``event``: await the future for True if it is new, False if its
+        id was already recorded.
 
-        Returns only after Redis acknowledged the write; raises the Redis error otherwise, or
-        TimeoutError once the deadline passed (the write may still be committed later).
+        It resolves only after Redis acknowledged the write; it raises the Redis error
+        otherwise, or TimeoutError once the deadline passed (the write may still be committed
+        later). A future rather than a coroutine: one frame less on every request's way back.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         if not self._waiting:
             loop.call_soon(self._start_flush)
         self._waiting.append((event, future))
-        return await future
+        return future
 
     def _start_flush(self) -> None:
         batch, self._waiting = self._waiting, []
