@@ -3,11 +3,16 @@
 Each server gets core 0, both on uvloop; the receiver's Redis (``appendfsync always``) gets
 core 1, as production gives Redis a host of its own, and shares it with ``wrk``, which sends
 the same load to both: unique, signed, ~600-byte Loops events over 64 connections for N
-seconds. Both run once per round, one after the other; prints req/s, p50, p99 and errors per
-round, each round's ratio and the median ratio, and writes the figures as JSON to
-``benchmarks/results/``. See ``benchmarks/README.md``.
+seconds. Both run once per round, one after the other; prints req/s, p50, p99, errors and
+CPU per request per round, each round's ratio and the median ratio, and writes the figures as
+JSON to ``benchmarks/results/``. See ``benchmarks/README.md``.
 
-    python benchmarks/receiver.py [--seconds 10] [--connections 64] [--rounds 3]
+With ``--costs`` each round also measures two variants of the receiver, to say where its CPU
+per request goes: at ``LOOPS_LOG_LEVEL=warning`` (no request line), and with every Redis write
+answered at once in the process (no redis-py call, no wait; the events are not stored, so it
+is a measurement, never a configuration).
+
+    python benchmarks/receiver.py [--seconds 10] [--connections 64] [--rounds 3] [--costs]
 """
 
 from __future__ import annotations
@@ -93,6 +98,24 @@ def bare_server(port: int) -> None:
     )
 
 
+def instant_redis_receiver(port: int) -> None:
+    """``loops-webhooks serve`` whose Redis writes are answered at once, all "new", without
+    redis-py or Redis: the receiver's CPU per request without its write (``--costs`` only)."""
+    import asyncio
+
+    from loops_webhooks import cli
+    from loops_webhooks.workers.intake import EventIntake
+
+    async def answered_at_once(
+        self: EventIntake, script: object, script_keys: list[str], args: list[Any]
+    ) -> list[int]:
+        await asyncio.sleep(0)  # the request still suspends and resumes, as on a real write
+        return [1] * (len(args) - 4)  # ARGV: the TTL, three prefixes, then one per event
+
+    EventIntake._write = answered_at_once  # type: ignore[assignment,method-assign]
+    sys.exit(cli.main(["serve", "--port", str(port)]))
+
+
 def write_events(path: Path, count: int) -> None:
     """``count`` unique ~600-byte events shaped like the seed's, each with its signature."""
     with path.open("wb") as out:
@@ -167,12 +190,17 @@ def measure_bare(
 
 
 def measure_receiver(
-    wrk: str, events: Path, workdir: Path, args: argparse.Namespace, round_: int
+    wrk: str,
+    events: Path,
+    workdir: Path,
+    args: argparse.Namespace,
+    round_: int,
+    variant: str = "receiver",
 ) -> dict[str, Any]:
     from loops_webhooks.embedded_redis import find_redis_server
 
     redis_port, port = free_port(), free_port()
-    redis_dir = workdir / f"redis-{round_}"
+    redis_dir = workdir / f"redis-{variant}-{round_}"
     redis_dir.mkdir()
     redis_command = [
         str(find_redis_server()),
@@ -188,10 +216,16 @@ def measure_receiver(
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "LOOPS_METRICS_PORT": str(free_port()),
     }
+    if variant == "receiver_no_request_line":
+        receiver_env["LOOPS_LOG_LEVEL"] = "warning"
+    elif variant == "receiver_instant_redis":
+        receiver_command = [sys.executable, __file__, "instant-redis-receiver", "--port", str(port)]
     with (
-        pinned_process(redis_command, REDIS_CORE, workdir / f"redis-{round_}.log") as redis_server,
         pinned_process(
-            receiver_command, SERVER_CORE, workdir / f"receiver-{round_}.log", receiver_env
+            redis_command, REDIS_CORE, workdir / f"redis-{variant}-{round_}.log"
+        ) as redis_server,
+        pinned_process(
+            receiver_command, SERVER_CORE, workdir / f"{variant}-{round_}.log", receiver_env
         ) as receiver,
     ):
         wait_for_port(redis_port, redis_server)
@@ -207,6 +241,12 @@ def measure_receiver(
     return figures
 
 
+def cpu_us_per_request(figures: dict[str, Any]) -> float:
+    """The server's CPU (the receiver's alone, not Redis's) per request answered."""
+    cpu = figures["cpu_seconds"].get("receiver", figures["cpu_seconds"].get("server", 0.0))
+    return float(cpu) / max(1, figures["requests"]) * 1e6
+
+
 def stored_events(redis_port: int) -> int:
     """Events recorded and not yet processed (no worker runs): one per accepted request."""
     import redis
@@ -218,9 +258,11 @@ def stored_events(redis_port: int) -> int:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    rows = [("round", "target", "req/s", "p50 ms", "p99 ms", "errors", "requests", "CPU s")]
+    rows = [
+        ("round", "target", "req/s", "p50 ms", "p99 ms", "errors", "requests", "CPU s", "CPU/req")
+    ]
     for number, run in enumerate(results["rounds"], 1):
-        for name in ("bare_aiohttp", "receiver"):
+        for name in results["targets"]:
             r = run[name]
             rows.append(
                 (
@@ -232,6 +274,7 @@ def print_table(results: dict[str, Any]) -> None:
                     str(r["errors"]),
                     str(r["requests"]),
                     " + ".join(f"{v:.1f}" for v in r["cpu_seconds"].values()),
+                    f"{cpu_us_per_request(r):.0f} us",
                 )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -245,8 +288,12 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"events stored by the receiver per round: {stored} (in-flight requests included)")
     print(
         f"CPU s: bare = server on core {SERVER_CORE}; "
-        f"receiver = receiver on core {SERVER_CORE} + Redis on core {REDIS_CORE} (with wrk)"
+        f"receiver = receiver on core {SERVER_CORE} + Redis on core {REDIS_CORE} (with wrk); "
+        "CPU/req: the server's alone"
     )
+    for name in results["targets"]:
+        median = statistics.median(cpu_us_per_request(run[name]) for run in results["rounds"])
+        print(f"median CPU per request, {name}: {median:.0f} us")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,13 +301,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10, help="load per target (%(default)s)")
     parser.add_argument("--connections", type=int, default=64, help="(%(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each (%(default)s)")
+    parser.add_argument(
+        "--costs",
+        action="store_true",
+        help="also measure the receiver without its request line and without its Redis write",
+    )
     commands = parser.add_subparsers(dest="command")
     bare = commands.add_parser("bare-server", help="run the baseline server (used internally)")
     bare.add_argument("--port", type=int, required=True)
+    instant = commands.add_parser("instant-redis-receiver", help="(used internally by --costs)")
+    instant.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
 
     if args.command == "bare-server":
         bare_server(args.port)
+        return 0
+    if args.command == "instant-redis-receiver":
+        instant_redis_receiver(args.port)
         return 0
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -300,17 +357,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "rounds": [],
         }
+        variants = ["receiver"]
+        if args.costs:
+            variants += ["receiver_no_request_line", "receiver_instant_redis"]
+        results["targets"] = ["bare_aiohttp", *variants]
         for round_ in range(args.rounds):
             # Alternate which goes first, so neither always runs on a machine the other warmed.
-            order = [("bare_aiohttp", measure_bare), ("receiver", measure_receiver)]
-            run = {
-                name: measure(wrk, events, workdir, args, round_)
-                for name, measure in (order if round_ % 2 == 0 else order[::-1])
-            }
+            order = results["targets"] if round_ % 2 == 0 else results["targets"][::-1]
+            run: dict[str, Any] = {}
+            for name in order:
+                if name == "bare_aiohttp":
+                    run[name] = measure_bare(wrk, events, workdir, args, round_)
+                else:
+                    run[name] = measure_receiver(wrk, events, workdir, args, round_, name)
             run["ratio"] = round(run["receiver"]["req_per_s"] / run["bare_aiohttp"]["req_per_s"], 3)
             results["rounds"].append(run)
             print(f"round {round_ + 1}: receiver / bare = {run['ratio']:.2f}x", flush=True)
-            for name in ("bare_aiohttp", "receiver"):
+            for name in results["targets"]:
                 if run[name]["requests"] > event_count:
                     print(f"warning: {name} got more requests than unique events", file=sys.stderr)
     results["ratio"] = statistics.median(run["ratio"] for run in results["rounds"])
