@@ -1,0 +1,75 @@
+"""The clients ``open_redis`` makes hand out pooled connections without redis-py's lock and
+socket read (``workers/connection.py``): what that check was there to catch, against a real
+Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from loops_webhooks.workers.connection import open_redis
+from tests.integration.conftest import RedisServer
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Redis]:
+    client = open_redis(redis_url, socket_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def test_a_connection_the_server_closed_is_reconnected_before_it_is_used(
+    client: Redis, redis: Redis
+) -> None:
+    await client.set("key", "before")
+    [own_id] = [entry["id"] for entry in await redis.client_list() if entry["cmd"] == "set"]
+
+    await redis.client_kill_filter(_id=own_id)
+    await asyncio.sleep(0.1)  # the end of file reaches the pooled connection's reader
+
+    assert await client.get("key") == b"before"
+
+
+async def test_a_restarted_server_is_reached_again_by_the_next_command(
+    stoppable_redis: RedisServer,
+) -> None:
+    client = open_redis(stoppable_redis.url, socket_timeout=5)
+    try:
+        await client.set("key", "value")
+        stoppable_redis.kill()
+        stoppable_redis.start()
+        await asyncio.sleep(0.1)
+
+        assert await client.ping() is True
+    finally:
+        await client.aclose()
+
+
+async def test_concurrent_commands_each_get_their_own_connection_and_their_own_reply(
+    client: Redis,
+) -> None:
+    await client.mset({f"key:{n}": n for n in range(200)})
+
+    replies = await asyncio.gather(*(client.get(f"key:{n}") for n in range(200)))
+
+    assert replies == [str(n).encode() for n in range(200)]
+    assert len(client.connection_pool._available_connections) > 1  # type: ignore[attr-defined]
+
+
+async def test_a_command_cancelled_before_its_reply_leaves_no_reply_for_the_next_one(
+    client: Redis,
+) -> None:
+    await client.set("key", "value")
+    slow = asyncio.create_task(client.blpop(["empty-list"], timeout=0.3))
+    await asyncio.sleep(0.1)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    await asyncio.sleep(0.4)  # the late reply has arrived on the cancelled connection
+
+    assert [await client.get("key") for _ in range(3)] == [b"value"] * 3
