@@ -59,8 +59,11 @@ def answered(
 
 
 def answer_for_error(error: Exception) -> tuple[web.Response, str | None]:
-    """The JSON response and the outcome for an exception a view raised."""
-    if isinstance(error, web.HTTPException) and error.status >= 400:
+    """The JSON response and the outcome for an exception a view raised; a redirect (an
+    HTTPException below 400) is raised again, for aiohttp to send as it is."""
+    if isinstance(error, web.HTTPException):
+        if error.status < 400:
+            raise error
         code = error.reason.lower().replace(" ", "_")
         return error_response(error.status, code, error.reason), None
     known = response_for(error)

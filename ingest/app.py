@@ -57,8 +57,9 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.router.add_route("*", settings.webhook_path, method_not_allowed("POST"))
     for path, view in (("/healthz", views.healthz), ("/readyz", views.readyz)):
         app.router.add_get(path, accounted(view))
-        app.router.add_route("*", path, method_not_allowed("GET"))
-    app.router.add_route("*", "/{path:.*}", not_found)
+        app.router.add_route("*", path, method_not_allowed("GET,HEAD"))
+    # Any character, newlines (a decoded %0A) included: every path gets the JSON 404.
+    app.router.add_route("*", r"/{path:[\s\S]*}", not_found)
     return app
 
 

@@ -84,7 +84,6 @@ class _TickWriter:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._lines: list[bytes] = []
-        atexit.register(self.flush)
 
     def write(self, line: bytes) -> None:
         if not self._lines:
@@ -103,12 +102,20 @@ class _TickWriter:
         try:
             self._stream.write(b"".join(lines))
             self._stream.flush()
-        except ValueError:  # the stream was closed (a test's captured stderr): nowhere to go
-            pass
+        except (ValueError, OSError):  # closed (a test's captured stderr), or a broken pipe:
+            pass  # nowhere to go, and a log line must never break a request
 
 
 _fast_lines: _TickWriter | None = None
 """Set by ``configure_logging`` when lines are JSON and the level lets ``info`` through."""
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if _fast_lines is not None:
+        _fast_lines.flush()
+
+
 _json_renderer: structlog.typing.Processor | None = None
 """The renderer ``configure_logging`` put last in structlog's chain. While it is still last,
 structlog would render what ``CanonicalLine`` writes; once structlog is configured otherwise

@@ -39,10 +39,12 @@ class _LeanHandout:
     redis-py's own check reads from the socket (a zero-timeout read: one more trip through the
     event loop) to find a connection that the server closed or that holds unread data. What
     it would find is cheaper to see: a connection the server closed has its end-of-file in
-    its reader already, and is reconnected here; redis-py itself disconnects a connection
-    whose command failed or was cancelled part-way, so none holds an unread reply. Handing
-    out is synchronous up to ``connect``, so no lock is needed for two callers never to get
-    the same connection.
+    its reader already, one the peer reset has the reset error there, and either is
+    reconnected here; redis-py itself disconnects a connection whose command failed or was
+    cancelled part-way, so none holds an unread reply. Handing out is synchronous up to
+    ``connect``, so no lock is needed for two callers never to get the same connection.
+    (Without the lock, callers that find no idle connection each open one; redis-py's lock
+    queued them behind one handshake.)
     """
 
     async def get_connection(
@@ -51,7 +53,7 @@ class _LeanHandout:
         connection: AbstractConnection = self.get_available_connection()
         try:
             reader = getattr(connection, "_reader", None)
-            if reader is not None and reader.at_eof():
+            if reader is not None and (reader.at_eof() or reader.exception() is not None):
                 await connection.disconnect()
             await connection.connect()  # type: ignore[no-untyped-call]  # a no-op if connected
         except BaseException:

@@ -189,6 +189,13 @@ class EventIntake:
         finally:
             if deadline is not None:
                 deadline.cancel()
+        if not isinstance(results, list) or len(results) != len(waiting):
+            # Not the script's reply for this batch: nobody is told "stored", nobody waits.
+            mismatch = RedisError(f"the record script answered {results!r:.80} for {len(waiting)}")
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(mismatch)
+            return
         for future, created in zip(waiting, results, strict=True):
             if not future.done():
                 future.set_result(bool(created))

@@ -5,6 +5,8 @@ Redis."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -73,3 +75,37 @@ async def test_a_command_cancelled_before_its_reply_leaves_no_reply_for_the_next
     await asyncio.sleep(0.4)  # the late reply has arrived on the cancelled connection
 
     assert [await client.get("key") for _ in range(3)] == [b"value"] * 3
+
+
+async def test_a_connection_the_peer_reset_is_reconnected_before_it_is_used() -> None:
+    """A peer that resets (RST, as a NAT or load balancer dropping an idle connection does)
+    leaves an error in the reader, not an end of file."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        while line := await reader.readline():  # RESP arrays: "*n", then "$len" and the arg
+            for _ in range(int(line[1:])):
+                await reader.readline()
+                await reader.readline()
+            writer.write(b"+OK\r\n")
+            await writer.drain()
+
+    server = await asyncio.start_server(answer_ok, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = open_redis(f"redis://127.0.0.1:{port}/0", socket_timeout=2)
+    try:
+        assert await client.set("key", "value") is True
+        for writer in accepted:
+            linger_zero = struct.pack("ii", 1, 0)  # close with RST, not FIN
+            writer.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, linger_zero
+            )
+            writer.transport.abort()
+        await asyncio.sleep(0.2)
+
+        assert await client.set("key", "again") is True
+        assert len(accepted) == 2
+    finally:
+        await client.aclose()
+        server.close()

@@ -362,6 +362,21 @@ async def test_an_unknown_path_is_answered_404_in_json(receiver):
     assert (await response.json())["error"] == "not_found"
 
 
+async def test_a_path_holding_an_encoded_newline_is_answered_404_in_json(receiver):
+    response = await receiver.get("/webhooks%0Aloops")
+
+    assert response.status == 404
+    assert (await response.json())["error"] == "not_found"
+
+
+async def test_a_post_on_the_health_path_is_refused_405_naming_get_and_head(receiver):
+    response = await receiver.post("/healthz")
+
+    assert response.status == 405
+    assert response.headers["Allow"] == "GET,HEAD"
+    assert (await receiver.head("/healthz")).status == 200
+
+
 @pytest.mark.parametrize("stop", ["kill", "shutdown"])
 async def test_while_redis_is_down_events_get_503_and_after_it_is_back_200(
     start_receiver, stoppable_redis, loops, stop

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from arq.jobs import deserialize_job_raw
 from fakeredis import FakeAsyncRedis
+from redis.exceptions import RedisError
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.intake import PROCESS_EVENT_JOB, EventIntake, ReceivedEvent, job_payload
@@ -215,3 +216,25 @@ async def test_a_batch_answered_in_time_cancels_its_deadline(redis: CountingRedi
     assert await intake.submit(received("evt_in_time")) is True
 
     assert live_timers(loop) == timers_before
+
+
+class ShortReplyRedis(CountingRedis):
+    """fakeredis whose record script answers one flag, whatever the batch."""
+
+    async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
+        self.script_calls += 1
+        return [1]
+
+
+async def test_a_reply_of_the_wrong_shape_fails_every_caller_instead_of_leaving_one_waiting():
+    intake = EventIntake(ShortReplyRedis(), queue_name=QUEUE, deadline_seconds=30)
+
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(intake.submit(received(f"evt_{n}")) for n in range(3)), return_exceptions=True
+        ),
+        timeout=5,
+    )
+
+    assert all(isinstance(result, RedisError) for result in results)
+    assert "for 3" in str(results[0])
