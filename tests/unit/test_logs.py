@@ -90,3 +90,41 @@ def test_the_canonical_line_is_dropped_below_its_level_and_rendered_by_structlog
     console = run_canonical("console")
     assert len(console) == 3
     assert all("request" in line and not line.startswith("{") for line in console)
+
+
+def test_lines_written_outside_an_event_loop_leave_at_once() -> None:
+    import io
+
+    from loops_webhooks.logs import _TickWriter
+
+    stream = io.BytesIO()
+    _TickWriter(stream).write(b'{"event":"request"}\n')
+
+    assert stream.getvalue() == b'{"event":"request"}\n'
+
+
+def test_a_broken_pipe_drops_the_tick_s_lines_instead_of_raising() -> None:
+    import asyncio
+    import io
+
+    from loops_webhooks.logs import _TickWriter
+
+    class BrokenPipe(io.BytesIO):
+        def write(self, data: object) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    async def two_ticks() -> None:
+        writer = _TickWriter(BrokenPipe())
+        writer.write(b"line\n")
+        await asyncio.sleep(0)  # the tick's flush runs, and must not raise
+        writer.write(b"next\n")  # a later tick still schedules its own flush
+        await asyncio.sleep(0)
+
+    loop = asyncio.new_event_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        loop.run_until_complete(two_ticks())
+    finally:
+        loop.close()
+    assert errors == []
