@@ -191,9 +191,9 @@ async def _acknowledged(write: Awaitable[T]) -> T:
     """Await a Redis write held to ``LOOPS_REDIS_TIMEOUT_SECONDS``, or say the store is down
     (or too slow).
 
-    The client's socket timeouts alone are no deadline: redis-py's pool makes callers queue
-    behind a connection that handshakes with a stalled server. A write cut off by the deadline
-    may still be committed by Redis later; that event was not acknowledged, so Loops
+    The client's socket timeouts alone are no deadline: each of connecting, sending and
+    reading may take the whole socket timeout with a stalled server. A write cut off by the
+    deadline may still be committed by Redis later; that event was not acknowledged, so Loops
     redelivers it and the redelivery is answered as a duplicate.
     """
     try:
