@@ -2,8 +2,9 @@
 
 arq is the scheduler, not the record. Each (event, handler) pair has its own attempts and
 outcome in the event store; this module turns a handler's result into done, a scheduled
-retry or a dead letter, and asks arq (via ``arq.Retry``) to run the job again only when some
-handler is due later. Handlers of one event run concurrently, so a failing or slow handler
+retry or a dead letter, and its one write of those outcomes (``lua/finish.lua``) also
+settles the arq job: rescheduled at the time the next handler is due, or removed once the
+event is finished. Handlers of one event run concurrently, so a failing or slow handler
 never delays the others.
 """
 
@@ -19,7 +20,6 @@ from typing import Any, TypeVar
 
 import pydantic
 import structlog
-from arq import Retry
 from redis.exceptions import RedisError
 
 from loops_webhooks.handlers import HandlerContext, Router
@@ -96,15 +96,14 @@ class Dispatcher:
         self._dead_letter_unhandled = dead_letter_unhandled
         self._unhandled_types_logged: set[str] = set()
 
-    async def process(self, event_id: str, event_type: str, *, job_id: str = "") -> bool:
-        """Run what is due for one event and record it.
+    async def process(self, event_id: str, event_type: str, *, job_id: str) -> bool:
+        """Run what is due for one event, as the arq job ``job_id``, and record it.
 
-        With ``job_id`` (the arq job running this), the final write also reschedules or
-        removes that job, and True says so (the caller must not finish the job itself);
-        False means there was nothing to record: the job is the caller's to remove. Without
-        it, a later retry is asked for by raising ``arq.Retry``. A Redis failure before any
-        handler ran propagates (nothing ran, nothing is lost); once handlers ran, their
-        outcomes are kept and the final write is retried until Redis takes it.
+        The final write also reschedules or removes that job, and True says so (the caller
+        must not finish the job itself); False means there was nothing to record: the job is
+        the caller's to remove. A Redis failure before any handler ran propagates (nothing
+        ran, nothing is lost); once handlers ran, their outcomes are kept and the final
+        write is retried until Redis takes it.
         """
         handlers = self._router.handlers_for(event_type)
         begun = await self._begin(event_id, handlers, job_id)
@@ -116,7 +115,7 @@ class Dispatcher:
             return False
         if not handlers:
             await self._finish_unhandled(event, job_id)
-            return bool(job_id)
+            return True
         outcomes: list[Outcome] = []
         to_run: list[tuple[Handler, HandlerState]] = []
         for handler in handlers:
@@ -143,14 +142,8 @@ class Dispatcher:
             # 3.11's asyncio.timeout turns only the exact type into its TimeoutError, which
             # is how the worker tells the job's time limit from a shutdown.
             raise asyncio.CancelledError from None
-        next_due = await _despite_cancellation(
-            self._record(event, handlers, outcomes, settle_job=job_id)
-        )
-        if job_id:
-            return True
-        if next_due is not None:
-            raise Retry(defer=max(0, next_due - _now_ms()) / 1000)
-        return False
+        await _despite_cancellation(self._record(event, handlers, outcomes, settle_job=job_id))
+        return True
 
     async def _begin(self, event_id: str, handlers: list[Handler], settle: str) -> Begun | None:
         """Count the attempts of the due handlers; if the job is cancelled while Redis answers,
@@ -289,8 +282,8 @@ class Dispatcher:
         outcomes: list[Outcome],
         refunds: list[tuple[Handler, HandlerState]] | None = None,
         *,
-        settle_job: str = "",
-    ) -> int | None:
+        settle_job: str,
+    ) -> None:
         """Write outcomes in one step; ``refunds`` are attempts cancelled by a shutdown, which
         do not count, so those handlers are due again at once. The write is retried until
         Redis takes it: a handler that succeeded must not run again because Redis was full
@@ -310,7 +303,7 @@ class Dispatcher:
             log.info("handler cancelled by shutdown; it will run again", handler=handler.name)
         names = [handler.name for handler in handlers]
         counts = Counter(outcome.result.verdict.value for outcome in outcomes)
-        return await self._until_written(
+        await self._until_written(
             lambda: self._store.finish(
                 event, states, names, letters, now_ms=now, counts=counts, settle_job=settle_job
             )

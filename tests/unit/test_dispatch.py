@@ -1,8 +1,9 @@
 """``Dispatcher.process``, the body of the one arq job, against fakeredis running the real Lua.
 
-Each test records an event the way the receiver does (``EventIntake.submit``), calls
-``process`` as arq would, and reads the outcome back from the event store and the dead-letter
-queue. ``arq.Retry`` raised by ``process`` is arq's cue to run the job again later.
+Each test records an event the way the receiver does (``EventIntake.submit``), runs its job
+as the worker does (claimed, then ``process`` with the job's id), and reads the outcome back
+from the event store, the dead-letter queue and arq's queue: the job rescheduled at the time
+the next handler is due, or removed once the event is finished.
 """
 
 import asyncio
@@ -15,7 +16,6 @@ from typing import Any
 import fakeredis
 import orjson
 import pytest
-from arq import Retry
 
 from loops_webhooks.handlers import HandlerContext, Reject, RetryLater, Router
 from loops_webhooks.handlers.context import idempotency_key
@@ -38,7 +38,7 @@ class Deliveries:
     def __init__(self, redis: fakeredis.FakeAsyncRedis, loops: Any) -> None:
         self.redis = redis
         self.loops = loops
-        self.store = EventStore(redis, dedupe_ttl_seconds=3600)
+        self.store = EventStore(redis, dedupe_ttl_seconds=3600, queue_name=QUEUE)
         self._intake = EventIntake(redis, queue_name=QUEUE)
         self._count = 0
 
@@ -58,7 +58,10 @@ class Deliveries:
         base_seconds: float = 10.0,
         timeout: float = 5.0,
         dead_letter_unhandled: bool = False,
+        shutting_down: bool = True,
     ) -> Dispatcher:
+        """The dispatcher as the worker builds it; ``shutting_down`` says whether a
+        cancellation is a shutdown (the attempt is given back) or the job's time limit."""
         return Dispatcher(
             router,
             self.store,
@@ -67,7 +70,30 @@ class Deliveries:
             ),
             handler_timeout_seconds=timeout,
             dead_letter_unhandled=dead_letter_unhandled,
+            shutting_down=lambda: shutting_down,
         )
+
+    async def claim_job(self, event_id: str) -> str:
+        """Mark the event's job as taken by a worker, as the worker's poll does before
+        running it; its id."""
+        job_id = keys.job_id_for_event(event_id)
+        await self.redis.set(keys.arq_in_progress_key(job_id), b"1")
+        await self.redis.set(keys.arq_retry_key(job_id), b"1")
+        return job_id
+
+    async def run_job(
+        self, dispatcher: Dispatcher, event_id: str, event_type: str = COMPLETED
+    ) -> int | None:
+        """Run the event's job as the worker does, its final write settling the job: when
+        the job is due again (ms since the epoch), or None once it was removed."""
+        job_id = await self.claim_job(event_id)
+        assert await dispatcher.process(event_id, event_type, job_id=job_id)
+        return await self.job_due(event_id)
+
+    async def job_due(self, event_id: str) -> int | None:
+        """When the event's job is due in arq's queue (ms), None if it is not queued."""
+        score = await self.redis.zscore(QUEUE, keys.job_id_for_event(event_id))
+        return None if score is None else int(score)
 
     async def state(self, event_id: str, handler: str) -> HandlerState:
         stored = await self.store.get(event_id)
@@ -138,11 +164,12 @@ async def test_a_handler_that_returns_is_done_and_its_event_leaves_the_pending_s
     calls = Calls()
     event_id = await deliveries.record()
 
-    await deliveries.dispatcher(router_with(("fulfil", calls.recording()))).process(
-        event_id, COMPLETED
+    due = await deliveries.run_job(
+        deliveries.dispatcher(router_with(("fulfil", calls.recording()))), event_id
     )
 
     assert calls.attempts == [1]
+    assert due is None
     state = await deliveries.state(event_id, "fulfil")
     assert (state.status, state.attempts) == (HandlerStatus.DONE, 1)
     assert await deliveries.status(event_id) is EventStatus.DONE
@@ -155,8 +182,8 @@ async def test_a_handler_receives_the_event_parsed_into_the_model_of_its_type(
     calls = Calls()
     event_id = await deliveries.record()
 
-    await deliveries.dispatcher(router_with(("fulfil", calls.recording()))).process(
-        event_id, COMPLETED
+    await deliveries.run_job(
+        deliveries.dispatcher(router_with(("fulfil", calls.recording()))), event_id
     )
 
     [event] = calls.events
@@ -171,8 +198,8 @@ async def test_a_handler_context_carries_the_event_handler_attempt_and_idempoten
     calls = Calls()
     event_id = await deliveries.record()
 
-    await deliveries.dispatcher(router_with(("fulfil", calls.recording()))).process(
-        event_id, COMPLETED
+    await deliveries.run_job(
+        deliveries.dispatcher(router_with(("fulfil", calls.recording()))), event_id
     )
 
     [ctx] = calls.contexts
@@ -195,8 +222,8 @@ async def test_an_attempt_is_counted_in_the_store_before_the_handler_runs(
 
     event_id = await deliveries.record()
 
-    await deliveries.dispatcher(router_with(("fulfil", look_at_own_state))).process(
-        event_id, COMPLETED
+    await deliveries.run_job(
+        deliveries.dispatcher(router_with(("fulfil", look_at_own_state))), event_id
     )
 
     [during] = seen
@@ -213,16 +240,14 @@ async def test_a_failing_handler_is_retried_after_a_delay_within_its_first_backo
     )
     before = now_ms()
 
-    with pytest.raises(Retry) as retry:
-        await dispatcher.process(event_id, COMPLETED)
+    due = await deliveries.run_job(dispatcher, event_id)
 
-    assert retry.value.defer_score is not None
-    assert 0 <= retry.value.defer_score <= 10_000
+    assert due is not None
+    assert before <= due <= now_ms() + 10_000
     state = await deliveries.state(event_id, "fulfil")
     assert state.status is HandlerStatus.RETRY
     assert state.last_error == "ValueError: attempt 1 failed"
-    assert state.next_attempt_at is not None
-    assert before <= state.next_attempt_at <= now_ms() + 10_000
+    assert state.next_attempt_at == due
     assert await deliveries.is_pending(event_id)
 
 
@@ -236,15 +261,13 @@ async def test_a_job_that_runs_before_a_retry_is_due_runs_nothing_and_defers_to_
 
     event_id = await deliveries.record()
     dispatcher = deliveries.dispatcher(router_with(("fulfil", calls.recording(later))))
-    with pytest.raises(Retry):
-        await dispatcher.process(event_id, COMPLETED)
+    assert await deliveries.run_job(dispatcher, event_id) is not None
 
-    with pytest.raises(Retry) as early:
-        await dispatcher.process(event_id, COMPLETED)
+    early = await deliveries.run_job(dispatcher, event_id)
 
     assert calls.attempts == [1]
-    assert early.value.defer_score is not None
-    assert 58_000 <= early.value.defer_score <= 60_000
+    assert early is not None
+    assert 58_000 <= early - now_ms() <= 60_000
     assert (await deliveries.state(event_id, "fulfil")).attempts == 1
 
 
@@ -256,13 +279,13 @@ async def test_a_handler_that_fails_its_last_attempt_is_dead_lettered_with_its_t
     dispatcher = deliveries.dispatcher(
         router_with(("fulfil", calls.recording(fail))), max_attempts=2, base_seconds=0.001
     )
-    with pytest.raises(Retry):
-        await dispatcher.process(event_id, COMPLETED)
+    assert await deliveries.run_job(dispatcher, event_id) is not None
     await asyncio.sleep(0.01)
 
-    await dispatcher.process(event_id, COMPLETED)
+    due = await deliveries.run_job(dispatcher, event_id)
 
     assert calls.attempts == [1, 2]
+    assert due is None
     letter = await deliveries.dead_letter(event_id, "fulfil")
     assert (letter.reason, letter.attempts) == ("max_attempts", 2)
     assert (letter.error_type, letter.error_message) == ("ValueError", "attempt 2 failed")
@@ -281,9 +304,8 @@ async def test_attempts_spent_by_worker_crashes_dead_letter_the_handler_without_
     crashed_during = await deliveries.store.begin(event_id, [("fulfil", 1)], now_ms())
     assert crashed_during is not None
 
-    await deliveries.dispatcher(router_with(("fulfil", calls.recording())), max_attempts=1).process(
-        event_id, COMPLETED
-    )
+    dispatcher = deliveries.dispatcher(router_with(("fulfil", calls.recording())), max_attempts=1)
+    await deliveries.run_job(dispatcher, event_id)
 
     assert calls.attempts == []
     letter = await deliveries.dead_letter(event_id, "fulfil")
@@ -303,9 +325,8 @@ async def test_a_crash_with_attempts_left_runs_the_handler_again_as_the_next_att
     event_id = await deliveries.record()
     await deliveries.store.begin(event_id, [("fulfil", 3)], now_ms())
 
-    await deliveries.dispatcher(router_with(("fulfil", calls.recording())), max_attempts=3).process(
-        event_id, COMPLETED
-    )
+    dispatcher = deliveries.dispatcher(router_with(("fulfil", calls.recording())), max_attempts=3)
+    await deliveries.run_job(dispatcher, event_id)
 
     assert calls.attempts == [2]
     assert await deliveries.status(event_id) is EventStatus.DONE
@@ -320,9 +341,10 @@ async def test_reject_dead_letters_at_once_with_its_reason_and_traceback(
     calls = Calls()
     event_id = await deliveries.record()
 
-    await deliveries.dispatcher(
+    dispatcher = deliveries.dispatcher(
         router_with(("fulfil", calls.recording(reject))), max_attempts=8
-    ).process(event_id, COMPLETED)
+    )
+    await deliveries.run_job(dispatcher, event_id)
 
     assert calls.attempts == [1]
     letter = await deliveries.dead_letter(event_id, "fulfil")
@@ -341,16 +363,15 @@ async def test_retry_later_schedules_the_next_attempt_after_the_delay_the_handle
     event_id = await deliveries.record()
     before = now_ms()
 
-    with pytest.raises(Retry) as retry:
-        await deliveries.dispatcher(
-            router_with(("fulfil", Calls().recording(later))), base_seconds=0.001
-        ).process(event_id, COMPLETED)
+    dispatcher = deliveries.dispatcher(
+        router_with(("fulfil", Calls().recording(later))), base_seconds=0.001
+    )
+    due = await deliveries.run_job(dispatcher, event_id)
+    after = now_ms()
 
-    assert retry.value.defer_score is not None
-    assert 29_000 <= retry.value.defer_score <= 30_000
-    state = await deliveries.state(event_id, "fulfil")
-    assert state.next_attempt_at is not None
-    assert before + 30_000 <= state.next_attempt_at <= now_ms() + 30_000
+    assert due is not None
+    assert before + 30_000 <= due <= after + 30_000
+    assert (await deliveries.state(event_id, "fulfil")).next_attempt_at == due
 
 
 async def test_retry_later_on_the_last_attempt_dead_letters(deliveries: Deliveries) -> None:
@@ -359,9 +380,10 @@ async def test_retry_later_on_the_last_attempt_dead_letters(deliveries: Deliveri
 
     event_id = await deliveries.record()
 
-    await deliveries.dispatcher(
+    dispatcher = deliveries.dispatcher(
         router_with(("fulfil", Calls().recording(later))), max_attempts=1
-    ).process(event_id, COMPLETED)
+    )
+    assert await deliveries.run_job(dispatcher, event_id) is None
 
     letter = await deliveries.dead_letter(event_id, "fulfil")
     assert (letter.reason, letter.error_type) == ("max_attempts", "RetryLater")
@@ -374,8 +396,7 @@ async def test_a_handler_that_overruns_its_timeout_is_retried(deliveries: Delive
     event_id = await deliveries.record()
     router = router_with(("fulfil", hang), timeout=0.05)
 
-    with pytest.raises(Retry):
-        await deliveries.dispatcher(router, timeout=30).process(event_id, COMPLETED)
+    assert await deliveries.run_job(deliveries.dispatcher(router, timeout=30), event_id) is not None
 
     state = await deliveries.state(event_id, "fulfil")
     assert state.status is HandlerStatus.RETRY
@@ -390,10 +411,10 @@ async def test_a_timeout_error_raised_by_the_handler_itself_keeps_its_own_messag
 
     event_id = await deliveries.record()
 
-    with pytest.raises(Retry):
-        await deliveries.dispatcher(
-            router_with(("fulfil", Calls().recording(api_timed_out))), timeout=30
-        ).process(event_id, COMPLETED)
+    dispatcher = deliveries.dispatcher(
+        router_with(("fulfil", Calls().recording(api_timed_out))), timeout=30
+    )
+    assert await deliveries.run_job(dispatcher, event_id) is not None
 
     state = await deliveries.state(event_id, "fulfil")
     assert state.last_error == "TimeoutError: payment API read timed out"
@@ -408,8 +429,8 @@ async def test_a_payload_the_model_rejects_is_dead_lettered_as_invalid_without_r
     )
     event_id = await deliveries.record(body=body)
 
-    await deliveries.dispatcher(router_with(("fulfil", calls.recording()))).process(
-        event_id, COMPLETED
+    await deliveries.run_job(
+        deliveries.dispatcher(router_with(("fulfil", calls.recording()))), event_id
     )
 
     assert calls.attempts == []
@@ -427,7 +448,9 @@ async def test_an_event_type_no_handler_matches_is_recorded_done_with_outcome_un
     router.on(COMPLETED, name="fulfil")(Calls().recording())
     event_id = await deliveries.record("refund.created")
 
-    await deliveries.dispatcher(router).process(event_id, "refund.created")
+    due = await deliveries.run_job(deliveries.dispatcher(router), event_id, "refund.created")
+
+    assert due is None
 
     stored = await deliveries.store.get(event_id)
     assert stored is not None
@@ -441,9 +464,8 @@ async def test_an_unhandled_event_type_is_dead_lettered_when_so_configured(
 ) -> None:
     event_id = await deliveries.record("refund.created")
 
-    await deliveries.dispatcher(Router(), dead_letter_unhandled=True).process(
-        event_id, "refund.created"
-    )
+    dispatcher = deliveries.dispatcher(Router(), dead_letter_unhandled=True)
+    assert await deliveries.run_job(dispatcher, event_id, "refund.created") is None
 
     letter = await deliveries.dead_letter(event_id, "")
     stored = await deliveries.store.get(event_id)
@@ -469,11 +491,10 @@ async def test_a_handler_that_succeeded_is_not_run_again_when_another_handler_is
         router_with(("fulfil", fulfil.recording()), ("notify", notify.recording(fail_first))),
         base_seconds=0.001,
     )
-    with pytest.raises(Retry):
-        await dispatcher.process(event_id, COMPLETED)
+    assert await deliveries.run_job(dispatcher, event_id) is not None
     await asyncio.sleep(0.01)
 
-    await dispatcher.process(event_id, COMPLETED)
+    assert await deliveries.run_job(dispatcher, event_id) is None
 
     assert (fulfil.attempts, notify.attempts) == ([1], [1, 2])
     assert await deliveries.status(event_id) is EventStatus.DONE
@@ -489,7 +510,7 @@ async def test_a_plain_def_handler_runs_in_a_worker_thread_not_on_the_event_loop
 
     event_id = await deliveries.record()
 
-    await deliveries.dispatcher(router_with(("fulfil", blocking))).process(event_id, COMPLETED)
+    await deliveries.run_job(deliveries.dispatcher(router_with(("fulfil", blocking))), event_id)
 
     assert len(threads) == 1
     assert threads[0] != threading.get_ident()
@@ -513,7 +534,8 @@ async def test_a_shutdown_cancelling_a_running_handler_refunds_its_attempt(
     dispatcher = deliveries.dispatcher(
         router_with(("slow", slow), ("quick", quick.recording())), max_attempts=1
     )
-    job = asyncio.create_task(dispatcher.process(event_id, COMPLETED))
+    job_id = await deliveries.claim_job(event_id)
+    job = asyncio.create_task(dispatcher.process(event_id, COMPLETED, job_id=job_id))
     await slow_started.wait()
     for _ in range(20):
         await asyncio.sleep(0)
@@ -528,8 +550,9 @@ async def test_a_shutdown_cancelling_a_running_handler_refunds_its_attempt(
     assert refunded.next_attempt_at <= now_ms()
     assert (await deliveries.state(event_id, "quick")).status is HandlerStatus.DONE
     assert await deliveries.is_pending(event_id)
+    assert await deliveries.job_due(event_id) == refunded.next_attempt_at
 
-    await dispatcher.process(event_id, COMPLETED)
+    assert await deliveries.run_job(dispatcher, event_id) is None
 
     assert (slow_attempts, quick.attempts) == ([1, 1], [1])
     assert await deliveries.status(event_id) is EventStatus.DONE
@@ -555,7 +578,7 @@ async def test_a_shutdown_while_begin_is_answering_spends_no_attempt(
 ) -> None:
     calls = Calls()
     event_id = await deliveries.record()
-    store = SlowToAnswerStore(deliveries.redis, dedupe_ttl_seconds=3600)
+    store = SlowToAnswerStore(deliveries.redis, dedupe_ttl_seconds=3600, queue_name=QUEUE)
     dispatcher = Dispatcher(
         router_with(("fulfil", calls.recording())),
         store,
@@ -563,7 +586,8 @@ async def test_a_shutdown_while_begin_is_answering_spends_no_attempt(
         handler_timeout_seconds=5,
         dead_letter_unhandled=False,
     )
-    job = asyncio.create_task(dispatcher.process(event_id, COMPLETED))
+    job_id = await deliveries.claim_job(event_id)
+    job = asyncio.create_task(dispatcher.process(event_id, COMPLETED, job_id=job_id))
     await store.counted.wait()
 
     job.cancel()
@@ -584,8 +608,7 @@ async def test_the_idempotency_key_is_the_same_on_every_attempt_of_one_handler(
     )
     for _ in range(3):
         await asyncio.sleep(0.01)
-        with contextlib.suppress(Retry):
-            await dispatcher.process(event_id, COMPLETED)
+        await deliveries.run_job(dispatcher, event_id)
 
     assert calls.attempts == [1, 2, 3]
     assert {ctx.idempotency_key for ctx in calls.contexts} == {idempotency_key(event_id, "fulfil")}
@@ -596,10 +619,13 @@ async def test_a_job_for_an_event_missing_from_the_store_does_nothing(
 ) -> None:
     calls = Calls()
 
-    await deliveries.dispatcher(router_with(("fulfil", calls.recording()))).process(
-        "evt_purged", COMPLETED
+    dispatcher = deliveries.dispatcher(router_with(("fulfil", calls.recording())))
+
+    settled = await dispatcher.process(
+        "evt_purged", COMPLETED, job_id=keys.job_id_for_event("evt_purged")
     )
 
+    assert not settled, "the job is the caller's to remove"
     assert calls.attempts == []
 
 
@@ -609,35 +635,13 @@ async def test_a_redelivered_job_of_an_event_that_already_finished_runs_nothing(
     calls = Calls()
     event_id = await deliveries.record()
     dispatcher = deliveries.dispatcher(router_with(("fulfil", calls.recording())))
-    await dispatcher.process(event_id, COMPLETED)
+    await deliveries.run_job(dispatcher, event_id)
 
-    await dispatcher.process(event_id, COMPLETED)
+    job_id = await deliveries.claim_job(event_id)
+    settled = await dispatcher.process(event_id, COMPLETED, job_id=job_id)
 
+    assert not settled, "the job is the caller's to remove"
     assert calls.attempts == [1]
-
-
-def worker_dispatcher(
-    deliveries: Deliveries, router: Router, *, shutting_down: bool = True, max_attempts: int = 3
-) -> Dispatcher:
-    """The dispatcher as the worker builds it: its final write settles the running arq job."""
-    return Dispatcher(
-        router,
-        EventStore(deliveries.redis, dedupe_ttl_seconds=3600, queue_name=QUEUE),
-        retry_policy=RetryPolicy(
-            max_attempts=max_attempts, base_seconds=10.0, max_delay_seconds=3600
-        ),
-        handler_timeout_seconds=5.0,
-        dead_letter_unhandled=False,
-        shutting_down=lambda: shutting_down,
-    )
-
-
-async def claim_job(deliveries: Deliveries, event_id: str) -> str:
-    """Mark the event's job as taken by a worker, as arq does before running it."""
-    job_id = keys.job_id_for_event(event_id)
-    await deliveries.redis.set(keys.arq_in_progress_key(job_id), b"1")
-    await deliveries.redis.set(keys.arq_retry_key(job_id), b"1")
-    return job_id
 
 
 async def test_a_finished_event_removes_its_job_in_the_same_write_when_settling(
@@ -645,9 +649,9 @@ async def test_a_finished_event_removes_its_job_in_the_same_write_when_settling(
 ) -> None:
     router = Router()
     router.on(COMPLETED, name="fulfil")(Calls().recording())
-    dispatcher = worker_dispatcher(deliveries, router)
+    dispatcher = deliveries.dispatcher(router)
     event_id = await deliveries.record()
-    job_id = await claim_job(deliveries, event_id)
+    job_id = await deliveries.claim_job(event_id)
 
     assert await dispatcher.process(event_id, COMPLETED, job_id=job_id)
 
@@ -666,9 +670,9 @@ async def test_a_retry_reschedules_the_job_at_the_due_time_when_settling(
 ) -> None:
     router = Router()
     router.on(COMPLETED, name="flaky")(Calls().recording(fail))
-    dispatcher = worker_dispatcher(deliveries, router)
+    dispatcher = deliveries.dispatcher(router)
     event_id = await deliveries.record()
-    job_id = await claim_job(deliveries, event_id)
+    job_id = await deliveries.claim_job(event_id)
 
     assert await dispatcher.process(event_id, COMPLETED, job_id=job_id)
 
@@ -688,7 +692,7 @@ async def test_a_handler_raising_cancelled_error_itself_fails_its_attempt_and_is
     event_id = await deliveries.record()
     dispatcher = deliveries.dispatcher(router_with(("stray", cancels_itself)), max_attempts=1)
 
-    await dispatcher.process(event_id, COMPLETED)
+    assert await deliveries.run_job(dispatcher, event_id) is None
 
     letter = await deliveries.dead_letter(event_id, "stray")
     assert (letter.reason, letter.attempts) == ("max_attempts", 1)
@@ -704,9 +708,9 @@ async def test_a_job_cancelled_at_its_time_limit_counts_the_attempt_and_reschedu
         started.set()
         await asyncio.sleep(60)
 
-    dispatcher = worker_dispatcher(deliveries, router_with(("slow", slow)), shutting_down=False)
+    dispatcher = deliveries.dispatcher(router_with(("slow", slow)), shutting_down=False)
     event_id = await deliveries.record()
-    job_id = await claim_job(deliveries, event_id)
+    job_id = await deliveries.claim_job(event_id)
     job = asyncio.create_task(dispatcher.process(event_id, COMPLETED, job_id=job_id))
     await started.wait()
 
@@ -730,9 +734,9 @@ async def test_a_job_reaching_its_time_limit_surfaces_as_the_timeouts_own_error(
     async def slow(event: Event, ctx: HandlerContext) -> None:
         await asyncio.sleep(60)
 
-    dispatcher = worker_dispatcher(deliveries, router_with(("slow", slow)), shutting_down=False)
+    dispatcher = deliveries.dispatcher(router_with(("slow", slow)), shutting_down=False)
     event_id = await deliveries.record()
-    job_id = await claim_job(deliveries, event_id)
+    job_id = await deliveries.claim_job(event_id)
 
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.2):
@@ -764,8 +768,7 @@ async def test_a_handler_raising_a_base_exception_fails_one_attempt_and_its_neig
     exits = raises_async if is_async else raises_sync
     dispatcher = deliveries.dispatcher(router_with(("exits", exits), ("fulfil", calls.recording())))
 
-    with pytest.raises(Retry):
-        await dispatcher.process(event_id, COMPLETED)
+    assert await deliveries.run_job(dispatcher, event_id) is not None
 
     state = await deliveries.state(event_id, "exits")
     assert (state.status, state.attempts) == (HandlerStatus.RETRY, 1)
