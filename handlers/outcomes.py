@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Literal
 
 import pydantic
 
@@ -18,10 +17,19 @@ from loops_webhooks.handlers.errors import Reject, RetryLater
 from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.handlers.router import Handler
 
-__all__ = ["AttemptOutcome", "DeadReason", "Verdict", "classify", "policy_for"]
+__all__ = ["AttemptOutcome", "DeadLetterReason", "Verdict", "classify", "policy_for"]
 
-DeadReason = Literal["rejected", "invalid_payload", "max_attempts"]
-"""Why an attempt dead-letters its (event, handler) pair; the worker's dead-letter reasons."""
+
+class DeadLetterReason(StrEnum):
+    """Why a dead letter was written: the one list, which the worker, the receiver, the CLI,
+    the dashboard and the API all import. The first three are verdicts on an attempt
+    (`classify`); the others are the worker's, about an event rather than an attempt."""
+
+    REJECTED = "rejected"
+    INVALID_PAYLOAD = "invalid_payload"
+    MAX_ATTEMPTS = "max_attempts"
+    UNHANDLED = "unhandled"
+    """No handler matches the event's type (with ``LOOPS_UNHANDLED=dead-letter``)."""
 
 
 class Verdict(StrEnum):
@@ -39,7 +47,7 @@ class AttemptOutcome:
     verdict: Verdict
     error: BaseException | None = None
     retry_after: float | None = None
-    reason: DeadReason | None = None
+    reason: DeadLetterReason | None = None
 
 
 def policy_for(handler: Handler, default: RetryPolicy) -> RetryPolicy:
@@ -60,10 +68,10 @@ def classify(attempt: int, error: BaseException | None, policy: RetryPolicy) -> 
     if error is None:
         return AttemptOutcome(Verdict.DONE)
     if isinstance(error, Reject):
-        return AttemptOutcome(Verdict.DEAD_LETTER, error, reason="rejected")
+        return AttemptOutcome(Verdict.DEAD_LETTER, error, reason=DeadLetterReason.REJECTED)
     if isinstance(error, pydantic.ValidationError):
-        return AttemptOutcome(Verdict.DEAD_LETTER, error, reason="invalid_payload")
+        return AttemptOutcome(Verdict.DEAD_LETTER, error, reason=DeadLetterReason.INVALID_PAYLOAD)
     if not policy.allows_another(attempt):
-        return AttemptOutcome(Verdict.DEAD_LETTER, error, reason="max_attempts")
+        return AttemptOutcome(Verdict.DEAD_LETTER, error, reason=DeadLetterReason.MAX_ATTEMPTS)
     delay = error.after if isinstance(error, RetryLater) else policy.delay(attempt)
     return AttemptOutcome(Verdict.RETRY, error, retry_after=delay)

@@ -3,6 +3,16 @@
 A dead letter keeps everything needed to understand and replay it: the raw event, its
 headers and receipt time, the handler, the reason, the exception and a bounded traceback,
 the attempt count and times. Dead letters never expire; they leave only by replay or purge.
+
+`DeadLetterReason` is defined with the verdicts in ``loops_webhooks.handlers.outcomes`` (the
+lowest layer that names reasons) and exported from here to the layers that may not import
+``handlers`` (the receiver, the dashboard).
+
+This module owns a letter's making and its writing: `build_dead_letter` is the one way a
+letter is made (the dispatcher's and the receiver's), and `encode_dead_letter` the one way
+it reaches a script; the scripts that store or remove letters atomically with other writes
+do so through the one Lua library ``lua/dead_letter.lua``, which keeps the index and the
+per-reason counts in step.
 """
 
 from __future__ import annotations
@@ -10,30 +20,25 @@ from __future__ import annotations
 import traceback
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
 
+from loops_webhooks.handlers.outcomes import DeadLetterReason
 from loops_webhooks.workers import keys
+from loops_webhooks.workers.scripts import length_prefixed
 
 __all__ = [
     "TRACEBACK_LIMIT",
     "DeadLetter",
     "DeadLetterReason",
     "build_dead_letter",
+    "encode_dead_letter",
     "get_dead_letter",
 ]
 
 TRACEBACK_LIMIT = 8192
 """Characters of traceback kept (the end, where the error is)."""
-
-
-class DeadLetterReason(StrEnum):
-    REJECTED = "rejected"
-    MAX_ATTEMPTS = "max_attempts"
-    INVALID_PAYLOAD = "invalid_payload"
-    UNHANDLED = "unhandled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,18 +58,6 @@ class DeadLetter:
     received_at: int = 0
     raw: bytes = b""
     headers: str = "{}"
-
-    def summary_fields(self) -> dict[str, str | int]:
-        """Every field but those the event record supplies (raw, headers, received_at, type)."""
-        copied_from_event = {"raw", "headers", "received_at", "event_type"}
-        return {
-            name: value
-            for name, value in asdict(self).items()
-            if name not in copied_from_event and not isinstance(value, bytes)
-        }
-
-    def redis_fields(self) -> dict[str, str | int | bytes]:
-        return dict(asdict(self))
 
     @classmethod
     def from_redis(cls, stored: Mapping[bytes, bytes]) -> DeadLetter:
@@ -127,6 +120,22 @@ def build_dead_letter(
         raw=raw,
         headers=headers,
     )
+
+
+_DEFAULTS = DeadLetter(id="", reason="")
+
+
+def encode_dead_letter(letter: DeadLetter) -> bytes:
+    """The letter as one script argument, which ``lua/dead_letter.lua`` decodes: each field's
+    name and value written ``<length>:<bytes>``. A field at its default is left out (it reads
+    back as the default), so a letter of a stored event carries no copy of the event: the
+    script copies the raw body, headers, receipt time and type from the event's record in
+    the same step."""
+    values: list[bytes | str | int] = []
+    for name, value in asdict(letter).items():
+        if value != getattr(_DEFAULTS, name):
+            values += [name, value]
+    return length_prefixed(values)
 
 
 async def get_dead_letter(redis: Redis, letter_id: str) -> DeadLetter | None:

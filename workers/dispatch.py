@@ -25,11 +25,17 @@ from redis.exceptions import RedisError
 from loops_webhooks.handlers import HandlerContext, Router
 from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.handlers.events import Event, parse_event
-from loops_webhooks.handlers.outcomes import AttemptOutcome, Verdict, classify, policy_for
+from loops_webhooks.handlers.outcomes import (
+    AttemptOutcome,
+    DeadLetterReason,
+    Verdict,
+    classify,
+    policy_for,
+)
 from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.handlers.router import Handler
 from loops_webhooks.workers import metrics
-from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason, build_dead_letter
+from loops_webhooks.workers.dead_letters import DeadLetter, build_dead_letter
 from loops_webhooks.workers.event_store import (
     Action,
     Begun,
@@ -417,7 +423,7 @@ def _parse_once(
 def _dead_letter(event: StoredEvent, outcome: Outcome, now: int) -> DeadLetter:
     assert outcome.result.reason is not None
     return build_dead_letter(
-        DeadLetterReason(outcome.result.reason),
+        outcome.result.reason,
         now_ms=now,
         event_id=event.event_id,
         handler=outcome.handler.name,

@@ -18,7 +18,7 @@ import orjson
 from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
-from loops_webhooks.workers.dead_letters import DeadLetter
+from loops_webhooks.workers.dead_letters import DeadLetter, encode_dead_letter
 from loops_webhooks.workers.scripts import BatchedScript
 
 __all__ = [
@@ -169,7 +169,6 @@ class EventStore:
         finished (or gone).
         """
         expire_at = event.received_at_ms + self._dedupe_ttl_ms
-        letters = [letter.summary_fields() for letter in dead_letters]
         script_keys = [
             keys.event_key(event.event_id),
             keys.PENDING_EVENTS,
@@ -191,12 +190,12 @@ class EventStore:
                 event.event_id,
                 orjson.dumps({name: state.to_json() for name, state in states.items()}),
                 orjson.dumps(list(handler_names)),
-                orjson.dumps(letters) if letters else b"[]",
                 outcome,
                 orjson.dumps(counts or {}) if counts else b"{}",
                 keys.OUTCOME_COUNTS_TTL_SECONDS,
                 settle_job,
                 keys.HANDLER_FIELD_PREFIX,
+                *(encode_dead_letter(letter) for letter in dead_letters),
             ],
         )
         next_due = int(reply)

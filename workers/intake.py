@@ -26,7 +26,11 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from loops_webhooks.workers import keys
-from loops_webhooks.workers.dead_letters import DeadLetterReason, build_dead_letter
+from loops_webhooks.workers.dead_letters import (
+    DeadLetterReason,
+    build_dead_letter,
+    encode_dead_letter,
+)
 from loops_webhooks.workers.scripts import register_script
 
 __all__ = ["PROCESS_EVENT_JOB", "EventIntake", "NotReplicated", "ReceivedEvent", "job_payload"]
@@ -217,9 +221,6 @@ class EventIntake:
             raw=raw,
             headers=orjson.dumps(dict(headers)).decode(),
         )
-        flat: list[Any] = [received_at_ms, letter.id]
-        for name, value in letter.redis_fields().items():
-            flat += [name, value]
         await self._write(
             self._dead_letter_unparseable,
             [
@@ -227,7 +228,7 @@ class EventIntake:
                 keys.DEAD_LETTER_INDEX,
                 keys.DEAD_LETTER_REASON_COUNTS,
             ],
-            flat,
+            [encode_dead_letter(letter)],
         )
         return letter.id
 

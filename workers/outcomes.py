@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from loops_webhooks.handlers.outcomes import AttemptOutcome, Verdict
+from loops_webhooks.handlers.outcomes import AttemptOutcome, DeadLetterReason, Verdict
 from loops_webhooks.workers.event_store import HandlerState, HandlerStatus
 
 __all__ = ["describe", "exhausted_by_crashes", "next_state", "refunded"]
@@ -21,7 +21,7 @@ def exhausted_by_crashes(attempts: int) -> AttemptOutcome:
         f"the worker stopped during attempt {attempts} (killed, crashed or out of memory) "
         "and no attempts are left"
     )
-    return AttemptOutcome(Verdict.DEAD_LETTER, error, reason="max_attempts")
+    return AttemptOutcome(Verdict.DEAD_LETTER, error, reason=DeadLetterReason.MAX_ATTEMPTS)
 
 
 def next_state(

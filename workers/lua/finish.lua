@@ -12,27 +12,29 @@
 -- KEYS[8] retry_counter      the job's run counter (arq's)
 -- KEYS[9] event_letters      set of the event's dead-letter ids
 -- KEYS[10] reason_counts     hash of the number of dead letters per reason
--- KEYS[11..] one key per dead letter, in the order of ARGV[6]
+-- KEYS[11..] one key per dead letter, in the order of ARGV[11..]
 -- ARGV[1] now                ms
 -- ARGV[2] expire_at          ms: when a finished event's record (and dedupe) expires
 -- ARGV[3] event_id
 -- ARGV[4] states             JSON object: handler name to its new state (JSON)
 -- ARGV[5] handler_names      JSON array: every handler of the event
--- ARGV[6] letters            JSON array of dead letters' fields (each has its id)
--- ARGV[7] outcome            the event's outcome, '' for none
--- ARGV[8] counts             JSON object: outcome name to count
--- ARGV[9] counts_ttl_s
--- ARGV[10] job_id            '' to leave the job to arq
--- ARGV[11] handler_prefix    of the handler-state fields in the event's hash
+-- ARGV[6] outcome            the event's outcome, '' for none
+-- ARGV[7] counts             JSON object: outcome name to count
+-- ARGV[8] counts_ttl_s
+-- ARGV[9] job_id             '' to leave the job to arq
+-- ARGV[10] handler_prefix    of the handler-state fields in the event's hash
+-- ARGV[11..] dead letters    each as encode_dead_letter wrote it; the event's raw body,
+--                            headers, receipt time and type are copied into each
 -- Returns the next handler's due time (ms), -1 if the event is gone, -2 if it is finished.
 local event, pending, dead_letter_index, outcome_counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local queue, job_key, in_progress, retry_counter = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local event_letters, reason_counts = KEYS[9], KEYS[10]
 local now, expire_at, event_id = ARGV[1], ARGV[2], ARGV[3]
 local states, handler_names = cjson.decode(ARGV[4]), cjson.decode(ARGV[5])
-local letters, outcome, counts = cjson.decode(ARGV[6]), ARGV[7], cjson.decode(ARGV[8])
-local counts_ttl_s, job_id, handler_prefix = ARGV[9], ARGV[10], ARGV[11]
-local FIRST_LETTER_KEY = 11
+local outcome, counts, counts_ttl_s = ARGV[6], cjson.decode(ARGV[7]), ARGV[8]
+local job_id, handler_prefix = ARGV[9], ARGV[10]
+local FIRST_LETTER_KEY, FIRST_LETTER = 11, 11
+local letter_count = #ARGV - FIRST_LETTER + 1
 
 local function settle_job(next_due)
   if job_id == '' then return end
@@ -56,23 +58,14 @@ redis.call('EXPIRE', outcome_counts, counts_ttl_s)
 for name, state in pairs(states) do
   redis.call('HSET', event, handler_prefix .. name, state)
 end
-if #letters > 0 then
+if letter_count > 0 then
   local kept = redis.call('HMGET', event, 'raw', 'headers', 'received_at', 'type')
-  for i, letter in ipairs(letters) do
-    local flat = {}
-    for name, value in pairs(letter) do
-      flat[#flat + 1] = name
-      flat[#flat + 1] = value
-    end
-    local letter_key = KEYS[FIRST_LETTER_KEY + i - 1]
-    local replaced = redis.call('HGET', letter_key, 'reason')
-    if replaced then redis.call('HINCRBY', reason_counts, replaced, -1) end
-    redis.call('HINCRBY', reason_counts, letter.reason, 1)
-    redis.call('DEL', letter_key)
-    redis.call('HSET', letter_key, 'raw', kept[1], 'headers', kept[2],
-               'received_at', kept[3], 'event_type', kept[4], unpack(flat))
-    redis.call('ZADD', dead_letter_index, now, letter.id)
-    redis.call('SADD', event_letters, letter.id)
+  local copied = {'raw', kept[1], 'headers', kept[2], 'received_at', kept[3],
+                  'event_type', kept[4]}
+  for i = 0, letter_count - 1 do
+    local letter_id = put_dead_letter(KEYS[FIRST_LETTER_KEY + i], dead_letter_index,
+                                      reason_counts, ARGV[FIRST_LETTER + i], copied)
+    redis.call('SADD', event_letters, letter_id)
   end
 end
 
@@ -101,7 +94,7 @@ end
 
 settle_job(nil)
 local status = 'done'
-if any_dead or #letters > 0 then status = 'dead' end
+if any_dead or letter_count > 0 then status = 'dead' end
 redis.call('HSET', event, 'status', status, 'finished_at', now)
 if outcome ~= '' then redis.call('HSET', event, 'outcome', outcome) end
 redis.call('ZREM', pending, event_id)

@@ -14,11 +14,10 @@ local letter, dead_letter_index, event, event_letters = KEYS[1], KEYS[2], KEYS[3
 local reason_counts = KEYS[5]
 local letter_id, dedupe_ttl_ms = ARGV[1], ARGV[2]
 
-if redis.call('EXISTS', letter) == 0 then return 0 end
-redis.call('HINCRBY', reason_counts, redis.call('HGET', letter, 'reason'), -1)
-redis.call('DEL', letter)
-redis.call('ZREM', dead_letter_index, letter_id)
-redis.call('SREM', event_letters, letter_id)
+if not remove_dead_letter(letter, dead_letter_index, reason_counts, event_letters,
+                          letter_id) then
+  return 0
+end
 if redis.call('SCARD', event_letters) > 0 then return 1 end
 if redis.call('HGET', event, 'status') == 'dead' and redis.call('TTL', event) < 0 then
   redis.call('PEXPIRE', event, dedupe_ttl_ms)

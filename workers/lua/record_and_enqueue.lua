@@ -14,20 +14,9 @@
 local pending, event_index, queue = KEYS[1], KEYS[2], KEYS[3]
 local job_ttl_ms, event_prefix, job_id_prefix, job_key_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
-local function fields_of(record)
-  local fields, position = {}, 1
-  while position <= #record do
-    local colon = string.find(record, ':', position, true)
-    local length = tonumber(string.sub(record, position, colon - 1))
-    fields[#fields + 1] = string.sub(record, colon + 1, colon + length)
-    position = colon + length + 1
-  end
-  return fields
-end
-
 local results = {}
 for i = 5, #ARGV do
-  local event_id, event_type, raw, headers, received_at, payload = unpack(fields_of(ARGV[i]))
+  local event_id, event_type, raw, headers, received_at, payload = unpack(length_prefixed(ARGV[i]))
   local event_key, job_id = event_prefix .. event_id, job_id_prefix .. event_id
   local job_key = job_key_prefix .. job_id
   if redis.call('EXISTS', event_key) == 1 then
