@@ -30,6 +30,10 @@ class DeadLetterReason(StrEnum):
     MAX_ATTEMPTS = "max_attempts"
     UNHANDLED = "unhandled"
     """No handler matches the event's type (with ``LOOPS_UNHANDLED=dead-letter``)."""
+    UNKNOWN_HANDLER = "unknown_handler"
+    """The event owes a handler a run (a replayed letter, a scheduled retry), and the worker
+    that took it has no handler of that name for its type: renamed, removed, or a worker of
+    another version during a rolling deploy. Replay it where a worker has the handler."""
 
 
 class Verdict(StrEnum):

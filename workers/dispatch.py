@@ -49,6 +49,7 @@ from loops_webhooks.workers.outcomes import (
     exhausted_by_crashes,
     next_state,
     refunded,
+    unknown_handler,
 )
 
 __all__ = ["REDIS_FAILURES", "Dispatcher", "slowest_handler_timeout"]
@@ -66,9 +67,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One handler's attempt on one event: its state when it began and how it ended."""
+    """One handler's attempt on one event (by its name): its state when it began and how it
+    ended."""
 
-    handler: Handler
+    handler: str
     state: HandlerState
     duration_ms: float
     result: AttemptOutcome
@@ -110,6 +112,10 @@ class Dispatcher:
         the caller's to remove. A Redis failure before any handler ran propagates (nothing
         ran, nothing is lost); once handlers ran, their outcomes are kept and the final
         write is retried until Redis takes it.
+
+        A handler the event owes a run (a replayed letter, a scheduled retry) that this
+        worker does not have for the event's type is dead-lettered again as
+        ``unknown_handler``, unrun: the event is never finished as done without it.
         """
         handlers = self._router.handlers_for(event_type)
         begun = await self._begin(event_id, handlers, job_id)
@@ -119,22 +125,28 @@ class Dispatcher:
         event = begun.event
         if event.status is not EventStatus.PENDING:
             return False
-        if not handlers:
+        if not handlers and not begun.unknown:
             await self._finish_unhandled(event, job_id)
             return True
-        outcomes: list[Outcome] = []
+        names = [handler.name for handler in handlers] + list(begun.unknown)
+        outcomes = [
+            Outcome(name, state, 0.0, unknown_handler(name))
+            for name, state in begun.unknown.items()
+        ]
         to_run: list[tuple[Handler, HandlerState]] = []
         for handler in handlers:
             action, state = begun.actions[handler.name]
             if action is Action.RUN:
                 to_run.append((handler, state))
             elif action is Action.EXHAUSTED:
-                outcomes.append(Outcome(handler, state, 0.0, exhausted_by_crashes(state.attempts)))
+                outcomes.append(
+                    Outcome(handler.name, state, 0.0, exhausted_by_crashes(state.attempts))
+                )
         try:
             outcomes += await self._run_all(event, to_run)
         except _PartiallyRun as cancelled:
             outcomes += cancelled.finished
-            finished = {outcome.handler.name for outcome in cancelled.finished}
+            finished = {outcome.handler for outcome in cancelled.finished}
             unfinished = [(h, state) for h, state in to_run if h.name not in finished]
             refunds: list[tuple[Handler, HandlerState]] = []
             if self._shutting_down():
@@ -142,13 +154,13 @@ class Dispatcher:
             else:
                 outcomes += [self._cut_short(h, state) for h, state in unfinished]
             await _despite_cancellation(
-                self._record(event, handlers, outcomes, refunds, settle_job=job_id)
+                self._record(event, names, outcomes, refunds, settle_job=job_id)
             )
             # A plain CancelledError, not the subclass that carried the outcomes: Python
             # 3.11's asyncio.timeout turns only the exact type into its TimeoutError, which
             # is how the worker tells the job's time limit from a shutdown.
             raise asyncio.CancelledError from None
-        await _despite_cancellation(self._record(event, handlers, outcomes, settle_job=job_id))
+        await _despite_cancellation(self._record(event, names, outcomes, settle_job=job_id))
         return True
 
     async def _begin(self, event_id: str, handlers: list[Handler], settle: str) -> Begun | None:
@@ -166,7 +178,8 @@ class Dispatcher:
                     for handler in handlers
                     if begun.actions[handler.name][0] is Action.RUN
                 ]
-                await self._record(begun.event, handlers, [], counted, settle_job=settle)
+                names = [handler.name for handler in handlers]
+                await self._record(begun.event, names, [], counted, settle_job=settle)
             raise
 
     async def _run_all(
@@ -274,7 +287,8 @@ class Dispatcher:
         self, handler: Handler, state: HandlerState, started: float, error: BaseException | None
     ) -> Outcome:
         policy = policy_for(handler, self._retry_policy)
-        return Outcome(handler, state, _ms_since(started), classify(state.attempts, error, policy))
+        verdict = classify(state.attempts, error, policy)
+        return Outcome(handler.name, state, _ms_since(started), verdict)
 
     def _cut_short(self, handler: Handler, state: HandlerState) -> Outcome:
         """A handler still running when the job hit its time limit: a failed attempt."""
@@ -284,7 +298,7 @@ class Dispatcher:
     async def _record(
         self,
         event: StoredEvent,
-        handlers: list[Handler],
+        names: list[str],
         outcomes: list[Outcome],
         refunds: list[tuple[Handler, HandlerState]] | None = None,
         *,
@@ -298,7 +312,7 @@ class Dispatcher:
         states: dict[str, HandlerState] = {}
         letters: list[DeadLetter] = []
         for outcome in outcomes:
-            states[outcome.handler.name] = next_state(
+            states[outcome.handler] = next_state(
                 outcome.state, outcome.result, now_ms=now, duration_ms=outcome.duration_ms
             )
             if outcome.result.reason is not None:
@@ -307,7 +321,6 @@ class Dispatcher:
         for handler, state in refunds or []:
             states[handler.name] = refunded(state, now_ms=now)
             log.info("handler cancelled by shutdown; it will run again", handler=handler.name)
-        names = [handler.name for handler in handlers]
         counts = Counter(outcome.result.verdict.value for outcome in outcomes)
         await self._until_written(
             lambda: self._store.finish(
@@ -426,7 +439,7 @@ def _dead_letter(event: StoredEvent, outcome: Outcome, now: int) -> DeadLetter:
         outcome.result.reason,
         now_ms=now,
         event_id=event.event_id,
-        handler=outcome.handler.name,
+        handler=outcome.handler,
         error=outcome.result.error,
         attempts=outcome.state.attempts,
         first_attempt_at=outcome.state.first_attempt_at or now,
@@ -436,7 +449,7 @@ def _dead_letter(event: StoredEvent, outcome: Outcome, now: int) -> DeadLetter:
 
 def _report_outcome(event: StoredEvent, outcome: Outcome) -> None:
     """The one log line and the metrics of one handler attempt."""
-    name, result = outcome.handler.name, outcome.result
+    name, result = outcome.handler, outcome.result
     metrics.HANDLER_RUNS.labels(handler=name, outcome=result.verdict).inc()
     metrics.HANDLER_DURATION.labels(handler=name).observe(outcome.duration_ms / 1000)
     if result.reason is not None:

@@ -107,6 +107,9 @@ class Begun:
 
     event: StoredEvent
     actions: dict[str, tuple[Action, HandlerState]]
+    unknown: dict[str, HandlerState] = field(default_factory=dict)
+    """Unfinished states of handlers that were not asked about: owed a run by a handler
+    the caller does not have (a replayed letter, or a retry scheduled by another version)."""
 
 
 class EventStore:
@@ -133,10 +136,14 @@ class EventStore:
             return None
         status, raw, event_type, received_at, headers = reply[:5]
         actions: dict[str, tuple[Action, HandlerState]] = {}
+        unknown: dict[str, HandlerState] = {}
         rest = reply[5:]
         if rest:  # the script decides per handler only for a pending event
-            for (name, _), action, state in zip(limits, rest[0::2], rest[1::2], strict=True):
+            asked, others = rest[: 2 * len(limits)], rest[2 * len(limits) :]
+            for (name, _), action, state in zip(limits, asked[0::2], asked[1::2], strict=True):
                 actions[name] = (Action(action.decode()), HandlerState.from_json(state))
+            for name, state in zip(others[0::2], others[1::2], strict=True):
+                unknown[name.decode()] = HandlerState.from_json(state)
         event = StoredEvent(
             event_id=event_id,
             event_type=event_type.decode(),
@@ -145,7 +152,7 @@ class EventStore:
             received_at_ms=int(received_at),
             status=EventStatus(status.decode()),
         )
-        return Begun(event, actions)
+        return Begun(event, actions, unknown)
 
     async def finish(
         self,

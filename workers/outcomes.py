@@ -12,7 +12,18 @@ from dataclasses import replace
 from loops_webhooks.handlers.outcomes import AttemptOutcome, DeadLetterReason, Verdict
 from loops_webhooks.workers.event_store import HandlerState, HandlerStatus
 
-__all__ = ["describe", "exhausted_by_crashes", "next_state", "refunded"]
+__all__ = [
+    "UnknownHandler",
+    "describe",
+    "exhausted_by_crashes",
+    "next_state",
+    "refunded",
+    "unknown_handler",
+]
+
+
+class UnknownHandler(LookupError):
+    """What an unknown handler's letter records as its error."""
 
 
 def exhausted_by_crashes(attempts: int) -> AttemptOutcome:
@@ -22,6 +33,16 @@ def exhausted_by_crashes(attempts: int) -> AttemptOutcome:
         "and no attempts are left"
     )
     return AttemptOutcome(Verdict.DEAD_LETTER, error, reason=DeadLetterReason.MAX_ATTEMPTS)
+
+
+def unknown_handler(name: str) -> AttemptOutcome:
+    """A handler owed a run that this worker does not have: dead-lettered again, unrun, so
+    that its letter never vanishes with the event finished as done."""
+    error = UnknownHandler(
+        f"this worker has no handler named {name!r} for this event's type (renamed, removed, "
+        "or a worker of another version); replay the letter once a worker has it"
+    )
+    return AttemptOutcome(Verdict.DEAD_LETTER, error, reason=DeadLetterReason.UNKNOWN_HANDLER)
 
 
 def next_state(

@@ -20,6 +20,7 @@ from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.ingest.app import create_app
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
+from loops_webhooks.workers.replay import ReplayResult, replay_dead_letter
 from loops_webhooks.workers.runner import IN_PROGRESS_MARGIN_SECONDS, JOB_MARGIN_SECONDS
 
 COMPLETED = "checkout.session.completed"
@@ -384,3 +385,47 @@ async def test_workers_sharing_the_queue_run_each_handler_of_each_event_once(
     assert runs == sorted(
         (event_id, name) for event_id in event_ids for name in ("audit", "fulfil")
     )
+
+
+async def test_a_letter_replayed_to_a_worker_without_its_handler_is_dead_lettered_again_as_unknown_handler(  # noqa: E501
+    bench: Workbench,
+) -> None:
+    bench.write_handlers(
+        """
+        @router.on("checkout.session.completed", name="fulfil")
+        async def fulfil(event, ctx):
+            record(ctx, "rejected")
+            raise Reject("warehouse closed")
+        """
+    )
+    old = bench.start_worker()
+    event_id = await bench.submit()
+    await bench.wait_for_status(event_id, "dead")
+    old.process.send_signal(signal.SIGTERM)
+    assert old.process.wait(15) == 0
+    bench.write_handlers(
+        """
+        @router.on("checkout.session.completed", name="fulfil_v2")
+        async def fulfil_v2(event, ctx):
+            record(ctx, "fulfilled")
+        """
+    )
+    new = bench.start_worker()
+    letter = await bench.dead_letter(event_id, "fulfil")
+    assert letter is not None and letter.reason == "rejected"
+
+    assert await replay_dead_letter(bench.redis, letter, queue_name=QUEUE) == ReplayResult.REPLAYED
+
+    await bench.wait_for_effect("fulfilled", handler="fulfil_v2")
+    await bench.wait_for_status(event_id, "dead")
+    again = await bench.dead_letter(event_id, "fulfil")
+    assert again is not None, new.output()
+    assert (again.reason, again.error_type) == ("unknown_handler", "UnknownHandler")
+    assert "no handler named 'fulfil'" in again.error_message
+    assert again.raw == letter.raw
+    assert len(bench.effects("rejected")) == 1
+    logged = [json.loads(line) for line in new.output().splitlines() if line.startswith("{")]
+    assert any(
+        entry.get("event") == "handler dead-lettered" and entry.get("reason") == "unknown_handler"
+        for entry in logged
+    ), new.output()

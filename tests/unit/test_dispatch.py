@@ -27,6 +27,7 @@ from loops_webhooks.workers.dispatch import Dispatcher
 from loops_webhooks.workers.event_store import EventStatus, EventStore, HandlerState, HandlerStatus
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
 from loops_webhooks.workers.keys import dead_letter_id
+from loops_webhooks.workers.replay import replay_dead_letter
 
 QUEUE = "loops:queue"
 COMPLETED = "checkout.session.completed"
@@ -775,3 +776,36 @@ async def test_a_handler_raising_a_base_exception_fails_one_attempt_and_its_neig
     assert state.last_error is not None and state.last_error.startswith(type(error).__name__)
     assert (await deliveries.state(event_id, "fulfil")).status == HandlerStatus.DONE
     assert calls.attempts == [1]
+
+
+@pytest.mark.parametrize("other_handlers", [("fulfil_v2",), ()])
+async def test_a_replayed_letter_of_a_handler_this_worker_lacks_is_dead_lettered_again_as_unknown(
+    deliveries: Deliveries, other_handlers: tuple[str, ...]
+) -> None:
+    """Renamed or removed handler, or a rolling deploy: the replayed event must not be
+    finished as done with its letter gone; with no handler at all for the type, it must not
+    be finished as unhandled either."""
+    event_id = await deliveries.record()
+    old = deliveries.dispatcher(router_with(("fulfil", Calls().recording(fail))), max_attempts=1)
+    await deliveries.run_job(old, event_id)
+    letter = await deliveries.dead_letter(event_id, "fulfil")
+    assert await replay_dead_letter(deliveries.redis, letter, queue_name=QUEUE)
+    others = Calls()
+    renamed = deliveries.dispatcher(
+        router_with(*((name, others.recording()) for name in other_handlers))
+    )
+
+    assert await deliveries.run_job(renamed, event_id) is None
+
+    assert others.attempts == [1] * len(other_handlers)
+    again = await deliveries.dead_letter(event_id, "fulfil")
+    assert (again.reason, again.error_type, again.attempts) == (
+        "unknown_handler",
+        "UnknownHandler",
+        0,
+    )
+    assert "no handler named 'fulfil'" in again.error_message
+    assert again.raw == letter.raw
+    assert (await deliveries.state(event_id, "fulfil")).status is HandlerStatus.DEAD
+    assert await deliveries.status(event_id) is EventStatus.DEAD
+    assert await deliveries.redis.hget(keys.DEAD_LETTER_REASON_COUNTS, "unknown_handler") == b"1"

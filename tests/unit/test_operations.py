@@ -186,7 +186,8 @@ async def test_a_replay_keeps_the_replaced_attempts_in_the_events_history(
 
     event = await operations.get_event("evt_1")
     assert event.status is EventStatus.PENDING
-    assert "fulfil" not in event.handlers and event.handlers["audit"].status is HandlerStatus.DONE
+    assert event.handlers["fulfil"] == HandlerState(), "a fresh pending state, owed a run"
+    assert event.handlers["audit"].status is HandlerStatus.DONE
     assert [(s.status, s.attempts, s.last_error) for s in event.history["fulfil"]] == [
         (HandlerStatus.DEAD, 3, "boom")
     ]

@@ -86,19 +86,22 @@ async def test_replay_makes_the_event_pending_again_for_the_dead_handler_only(
     assert result is ReplayResult.REPLAYED
     assert stored is not None
     assert stored.status == "pending"
-    assert set(stored.handlers) == {"ok"}
+    assert stored.handlers["ok"].status is HandlerStatus.DONE
+    assert stored.handlers["a"] == HandlerState(), "a fresh pending state, owed a run"
     assert await redis.zscore(QUEUE, keys.job_id_for_event("evt_1")) is not None
     assert await get_dead_letter(redis, letter.id) is None
 
 
-async def test_a_forced_replay_clears_every_handler_state(redis: FakeAsyncRedis) -> None:
+async def test_a_forced_replay_resets_every_handler_state_to_a_fresh_pending_one(
+    redis: FakeAsyncRedis,
+) -> None:
     [letter] = await event_with_dead_handlers(redis, "a")
 
     await replay_dead_letter(redis, letter, queue_name=QUEUE, force=True)
 
     stored = await EventStore(redis, dedupe_ttl_seconds=DAY).get("evt_1")
     assert stored is not None
-    assert stored.handlers == {}
+    assert stored.handlers == {"ok": HandlerState(), "a": HandlerState()}
 
 
 async def test_a_letter_replayed_and_dead_lettered_anew_since_it_was_read_is_not_replayed_again(

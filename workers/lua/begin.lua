@@ -8,7 +8,8 @@
 -- ARGV[3..] per handler: its name, its max attempts
 -- Returns false if the event is not stored; else status, raw, type, received_at, headers,
 -- then, for a pending event only, per handler: its action (run, skip, wait, exhausted) and
--- its state (JSON).
+-- its state (JSON); then, per unfinished state of a handler not in ARGV (a replayed letter
+-- or a retry of a handler this worker does not have): its name and its state (JSON).
 local event = KEYS[1]
 local now, handler_prefix = tonumber(ARGV[1]), ARGV[2]
 
@@ -18,8 +19,10 @@ if not stored_event[2] then return false end
 local out = {status, stored_event[2], stored_event[3], stored_event[4], stored_event[5]}
 if status ~= 'pending' then return out end
 
+local known = {}
 for i = 3, #ARGV, 2 do
   local field = handler_prefix .. ARGV[i]
+  known[field] = true
   local max_attempts = tonumber(ARGV[i + 1])
   local stored = redis.call('HGET', event, field)
   local state = {status = 'pending', attempts = 0}
@@ -43,5 +46,16 @@ for i = 3, #ARGV, 2 do
   end
   out[#out + 1] = action
   out[#out + 1] = stored or cjson.encode(state)
+end
+
+for _, field in ipairs(redis.call('HKEYS', event)) do
+  if not known[field] and string.sub(field, 1, #handler_prefix) == handler_prefix then
+    local stored = redis.call('HGET', event, field)
+    local status = cjson.decode(stored).status
+    if status ~= 'done' and status ~= 'dead' then
+      out[#out + 1] = string.sub(field, #handler_prefix + 1)
+      out[#out + 1] = stored
+    end
+  end
 end
 return out

@@ -41,17 +41,20 @@ if redis.call('EXISTS', event) == 0 then
   redis.call('ZADD', event_index, kept[3], event_id)
 end
 
+-- The handler's state goes to its history and a fresh pending one takes its place: a
+-- worker without that handler sees that it is owed a run, rather than finishing the event.
 local function archive(name)
   local field = handler_prefix .. name
   local state = redis.call('HGET', event, field)
-  if not state then return end
-  local history_field = history_prefix .. name
-  local history = {}
-  local stored = redis.call('HGET', event, history_field)
-  if stored then history = cjson.decode(stored) end
-  history[#history + 1] = cjson.decode(state)
-  redis.call('HSET', event, history_field, cjson.encode(history))
-  redis.call('HDEL', event, field)
+  if state then
+    local history_field = history_prefix .. name
+    local history = {}
+    local stored = redis.call('HGET', event, history_field)
+    if stored then history = cjson.decode(stored) end
+    history[#history + 1] = cjson.decode(state)
+    redis.call('HSET', event, history_field, cjson.encode(history))
+  end
+  redis.call('HSET', event, field, cjson.encode({status = 'pending', attempts = 0}))
 end
 
 if force == '1' then
