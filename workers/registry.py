@@ -1,6 +1,12 @@
 """Finding the user's handlers: turning ``LOOPS_HANDLERS`` into one `Router`."""
 
 import importlib
+import linecache
+import sys
+import sysconfig
+import tokenize
+from collections.abc import Iterable
+from types import ModuleType
 from typing import Any
 
 from loops_webhooks.handlers import RegistrationError, Router
@@ -40,12 +46,43 @@ def load_router(spec: str) -> Router:
             f"'module:attribute' paths such as {DEFAULT_HANDLERS!r}"
         )
     combined = Router()
+    loaded_before = set(sys.modules)
     for path in paths:
         try:
             combined.include(_import_router(path))
         except RegistrationError as exc:
             raise HandlerLoadError(f"cannot load handlers {path!r}: {exc}") from exc
+    handler_modules = {sys.modules.get(handler.func.__module__) for handler in combined.handlers}
+    new_modules = {module for name, module in sys.modules.items() if name not in loaded_before}
+    _keep_sources_as_loaded(
+        module for module in handler_modules | new_modules if module is not None
+    )
     return combined
+
+
+def _keep_sources_as_loaded(modules: Iterable[ModuleType]) -> None:
+    """Pin the source of the shop's modules in ``linecache`` as it is now, just imported.
+
+    Formatting a traceback calls ``linecache.checkcache``, which drops a file whose size or
+    mtime changed, and the line is then read from the edited file: a dead letter's traceback
+    would show a line that never ran beside the error of the code that did. An entry without
+    an mtime is never checked (linecache's own form for a source a loader supplied), so the
+    lines stay those that were imported. Installed packages and the standard library are
+    left alone: they change only with a deploy, which restarts the worker.
+    """
+    installed = tuple(
+        sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")
+    )
+    for module in modules:
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or not path.endswith(".py") or path.startswith(installed):
+            continue
+        try:
+            with tokenize.open(path) as source:
+                lines = source.readlines()
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            continue
+        linecache.cache[path] = (sum(len(line) for line in lines), None, lines, path)
 
 
 def _import_router(path: str) -> Router:

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from loops_webhooks.handlers import HandlerContext, RegistrationError, Reject, Router
 from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.handlers.events import CheckoutSessionEvent
+from loops_webhooks.workers.dead_letters import DeadLetterReason, build_dead_letter
 from loops_webhooks.workers.registry import DEFAULT_HANDLERS, HandlerLoadError, load_router
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -267,3 +268,38 @@ async def test_the_example_fulfilment_rejects_a_session_without_an_order_id() ->
 
     with pytest.raises(Reject, match="cs_abc123 has no orderId"):
         await handler.func(completed_event({}), example_context(handler.name))
+
+
+async def test_a_stored_traceback_shows_the_lines_that_ran_after_the_module_file_was_edited(
+    write_module: WriteModule, tmp_path: Path
+) -> None:
+    """A fix saved while the worker still runs the old code: the dead letter's traceback
+    must show the line that raised, not the fixed line beside the old error."""
+    name = write_module(
+        """
+        from loops_webhooks.handlers import Router
+
+        router = Router()
+
+        @router.on("*", name="sync_crm")
+        async def sync_crm(event, ctx):
+            crm_answer = {}
+            return crm_answer["customer"]
+        """
+    )
+    [handler] = load_router(f"{name}:router").handlers
+    module_file = tmp_path / f"{name}.py"
+    module_file.write_text(
+        module_file.read_text().replace(
+            'crm_answer["customer"]', 'crm_answer.get("customer", "the fix, which never ran")'
+        )
+    )
+
+    with pytest.raises(KeyError) as raised:
+        await handler.func(None, None)  # type: ignore[arg-type]
+    letter = build_dead_letter(
+        DeadLetterReason.MAX_ATTEMPTS, now_ms=1, event_id="evt_1", error=raised.value
+    )
+
+    assert 'return crm_answer["customer"]' in letter.traceback
+    assert "never ran" not in letter.traceback
