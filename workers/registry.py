@@ -52,7 +52,9 @@ def load_router(spec: str) -> Router:
             combined.include(_import_router(path))
         except RegistrationError as exc:
             raise HandlerLoadError(f"cannot load handlers {path!r}: {exc}") from exc
-    handler_modules = {sys.modules.get(handler.func.__module__) for handler in combined.handlers}
+    handler_modules = {
+        sys.modules.get(getattr(handler.func, "__module__", "")) for handler in combined.handlers
+    }
     new_modules = {module for name, module in sys.modules.items() if name not in loaded_before}
     _keep_sources_as_loaded(
         module for module in handler_modules | new_modules if module is not None

@@ -809,3 +809,21 @@ async def test_a_replayed_letter_of_a_handler_this_worker_lacks_is_dead_lettered
     assert (await deliveries.state(event_id, "fulfil")).status is HandlerStatus.DEAD
     assert await deliveries.status(event_id) is EventStatus.DEAD
     assert await deliveries.redis.hget(keys.DEAD_LETTER_REASON_COUNTS, "unknown_handler") == b"1"
+
+
+async def test_a_retry_scheduled_for_a_handler_this_worker_lacks_is_dead_lettered_as_unknown(
+    deliveries: Deliveries,
+) -> None:
+    """A rolling deploy: a worker of the old version scheduled a retry of a handler that the
+    new version renamed; the new worker must not finish the event as done without it."""
+    event_id = await deliveries.record()
+    old = deliveries.dispatcher(router_with(("fulfil", Calls().recording(fail))), base_seconds=0)
+    assert await deliveries.run_job(old, event_id) is not None
+    renamed = deliveries.dispatcher(router_with(("fulfil_v2", Calls().recording())))
+
+    assert await deliveries.run_job(renamed, event_id) is None
+
+    letter = await deliveries.dead_letter(event_id, "fulfil")
+    assert (letter.reason, letter.attempts) == ("unknown_handler", 1)
+    assert (await deliveries.state(event_id, "fulfil_v2")).status is HandlerStatus.DONE
+    assert await deliveries.status(event_id) is EventStatus.DEAD
