@@ -287,8 +287,8 @@ class Dispatcher:
         self, handler: Handler, state: HandlerState, started: float, error: BaseException | None
     ) -> Outcome:
         policy = policy_for(handler, self._retry_policy)
-        verdict = classify(state.attempts, error, policy)
-        return Outcome(handler.name, state, _ms_since(started), verdict)
+        result = classify(state.attempts, error, policy)
+        return Outcome(handler.name, state, _ms_since(started), result)
 
     def _cut_short(self, handler: Handler, state: HandlerState) -> Outcome:
         """A handler still running when the job hit its time limit: a failed attempt."""
