@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
-from worker_harness import QUEUE, Supervisor, Workbench, eventually
+from worker_harness import HANDLERS_MODULE, QUEUE, Supervisor, Workbench, eventually
 
 from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.ingest.app import create_app
@@ -429,3 +429,33 @@ async def test_a_letter_replayed_to_a_worker_without_its_handler_is_dead_lettere
         entry.get("event") == "handler dead-lettered" and entry.get("reason") == "unknown_handler"
         for entry in logged
     ), new.output()
+
+
+async def test_a_dead_letters_traceback_shows_the_line_that_ran_after_its_file_was_fixed(
+    bench: Workbench,
+) -> None:
+    bench.write_handlers(
+        """
+        @router.on("checkout.session.completed", name="sync_crm")
+        async def sync_crm(event, ctx):
+            crm_answer = {}
+            crm_answer["customer"]
+        """
+    )
+    worker = bench.start_worker(max_attempts=1)
+
+    async def started() -> bool:
+        return "worker started" in worker.output()
+
+    await eventually(started, within=15, what="the worker started", details=bench.worker_output)
+    module_file = bench.directory / f"{HANDLERS_MODULE}.py"
+    module_file.write_text(
+        module_file.read_text().replace('crm_answer["customer"]', 'crm_answer.get("customer")')
+    )
+    event_id = await bench.submit()
+    await bench.wait_for_status(event_id, "dead")
+
+    letter = await bench.dead_letter(event_id, "sync_crm")
+    assert letter is not None and letter.error_type == "KeyError"
+    assert 'crm_answer["customer"]' in letter.traceback
+    assert "crm_answer.get" not in letter.traceback
