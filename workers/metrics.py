@@ -14,6 +14,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from loops_webhooks.workers.dead_letters import DeadLetterReason
 from loops_webhooks.workers.stats import queue_figures
 
 __all__ = [
@@ -45,6 +46,10 @@ RETRIES_SCHEDULED = Counter(
 DEAD_LETTERS = Counter(
     "loops_webhooks_dead_letters", "(event, handler) pairs dead-lettered, by reason.", ["reason"]
 )
+# Every reason is exported at 0 from the start: a series that first appears at 1 shows no
+# increase, so a worker's first dead letter of a reason would never fire an alert.
+for _reason in DeadLetterReason:
+    DEAD_LETTERS.labels(reason=_reason)
 UNHANDLED_EVENTS = Counter(
     "loops_webhooks_unhandled_events", "Events whose type no registered handler matches."
 )
