@@ -3,7 +3,8 @@
 No container engine runs these tests (``deploy/smoke.sh`` does, outside CI): they read the
 Dockerfile, the compose files, the Kubernetes manifests and redis.conf, and pin what must hold
 there (non-root, probes, AOF always, noeviction, grace periods, secrets only by reference,
-settings that exist, metrics off the public port, one image name everywhere).
+settings that exist, metrics off the public port, one image name everywhere). The alert rules
+are checked and unit-tested by ``promtool`` where it is installed (CI installs it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,9 @@ LOCAL_IMAGE = "loops-webhooks:local"
 REDIS_CONF = DEPLOY / "redis.conf"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 EXAMPLE_SECRETS = K8S / "secrets" / "secrets.example.yaml"
+ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
+ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yaml"
+PROMETHEUS_RULE = K8S / "prometheus-rule.yaml"
 
 RECEIVER, WORKER, REDIS = "loops-webhooks-receiver", "loops-webhooks-worker", "loops-webhooks-redis"
 SECRET_VARIABLES = {"LOOPS_WEBHOOK_SECRET", "REDIS_URL", "REDIS_PASSWORD", "REDISCLI_AUTH"}
@@ -850,3 +855,66 @@ def test_compose_sentinel_points_receiver_and_workers_at_the_sentinels(clean_env
         assert int(environment["LOOPS_REDIS_MIN_REPLICAS"]) >= 1
         assert environment["LOOPS_REDIS_SENTINEL_PASSWORD"] == "${REDIS_PASSWORD}"
         assert name in compose_services(), "an override of a compose.yaml service"
+
+
+# --- the alert rules -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    """promtool's path; missing, the test is skipped, unless under CI (CI=true), where the
+    rules must be tested: .ci/run installs Debian's prometheus package for it."""
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but promtool is not on PATH (Debian: apt-get install prometheus)")
+        pytest.skip("promtool is not on PATH (Debian: apt-get install prometheus)")
+    return path
+
+
+def run_promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    (document,) = yaml_documents(ALERTS)
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def test_promtool_finds_the_alert_rules_valid(promtool: str):
+    checked = run_promtool(promtool, "check", "rules", str(ALERTS))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_alert_rules_pass_their_promtool_unit_tests(promtool: str):
+    tested = run_promtool(promtool, "test", "rules", str(ALERT_TESTS))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_every_alert_is_tested_firing_and_not_firing():
+    (document,) = yaml_documents(ALERT_TESTS)
+    cases = [case for test in document["tests"] for case in test["alert_rule_test"]]
+    firing = {case["alertname"] for case in cases if case["exp_alerts"]}
+    quiet = {case["alertname"] for case in cases if not case["exp_alerts"]}
+    alerts = {rule["alert"] for rule in alert_rules()}
+    assert (alerts - firing, alerts - quiet) == (set(), set())
+    assert [ALERTS.name] == document["rule_files"]
+
+
+def test_every_alert_says_how_severe_and_what_it_means():
+    for rule in alert_rules():
+        assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+
+
+def test_the_prometheus_rule_holds_the_groups_of_alerts_yaml():
+    (rule,) = yaml_documents(PROMETHEUS_RULE)
+    (alerts,) = yaml_documents(ALERTS)
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["spec"] == alerts
+
+
+def test_the_readmes_alert_table_is_alerts_yaml():
+    section = README.read_text().split("### What to alert on", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]+)` \| (\w*) \|", section, re.MULTILINE)
+    assert rows == [(r["alert"], r["expr"], r.get("for", "")) for r in alert_rules()]
