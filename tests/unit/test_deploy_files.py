@@ -43,6 +43,7 @@ EXAMPLE_SECRETS = K8S / "secrets" / "secrets.example.yaml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yaml"
 PROMETHEUS_RULE = K8S / "prometheus-rule.yaml"
+GRAFANA_BOARD = DEPLOY / "grafana" / "loops-webhooks.json"
 
 RECEIVER, WORKER, REDIS = "loops-webhooks-receiver", "loops-webhooks-worker", "loops-webhooks-redis"
 SECRET_VARIABLES = {"LOOPS_WEBHOOK_SECRET", "REDIS_URL", "REDIS_PASSWORD", "REDISCLI_AUTH"}
@@ -918,3 +919,37 @@ def test_the_readmes_alert_table_is_alerts_yaml():
     section = README.read_text().split("### What to alert on", 1)[1].split("\n### ", 1)[0]
     rows = re.findall(r"^\| `(\w+)` \| `([^`]+)` \| (\w*) \|", section, re.MULTILINE)
     assert rows == [(r["alert"], r["expr"], r.get("for", "")) for r in alert_rules()]
+
+
+# --- the Grafana board (tests/integration/test_monitoring_queries.py checks its queries) ---
+
+
+def grafana_panels() -> list[dict[str, Any]]:
+    board: dict[str, Any] = json.loads(GRAFANA_BOARD.read_text())
+    panels: list[dict[str, Any]] = board["panels"]
+    return panels
+
+
+def test_the_grafana_board_reads_the_prometheus_its_importer_chooses():
+    board = json.loads(GRAFANA_BOARD.read_text())
+    (variable,) = board["templating"]["list"]
+    assert (variable["name"], variable["type"], variable["query"]) == (
+        "DS_PROMETHEUS", "datasource", "prometheus"
+    )  # fmt: skip
+    chosen = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+    queried = [p for p in grafana_panels() if p["type"] != "row"]
+    assert queried
+    assert [p["title"] for p in queried if p["datasource"] != chosen] == []
+    assert [t["expr"] for p in queried for t in p["targets"] if t["datasource"] != chosen] == []
+
+
+def test_the_grafana_board_uses_panels_of_grafana_10():
+    board = json.loads(GRAFANA_BOARD.read_text())
+    assert board["schemaVersion"] >= 38  # Grafana 10.0
+    assert {panel["type"] for panel in grafana_panels()} <= {"row", "timeseries", "stat"}
+
+
+def test_the_grafana_boards_panels_have_distinct_ids_and_fit_its_width():
+    panels = grafana_panels()
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    assert [p["title"] for p in panels if p["gridPos"]["x"] + p["gridPos"]["w"] > 24] == []
