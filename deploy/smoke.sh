@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The deployment, built and run for real:
 #   1. builds loops-webhooks:local from deploy/Dockerfile;
-#   2. starts deploy/compose.yaml (Redis, the receiver, two workers) in a scratch directory
-#      with its own .env (your deploy/.env is never read or touched), as project
-#      loops-webhooks-smoke, the receiver published on 127.0.0.1:$SMOKE_PORT;
+#   2. starts deploy/compose.yaml (Redis, the receiver, two workers, the dashboard) in a
+#      scratch directory with its own .env (your deploy/.env is never read or touched), as
+#      project loops-webhooks-smoke, the receiver published on 127.0.0.1:$SMOKE_PORT and the
+#      dashboard on 127.0.0.1:$SMOKE_DASHBOARD_PORT, and checks that the dashboard answers /login;
 #   3. sends signed events to that port and checks that a worker handled them, that the
 #      webhook port refuses bad signatures and serves no /metrics, and that the metrics ports
 #      count what happened;
@@ -20,6 +21,7 @@
 #   BUILD_OPTS        extra options for every image build (word-split)
 #   REDIS_IMAGE       the Redis image (default redis:7)
 #   SMOKE_PORT        the host port for the receiver (default 18080)
+#   SMOKE_DASHBOARD_PORT  the host port for the dashboard (default 18081)
 #
 # Without a Docker daemon or a registry (podman, images made from Debian's packages): see
 # "Running smoke.sh with podman" in deploy/README.md.
@@ -31,6 +33,7 @@ BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
 BUILD_OPTS=${BUILD_OPTS:-}
 REDIS_IMAGE=${REDIS_IMAGE:-redis:7}
 SMOKE_PORT=${SMOKE_PORT:-18080}
+SMOKE_DASHBOARD_PORT=${SMOKE_DASHBOARD_PORT:-18081}
 IMAGE=loops-webhooks:local
 SHOP_IMAGE=loops-webhooks-smoke-shop:local
 PROJECT=loops-webhooks-smoke
@@ -119,11 +122,14 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/loops-webhooks-smoke.XXXXXX")
 cp "$DEPLOY/compose.yaml" "$DEPLOY/compose.handlers.yaml" "$DEPLOY/redis.conf" "$WORK/"
 SECRET="whsec_smoke_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 REDIS_PASSWORD=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+DASHBOARD_TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')  # 64 characters
 cat >"$WORK/.env" <<EOF
 LOOPS_WEBHOOK_SECRET=${SECRET}
 REDIS_PASSWORD=${REDIS_PASSWORD}
+LOOPS_DASHBOARD_TOKEN=${DASHBOARD_TOKEN}
 REDIS_IMAGE=${REDIS_IMAGE}
 RECEIVER_PORT=${SMOKE_PORT}
+DASHBOARD_PORT=${SMOKE_DASHBOARD_PORT}
 EOF
 COMPOSE_FILES=(-f compose.yaml)
 
@@ -175,6 +181,8 @@ eventually() { # eventually COMMAND...: true once COMMAND succeeds within TIMEOU
 
 receiver_ready() { [ "$(status_of "http://127.0.0.1:${SMOKE_PORT}/readyz")" = 200 ]; }
 
+dashboard_answers_login() { [ "$(status_of "http://127.0.0.1:${SMOKE_DASHBOARD_PORT}/login")" = 200 ]; }
+
 handled_by() { # handled_by EVENT_ID HANDLER: the event is done, and so is the handler whose
     # name is, or ends in, HANDLER (the examples are named module:function)
     local shown
@@ -216,6 +224,8 @@ eventually receiver_ready || abort "the receiver is ready on 127.0.0.1:${SMOKE_P
 check "the receiver answers /readyz on 127.0.0.1:${SMOKE_PORT}" true
 mapfile -t workers < <(containers_of worker)
 check "two workers run" [ "${#workers[@]}" = 2 ]
+check "the dashboard answers /login on 127.0.0.1:${SMOKE_DASHBOARD_PORT}" \
+    eventually dashboard_answers_login
 
 # --- 3. events through the published port --------------------------------------------------
 

@@ -46,7 +46,9 @@ PROMETHEUS_RULE = K8S / "prometheus-rule.yaml"
 GRAFANA_BOARD = DEPLOY / "grafana" / "loops-webhooks.json"
 
 RECEIVER, WORKER, REDIS = "loops-webhooks-receiver", "loops-webhooks-worker", "loops-webhooks-redis"
-SECRET_VARIABLES = {"LOOPS_WEBHOOK_SECRET", "REDIS_URL", "REDIS_PASSWORD", "REDISCLI_AUTH"}
+DASHBOARD = "loops-webhooks-dashboard"
+SECRET_VARIABLES = {"LOOPS_WEBHOOK_SECRET", "REDIS_URL", "REDIS_PASSWORD", "REDISCLI_AUTH",
+                    "LOOPS_DASHBOARD_TOKEN"}  # fmt: skip
 
 BINARY_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30}
 
@@ -130,7 +132,7 @@ def compose_services() -> dict[str, dict[str, Any]]:
 
 
 def compose_app_services() -> dict[str, dict[str, Any]]:
-    """The services that run loops-webhooks' image: the receiver and the workers."""
+    """The services that run loops-webhooks' image: the receiver, the workers, the dashboard."""
     return {
         name: service
         for name, service in compose_services().items()
@@ -474,7 +476,7 @@ def test_every_compose_service_reads_the_env_file():
 
 def test_compose_writes_no_secret_and_no_handlers_into_the_file():
     environments = [compose_environment(service) for service in compose_services().values()]
-    written = {"LOOPS_WEBHOOK_SECRET", "LOOPS_HANDLERS"}
+    written = {"LOOPS_WEBHOOK_SECRET", "LOOPS_DASHBOARD_TOKEN", "LOOPS_HANDLERS"}
     assert [env for env in environments if written & env.keys()] == []
 
 
@@ -482,13 +484,33 @@ def test_compose_publishes_the_receiver_on_loopback_only_by_default():
     (port,) = compose_services()["receiver"]["ports"]
     assert with_defaults(port) == "127.0.0.1:8080:8080"
     published = [name for name, s in compose_services().items() if s.get("ports")]
-    assert published == ["receiver"]
+    assert sorted(published) == ["dashboard", "receiver"]
+
+
+def test_compose_publishes_the_dashboard_on_loopback_only_on_its_own_port():
+    dashboard = compose_services()["dashboard"]
+    (port,) = dashboard["ports"]
+    published, container_port = port.rsplit(":", 1)
+    assert published == "127.0.0.1:${DASHBOARD_PORT:-8081}"
+    command = dashboard["command"]
+    assert command[0] == "dashboard"
+    assert (option_value(command, "--host"), option_value(command, "--port")) == (
+        "0.0.0.0", container_port
+    )  # fmt: skip
+    (receiver_port,) = compose_services()["receiver"]["ports"]
+    assert with_defaults(port).split(":")[1] != with_defaults(receiver_port).split(":")[1]
+
+
+def test_compose_checks_the_dashboards_health_on_its_login_page():
+    dashboard = compose_services()["dashboard"]
+    port = option_value(dashboard["command"], "--port")
+    assert healthcheck_url(dashboard["healthcheck"]["test"]) == f"http://127.0.0.1:{port}/login"
 
 
 def test_compose_runs_the_local_image_unless_the_env_file_names_another():
     images = {with_defaults(s["image"]) for s in compose_app_services().values()}
     assert images == {LOCAL_IMAGE}
-    assert set(compose_app_services()) == {"receiver", "worker"}
+    assert set(compose_app_services()) == {"receiver", "worker", "dashboard"}
 
 
 def test_compose_redis_image_can_be_replaced():
@@ -522,8 +544,10 @@ def test_env_example_names_every_variable_the_compose_files_substitute():
     assert substituted | {"LOOPS_WEBHOOK_SECRET", "LOOPS_HANDLERS"} <= named
 
 
-def test_env_example_sets_only_the_two_secrets_and_leaves_them_empty():
-    assert env_file_variables(ENV_EXAMPLE) == {"LOOPS_WEBHOOK_SECRET": "", "REDIS_PASSWORD": ""}
+def test_env_example_sets_only_the_three_secrets_and_leaves_them_empty():
+    assert env_file_variables(ENV_EXAMPLE) == {
+        "LOOPS_WEBHOOK_SECRET": "", "REDIS_PASSWORD": "", "LOOPS_DASHBOARD_TOKEN": ""
+    }  # fmt: skip
 
 
 def test_a_filled_in_env_file_is_ignored_by_git():
@@ -611,6 +635,7 @@ def test_example_secrets_applied_unedited_start_nothing():
     }
     assert values[("loops-webhooks-signing", "webhook-secret")] == ""
     assert values[("loops-webhooks-redis", "password")] == ""
+    assert values[(DASHBOARD, "token")] == ""
 
 
 def test_kubectl_apply_k_applies_no_secret_and_no_redis():
@@ -653,7 +678,7 @@ def test_ingress_routes_only_the_webhook_path_to_the_receivers():
     assert ingress["spec"]["tls"]
 
 
-def test_redis_network_policy_admits_only_receiver_and_worker_pods():
+def test_redis_network_policy_admits_only_receiver_worker_and_dashboard_pods():
     policy = k8s_object("NetworkPolicy", REDIS)["spec"]
     redis_labels = k8s_object("StatefulSet", REDIS)["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= redis_labels.items()
@@ -674,7 +699,39 @@ def test_redis_network_policy_admits_only_receiver_and_worker_pods():
         for workload in workloads()
         if admitted(workload["spec"]["template"]["metadata"]["labels"])
     }
-    assert admitted_workloads == {RECEIVER, WORKER}
+    assert admitted_workloads == {RECEIVER, WORKER, DASHBOARD}
+
+
+def test_dashboard_is_ready_and_alive_on_its_login_page_at_the_port_it_serves():
+    dashboard = the_container("Deployment", DASHBOARD)
+    ports = {port["name"]: port["containerPort"] for port in dashboard["ports"]}
+    assert dashboard["args"][0] == "dashboard"
+    assert option_value(dashboard["args"], "--host") == "0.0.0.0"
+    for probe in (dashboard["readinessProbe"], dashboard["livenessProbe"]):
+        assert probe["httpGet"]["path"] == "/login"
+        assert str(ports[probe["httpGet"]["port"]]) == option_value(dashboard["args"], "--port")
+
+
+def test_dashboard_takes_its_token_from_a_secret():
+    dashboard = the_container("Deployment", DASHBOARD)
+    (token,) = [entry for entry in dashboard["env"] if entry["name"] == "LOOPS_DASHBOARD_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": DASHBOARD, "key": "token"}
+
+
+def test_dashboard_service_routes_to_the_dashboard_pods_and_no_ingress_routes_to_it():
+    service = k8s_object("Service", DASHBOARD)["spec"]
+    labels = k8s_object("Deployment", DASHBOARD)["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"].items() <= labels.items()
+    assert [port["targetPort"] for port in service["ports"]] == ["http"]
+    backends = [
+        path["backend"]["service"]["name"]
+        for ingress in k8s_objects()
+        if ingress["kind"] == "Ingress"
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert DASHBOARD not in backends
+    assert service.get("type", "ClusterIP") == "ClusterIP"
 
 
 def test_k8s_readme_says_the_hpa_needs_metrics_server():
@@ -773,6 +830,17 @@ def test_smoke_sh_builds_and_runs_the_image_compose_runs():
     assert f"IMAGE={LOCAL_IMAGE}\n" in SMOKE.read_text()
 
 
+def test_smoke_sh_checks_the_dashboards_login_with_a_token_it_accepts():
+    text = SMOKE.read_text()
+    (variable,) = re.findall(r"^LOOPS_DASHBOARD_TOKEN=\$\{(\w+)\}$", text, re.MULTILINE)
+    (random_bytes,) = re.findall(rf"^{variable}=\$\(head -c (\d+) /dev/urandom \| od ", text,
+                                 re.MULTILINE)  # fmt: skip
+    assert 2 * int(random_bytes) >= 32  # hex: two characters a byte
+    assert 'status_of "http://127.0.0.1:${SMOKE_DASHBOARD_PORT}/login")" = 200' in text
+    assert "eventually dashboard_answers_login" in text
+    assert "DASHBOARD_PORT=${SMOKE_DASHBOARD_PORT}" in text
+
+
 def test_the_readmes_derived_image_is_built_from_the_image_compose_runs():
     operations = README.read_text().split("## Operations", 1)[1]
     (dockerfile,) = re.findall(r"```dockerfile\n(.*?)```", operations, re.DOTALL)
@@ -844,10 +912,12 @@ def test_compose_sentinel_runs_three_sentinels_with_a_quorum_of_two_on_the_prima
         assert sentinel["healthcheck"]
 
 
-def test_compose_sentinel_points_receiver_and_workers_at_the_sentinels(clean_environment):
+def test_compose_sentinel_points_receiver_workers_and_dashboard_at_the_sentinels(
+    clean_environment,
+):
     services = sentinel_compose_services()
     sentinel_names = {name for name in services if name.startswith("sentinel")}
-    for name in ("receiver", "worker"):
+    for name in ("receiver", "worker", "dashboard"):
         environment = services[name]["environment"]
         address = sentinel_address(environment["REDIS_URL"])
         assert address is not None, name
