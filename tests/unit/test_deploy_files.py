@@ -991,7 +991,7 @@ def test_the_readmes_alert_table_is_alerts_yaml():
     assert rows == [(r["alert"], r["expr"], r.get("for", "")) for r in alert_rules()]
 
 
-# --- the Grafana board (tests/integration/test_monitoring_queries.py checks its queries) ---
+# --- the Grafana board (test_observability.py checks its queries) ---
 
 
 def grafana_panels() -> list[dict[str, Any]]:
