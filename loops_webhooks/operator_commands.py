@@ -84,6 +84,7 @@ def run_operation(
             redis,
             queue_name=settings.queue_name,
             dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
+            replay_history_limit=settings.replay_history_limit,
         )
         try:
             return await operation(operations, args)

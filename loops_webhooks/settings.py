@@ -64,6 +64,18 @@ class Settings(BaseSettings):
     webhook_path: str = "/webhooks/loops"
     max_body_bytes: int = Field(default=MIB, gt=0)
     dedupe_ttl_seconds: int = Field(default=7 * DAY_SECONDS, gt=0)
+    replay_history_limit: int = Field(
+        default=10,
+        ge=0,
+        description="Handler states that replays replaced, kept per event and handler "
+        "(the newest ones).",
+    )
+    dead_letter_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Dead letters older than this are purged, and their events then expire "
+        "like finished ones; unset keeps them until replayed or purged.",
+    )
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     read_timeout_seconds: float = Field(
         default=10.0,

@@ -27,6 +27,9 @@ __all__ = [
     "OUTCOME_COUNTS_TTL_SECONDS",
     "PENDING_EVENTS",
     "REPLICATION_MARK",
+    "SEARCH_PREFIX",
+    "SEARCH_TERMS_FIELD",
+    "TRIM_LOCK",
     "arq_in_progress_key",
     "arq_job_key",
     "arq_retry_key",
@@ -46,7 +49,20 @@ PENDING_EVENTS = PREFIX + "pending"
 
 EVENT_INDEX = PREFIX + "events"
 """Sorted set of every stored event id, scored by receipt time (ms), for listing events.
-Ids whose record has expired are removed by the reconciler and skipped by readers."""
+The reconciler removes an id once its record is due to expire (see ``TRIM_LOCK``); readers
+skip ids whose record is gone."""
+
+SEARCH_PREFIX = PREFIX + "find:"
+"""A search index is this prefix and a search term (``search_terms.py`` builds them): a
+sorted set of the ids of the events that hold the term, scored by receipt time (ms)."""
+
+SEARCH_TERMS_FIELD = "search"
+"""In an event's hash, its search terms, each written ``<length>:<term>``, so the scripts
+that trim or erase an event find its entries in the search indexes."""
+
+TRIM_LOCK = PREFIX + "trim-lock"
+"""Held by the worker whose reconciler trims the indexes in this interval, so that several
+workers do not repeat the same pass."""
 
 DEAD_LETTER_INDEX = PREFIX + "dlq"
 """Sorted set of dead-letter ids, scored by the time they were dead-lettered (ms)."""
@@ -92,7 +108,8 @@ def event_dead_letters_key(event_id: str) -> str:
 
 
 def dead_letter_key(letter_id: str) -> str:
-    """Hash holding one dead letter; it never expires."""
+    """Hash holding one dead letter, kept until replayed or purged (by an operator, or by
+    the reconciler past ``LOOPS_DEAD_LETTER_RETENTION_DAYS``)."""
     return DEAD_LETTER_PREFIX + letter_id
 
 

@@ -135,12 +135,21 @@ class ReplayReport:
 
 class Operations:
     """The operator's API over one Redis; ``queue_name`` and ``dedupe_ttl_seconds`` must be
-    the receivers' and workers' own (``LOOPS_QUEUE_NAME``, ``LOOPS_DEDUPE_TTL_SECONDS``)."""
+    the receivers' and workers' own (``LOOPS_QUEUE_NAME``, ``LOOPS_DEDUPE_TTL_SECONDS``),
+    ``replay_history_limit`` is ``LOOPS_REPLAY_HISTORY_LIMIT``."""
 
-    def __init__(self, redis: Redis, *, queue_name: str, dedupe_ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        queue_name: str,
+        dedupe_ttl_seconds: int,
+        replay_history_limit: int,
+    ) -> None:
         self._redis = redis
         self._queue_name = queue_name
         self._dedupe_ttl_seconds = dedupe_ttl_seconds
+        self._replay_history_limit = replay_history_limit
         self._store = EventStore(redis, dedupe_ttl_seconds=dedupe_ttl_seconds)
 
     async def get_event(self, event_id: str) -> StoredEvent:
@@ -223,7 +232,11 @@ class Operations:
         outcomes: dict[ReplayResult, list[str]] = {result: [] for result in ReplayResult}
         for done, letter in enumerate(letters, start=1):
             result = await replay_dead_letter(
-                self._redis, letter, queue_name=self._queue_name, force=force
+                self._redis,
+                letter,
+                queue_name=self._queue_name,
+                history_limit=self._replay_history_limit,
+                force=force,
             )
             outcomes[result].append(letter.id)
             if on_progress is not None:

@@ -31,9 +31,17 @@ class ReplayResult(StrEnum):
 
 
 async def replay_dead_letter(
-    redis: Redis, letter: DeadLetter, *, queue_name: str, force: bool = False
+    redis: Redis,
+    letter: DeadLetter,
+    *,
+    queue_name: str,
+    history_limit: int,
+    force: bool = False,
 ) -> ReplayResult:
     """Put one dead letter's event back on the queue, as it was when ``letter`` was read.
+
+    The handler states it replaces join the event's history, of which the newest
+    ``history_limit`` per handler are kept (``LOOPS_REPLAY_HISTORY_LIMIT``).
 
     SKIPPED if it holds no stored event (a body the receiver could not parse), or if its
     payload did not fit a handler's model (``invalid_payload``) and ``force`` is not given:
@@ -71,6 +79,7 @@ async def replay_dead_letter(
             keys.HANDLER_FIELD_PREFIX,
             keys.HANDLER_HISTORY_FIELD_PREFIX,
             letter.dead_lettered_at,
+            history_limit,
         ],
     )
     return ReplayResult.REPLAYED if replayed else ReplayResult.GONE

@@ -273,6 +273,7 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
             interval_seconds=settings.reconcile_interval_seconds,
             grace_seconds=settings.reconcile_grace_seconds,
             dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
+            dead_letter_retention_days=settings.dead_letter_retention_days,
         )
         reconciler.start()
         ctx[RECONCILER] = reconciler

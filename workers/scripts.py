@@ -29,7 +29,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "replay": ("enqueue_job", "length_prefixed", "dead_letter"),
     "purge": ("length_prefixed", "dead_letter"),
     "reenqueue_orphans": ("enqueue_job",),
-    "trim_event_index": (),
+    "trim_indexes": ("length_prefixed",),
     "recount_dead_letter_reasons": (),
 }
 """Every script, with the libraries it needs."""

@@ -96,7 +96,10 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
     )
     settings = app[SETTINGS]
     app[OPERATIONS] = Operations(
-        redis, queue_name=settings.queue_name, dedupe_ttl_seconds=settings.dedupe_ttl_seconds
+        redis,
+        queue_name=settings.queue_name,
+        dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
+        replay_history_limit=settings.replay_history_limit,
     )
     yield
     await redis.aclose()

@@ -27,7 +27,7 @@ DAY = 86_400
 
 @pytest.fixture
 def operations(redis: FakeAsyncRedis) -> Operations:
-    return Operations(redis, queue_name=QUEUE, dedupe_ttl_seconds=DAY)
+    return Operations(redis, queue_name=QUEUE, dedupe_ttl_seconds=DAY, replay_history_limit=10)
 
 
 async def receive(redis: FakeAsyncRedis, event_id: str, received_at: int) -> None:

@@ -10,10 +10,12 @@ from fakeredis import FakeAsyncRedis
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
-from loops_webhooks.workers.reconciler import Reconciler
+from loops_webhooks.workers.reconciler import TRIM_BATCH_SIZE, Reconciler
 
 QUEUE = "loops:queue"
 AN_HOUR_AGO_MS = int(time.time() * 1000) - 3_600_000
+TTL_SECONDS = 3600
+PAST_THE_TTL_MS = AN_HOUR_AGO_MS - 60_000
 
 
 def reconciler(redis: FakeAsyncRedis, grace_seconds: float = 60) -> Reconciler:
@@ -22,7 +24,8 @@ def reconciler(redis: FakeAsyncRedis, grace_seconds: float = 60) -> Reconciler:
         queue_name=QUEUE,
         interval_seconds=1,
         grace_seconds=grace_seconds,
-        dedupe_ttl_seconds=3600,
+        dedupe_ttl_seconds=TTL_SECONDS,
+        dead_letter_retention_days=None,
     )
 
 
@@ -108,3 +111,56 @@ async def test_a_pass_goes_on_where_the_previous_one_stopped(
 
     assert (first, second) == (0, 1)
     assert await redis.zscore(QUEUE, orphan) is not None
+
+
+async def test_one_pass_removes_every_expired_entry_of_the_event_index_however_many(
+    redis: FakeAsyncRedis,
+) -> None:
+    expired = [f"evt_{n}" for n in range(TRIM_BATCH_SIZE * 2 + 500)]
+    for event_id in expired:
+        await record(redis, event_id, received_at_ms=PAST_THE_TTL_MS)
+        await redis.delete(keys.event_key(event_id))  # as its expiry would
+    await record(redis, "evt_recent", received_at_ms=int(time.time() * 1000))
+
+    await reconciler(redis).reconcile_once()
+
+    assert await redis.zrange(keys.EVENT_INDEX, 0, -1) == [b"evt_recent"]
+
+
+async def test_records_kept_without_an_expiry_stay_listed_among_expired_ones(
+    redis: FakeAsyncRedis,
+) -> None:
+    for n in range(TRIM_BATCH_SIZE + 10):
+        await record(redis, f"evt_{n}", received_at_ms=PAST_THE_TTL_MS)
+        if n % 7:
+            await redis.delete(keys.event_key(f"evt_{n}"))
+        else:  # a dead event keeps its record until its letters go
+            await redis.hset(keys.event_key(f"evt_{n}"), "status", "dead")
+
+    await reconciler(redis).reconcile_once()
+
+    kept = await redis.zrange(keys.EVENT_INDEX, 0, -1)
+    assert sorted(kept) == sorted(f"evt_{n}".encode() for n in range(0, TRIM_BATCH_SIZE + 10, 7))
+
+
+async def test_an_entry_goes_once_its_record_is_due_to_expire_before_the_record_does(
+    redis: FakeAsyncRedis,
+) -> None:
+    await record(redis, "evt_done", received_at_ms=PAST_THE_TTL_MS)
+    await redis.pexpire(keys.event_key("evt_done"), 60_000)
+
+    await reconciler(redis).reconcile_once()
+
+    assert await redis.zcard(keys.EVENT_INDEX) == 0
+
+
+async def test_only_one_reconciler_trims_in_an_interval(redis: FakeAsyncRedis) -> None:
+    await reconciler(redis).reconcile_once()
+    await record(redis, "evt_gone", received_at_ms=PAST_THE_TTL_MS)
+    await redis.delete(keys.event_key("evt_gone"))
+
+    await reconciler(redis).reconcile_once()
+    assert await redis.zcard(keys.EVENT_INDEX) == 1
+    await redis.delete(keys.TRIM_LOCK)
+    await reconciler(redis).reconcile_once()
+    assert await redis.zcard(keys.EVENT_INDEX) == 0

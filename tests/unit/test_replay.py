@@ -80,7 +80,7 @@ async def test_replay_makes_the_event_pending_again_for_the_dead_handler_only(
 ) -> None:
     [letter] = await event_with_dead_handlers(redis, "a")
 
-    result = await replay_dead_letter(redis, letter, queue_name=QUEUE)
+    result = await replay_dead_letter(redis, letter, queue_name=QUEUE, history_limit=10)
 
     stored = await EventStore(redis, dedupe_ttl_seconds=DAY).get("evt_1")
     assert result is ReplayResult.REPLAYED
@@ -97,7 +97,7 @@ async def test_a_forced_replay_resets_every_handler_state_to_a_fresh_pending_one
 ) -> None:
     [letter] = await event_with_dead_handlers(redis, "a")
 
-    await replay_dead_letter(redis, letter, queue_name=QUEUE, force=True)
+    await replay_dead_letter(redis, letter, queue_name=QUEUE, history_limit=10, force=True)
 
     stored = await EventStore(redis, dedupe_ttl_seconds=DAY).get("evt_1")
     assert stored is not None
@@ -108,12 +108,17 @@ async def test_a_letter_replayed_and_dead_lettered_anew_since_it_was_read_is_not
     redis: FakeAsyncRedis,
 ) -> None:
     [read_by_a_second_replay] = await event_with_dead_handlers(redis, "a")
-    assert await replay_dead_letter(redis, read_by_a_second_replay, queue_name=QUEUE) == "replayed"
+    assert (
+        await replay_dead_letter(redis, read_by_a_second_replay, queue_name=QUEUE, history_limit=10)
+        == "replayed"
+    )
     await asyncio.sleep(0.002)
     [dead_again] = await event_with_dead_handlers(redis, "a")
     assert dead_again.dead_lettered_at != read_by_a_second_replay.dead_lettered_at
 
-    result = await replay_dead_letter(redis, read_by_a_second_replay, queue_name=QUEUE)
+    result = await replay_dead_letter(
+        redis, read_by_a_second_replay, queue_name=QUEUE, history_limit=10
+    )
 
     assert result is ReplayResult.GONE
     assert await get_dead_letter(redis, dead_again.id) == dead_again
@@ -124,8 +129,8 @@ async def test_an_invalid_payload_letter_with_its_event_stored_is_replayed_only_
 ) -> None:
     [letter] = await event_with_dead_handlers(redis, "a", reason=DeadLetterReason.INVALID_PAYLOAD)
 
-    unforced = await replay_dead_letter(redis, letter, queue_name=QUEUE)
-    forced = await replay_dead_letter(redis, letter, queue_name=QUEUE, force=True)
+    unforced = await replay_dead_letter(redis, letter, queue_name=QUEUE, history_limit=10)
+    forced = await replay_dead_letter(redis, letter, queue_name=QUEUE, history_limit=10, force=True)
 
     assert (unforced, forced) == (ReplayResult.SKIPPED, ReplayResult.REPLAYED)
     stored = await EventStore(redis, dedupe_ttl_seconds=DAY).get("evt_1")
@@ -141,4 +146,26 @@ async def test_a_body_the_receiver_could_not_parse_is_skipped_even_with_force(
     letter = await get_dead_letter(redis, letter_id)
     assert letter is not None
 
-    assert await replay_dead_letter(redis, letter, queue_name=QUEUE, force=True) == "skipped"
+    assert (
+        await replay_dead_letter(redis, letter, queue_name=QUEUE, history_limit=10, force=True)
+        == "skipped"
+    )
+
+
+async def test_replays_keep_only_the_newest_handler_states_up_to_the_history_limit(
+    redis: FakeAsyncRedis,
+) -> None:
+    for attempt in range(4):
+        [letter] = await event_with_dead_handlers(redis, "a")
+        await redis.hset(
+            keys.event_key("evt_1"),
+            keys.HANDLER_FIELD_PREFIX + "a",
+            HandlerState(status=HandlerStatus.DEAD, attempts=attempt + 1).to_json(),
+        )
+        assert await replay_dead_letter(redis, letter, queue_name=QUEUE, history_limit=2)
+        await asyncio.sleep(0.002)
+
+    stored = await EventStore(redis, dedupe_ttl_seconds=DAY).get("evt_1")
+
+    assert stored is not None
+    assert [state.attempts for state in stored.history["a"]] == [3, 4]

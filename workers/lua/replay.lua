@@ -24,6 +24,7 @@
 -- ARGV[10] history_prefix    of the replaced-states fields in the event's hash
 -- ARGV[11] dead_lettered_at  as the caller read it: a letter gone or dead-lettered again
 --                            since then (another replay got there first) is not replayed
+-- ARGV[12] history_limit    replaced states kept per handler, the newest ones
 -- Returns 1 replayed, 0 not (gone, or changed since it was read).
 local letter, dead_letter_index, event, event_letters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local pending, event_index, queue, job_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -31,6 +32,7 @@ local reason_counts = KEYS[9]
 local letter_id, event_id, handler, force, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local job_id, payload, job_ttl_ms = ARGV[6], ARGV[7], ARGV[8]
 local handler_prefix, history_prefix, dead_lettered_at = ARGV[9], ARGV[10], ARGV[11]
+local history_limit = tonumber(ARGV[12])
 
 if redis.call('HGET', letter, 'dead_lettered_at') ~= dead_lettered_at then return 0 end
 
@@ -52,7 +54,10 @@ local function archive(name)
     local stored = redis.call('HGET', event, history_field)
     if stored then history = cjson.decode(stored) end
     history[#history + 1] = cjson.decode(state)
-    redis.call('HSET', event, history_field, cjson.encode(history))
+    while #history > history_limit do table.remove(history, 1) end
+    if #history > 0 then
+      redis.call('HSET', event, history_field, cjson.encode(history))
+    end
   end
   redis.call('HSET', event, field, cjson.encode({status = 'pending', attempts = 0}))
 end
