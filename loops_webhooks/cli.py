@@ -417,6 +417,19 @@ def _parser() -> argparse.ArgumentParser:
     send_parser.add_argument("--count", type=int, default=1, help="distinct events to send")
     send_parser.add_argument("--json", action="store_true", help="print JSON")
 
+    def search_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--session", help="of this checkout session id (data.id)")
+        sub.add_argument("--customer", help="of this customer (data.externalCustomerId)")
+        sub.add_argument(
+            "--metadata",
+            action="append",
+            type=operations.parse_metadata,
+            default=[],
+            metavar="KEY=VALUE",
+            help="whose data.metadata holds KEY=VALUE (repeatable; KEY one of "
+            "LOOPS_SEARCH_METADATA_KEYS)",
+        )
+
     events_parser = commands.add_parser("events", help="Inspect stored events.")
     events_commands = events_parser.add_subparsers(dest="events_command", required=True)
     show = events_commands.add_parser(
@@ -433,7 +446,11 @@ def _parser() -> argparse.ArgumentParser:
     events_list.add_argument(
         "--since", type=operations.parse_since, help="received since: ISO time or 15m, 2d, ..."
     )
+    search_options(events_list)
     events_list.add_argument("--limit", type=int, default=50, help="at most (%(default)s)")
+    events_list.add_argument(
+        "--cursor", help="the next page: the cursor the previous page printed (stderr)"
+    )
     events_list.add_argument("--json", action="store_true", help="print JSON")
     events_list.set_defaults(run=_operation(operations.list_events))
 
@@ -451,10 +468,14 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--since", type=operations.parse_since, help="ISO time or a duration ago (15m, 2d)"
         )
+        search_options(sub)
 
     dlq_list = dlq_commands.add_parser("list", help="Dead letters, newest first.")
     filters(dlq_list)
     dlq_list.add_argument("--limit", type=int, default=50, help="at most (%(default)s)")
+    dlq_list.add_argument(
+        "--cursor", help="the next page: the cursor the previous page printed (stderr)"
+    )
     dlq_list.add_argument("--json", action="store_true", help="print JSON")
     dlq_list.set_defaults(run=_operation(operations.list_letters), ids=None)
 

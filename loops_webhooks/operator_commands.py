@@ -28,9 +28,18 @@ from loops_webhooks.workers.operations import (
     EventFilter,
     NotFound,
     Operations,
+    Page,
+    UnsearchableKey,
 )
 
-__all__ = ["CommandFailed", "RedisUnreachable", "UsageError", "parse_since", "run_operation"]
+__all__ = [
+    "CommandFailed",
+    "RedisUnreachable",
+    "UsageError",
+    "parse_metadata",
+    "parse_since",
+    "run_operation",
+]
 
 PROGRESS_EVERY = 100
 SHOWN_FIELDS = (
@@ -70,6 +79,14 @@ def parse_since(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid time {error}") from None
 
 
+def parse_metadata(text: str) -> tuple[str, str]:
+    """``--metadata KEY=VALUE``."""
+    name, equals, value = text.partition("=")
+    if not equals or not name or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return name, value
+
+
 def run_operation(
     operation: Operation, redis_url: str, args: argparse.Namespace, settings: Settings
 ) -> int:
@@ -85,11 +102,14 @@ def run_operation(
             queue_name=settings.queue_name,
             dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
             replay_history_limit=settings.replay_history_limit,
+            search_metadata_keys=settings.search_metadata_keys,
         )
         try:
             return await operation(operations, args)
         except NotFound as error:
             raise CommandFailed(str(error.args[0])) from None
+        except UnsearchableKey as error:
+            raise UsageError(str(error)) from None
         except (RedisError, OSError) as error:
             raise RedisUnreachable(str(error)) from None
         finally:
@@ -184,35 +204,66 @@ async def show_event(operations: Operations, args: argparse.Namespace) -> int:
 
 async def list_events(operations: Operations, args: argparse.Namespace) -> int:
     status = EventStatus(args.status) if args.status else None
-    where = EventFilter(event_type=args.type, status=status, since_ms=args.since)
-    events = (await operations.list_events(where, limit=args.limit)).items
-    rows = [
-        {
-            "id": event.id,
-            "type": event.type,
-            "status": event.status,
-            "outcome": event.outcome,
-            "received_at": _time(event.received_at_ms),
-            "finished_at": _time(event.finished_at_ms),
-        }
-        for event in events
-    ]
+    where = EventFilter(
+        event_type=args.type,
+        status=status,
+        since_ms=args.since,
+        session_id=args.session,
+        customer_id=args.customer,
+        metadata=tuple(args.metadata),
+    )
+    page = await operations.list_events(where, limit=args.limit, cursor=args.cursor)
+    rows: list[dict[str, Any]] = []
+    for event in page.items:
+        found_by = event.business_keys
+        rows.append(
+            {
+                "id": event.id,
+                "type": event.type,
+                "status": event.status,
+                "outcome": event.outcome,
+                "received_at": _time(event.received_at_ms),
+                "finished_at": _time(event.finished_at_ms),
+                "session": found_by.session_id,
+                "customer": found_by.customer_id,
+                "metadata": found_by.metadata,
+            }
+        )
     if args.json:
         _print_json(rows)
-        return 0
-    if not rows:
+    elif not rows:
         print("no events")
-    for row in rows:
+    for row in [] if args.json else rows:
         outcome = f"  {row['outcome']}" if row["outcome"] else ""
-        print(f"{row['id']}  {row['type']}  {row['status']}{outcome}  {row['received_at']}")
+        keys = [f"session {row['session']}"] if row["session"] else []
+        keys += [f"customer {row['customer']}"] if row["customer"] else []
+        keys += [f"{name} {value}" for name, value in row["metadata"].items()]
+        found_by_text = ("  " + ", ".join(keys)) if keys else ""
+        print(
+            f"{row['id']}  {row['type']}  {row['status']}{outcome}  {row['received_at']}"
+            + found_by_text
+        )
+    _print_next_page(page)
     return 0
+
+
+def _print_next_page(page: Page[Any]) -> None:
+    """On stderr, so ``--json`` output stays one JSON document."""
+    if page.next_cursor is not None:
+        print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
 
 
 def _filter(args: argparse.Namespace) -> DeadLetterFilter:
     """The dead-letter filter the options give: ``--type``, ``--handler``, ``--reason``,
-    ``--since``."""
+    ``--since``, ``--session``, ``--customer``, ``--metadata``."""
     return DeadLetterFilter(
-        event_type=args.type, handler=args.handler, reason=args.reason, since_ms=args.since
+        event_type=args.type,
+        handler=args.handler,
+        reason=args.reason,
+        since_ms=args.since,
+        session_id=args.session,
+        customer_id=args.customer,
+        metadata=tuple(args.metadata),
     )
 
 
@@ -222,18 +273,18 @@ async def _select(operations: Operations, args: argparse.Namespace) -> list[Dead
 
 
 async def list_letters(operations: Operations, args: argparse.Namespace) -> int:
-    letters = (await operations.list_dead_letters(_filter(args), limit=args.limit)).items
+    page = await operations.list_dead_letters(_filter(args), limit=args.limit, cursor=args.cursor)
+    letters = page.items
     if args.json:
         _print_json([_letter_json(letter, full=False) for letter in letters])
-        return 0
-    if not letters:
+    elif not letters:
         print("no dead letters")
-        return 0
-    for letter in letters:
+    for letter in [] if args.json else letters:
         print(
             f"{letter.id}  {letter.event_type or '-'}  {letter.handler or '-'}  {letter.reason}  "
             f"{letter.attempts} attempt(s)  {_time(letter.dead_lettered_at)}"
         )
+    _print_next_page(page)
     return 0
 
 
@@ -273,7 +324,17 @@ def _print_letter(letter: DeadLetter) -> None:
 
 
 def _has_selection(args: argparse.Namespace) -> bool:
-    return bool(args.ids or args.all or args.type or args.handler or args.reason or args.since)
+    return bool(
+        args.ids
+        or args.all
+        or args.type
+        or args.handler
+        or args.reason
+        or args.since
+        or args.session
+        or args.customer
+        or args.metadata
+    )
 
 
 async def replay_letters(operations: Operations, args: argparse.Namespace) -> int:

@@ -10,11 +10,11 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from loops_webhooks.redis_url import check_redis_url, redacted_url
 
@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     webhook_path: str = "/webhooks/loops"
     max_body_bytes: int = Field(default=MIB, gt=0)
     dedupe_ttl_seconds: int = Field(default=7 * DAY_SECONDS, gt=0)
+    search_metadata_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("orderId",),
+        description="Comma-separated keys of an event's data.metadata that it can be found by "
+        "(with its checkout session id and customer); empty: none.",
+    )
     replay_history_limit: int = Field(
         default=10,
         ge=0,
@@ -132,6 +137,17 @@ class Settings(BaseSettings):
         if not value.startswith("/"):
             raise ValueError("must start with '/'")
         return value
+
+    @field_validator("search_metadata_keys", mode="before")
+    @classmethod
+    def _metadata_keys_are_names(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        names = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+        for name in names:
+            if "=" in name or len(name) > 100:
+                raise ValueError(f"{name!r}: a key holds no '=' and at most 100 characters")
+        return names
 
     @field_validator("redis_url")
     @classmethod

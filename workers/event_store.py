@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, encode_dead_letter
 from loops_webhooks.workers.scripts import BatchedScript
+from loops_webhooks.workers.search import unpack_terms
 
 __all__ = [
     "Action",
@@ -95,6 +96,9 @@ class StoredEvent:
     finished_at_ms: int | None = None
     history: dict[str, list[HandlerState]] = field(default_factory=dict)
     """Per handler, the states that replays replaced, oldest first."""
+    search_terms: tuple[str, ...] = ()
+    """What it is found by (``workers/search.py``); none for an event stored before search
+    existed and not yet reindexed."""
 
 
 FINISHED = -2
@@ -227,6 +231,7 @@ class EventStore:
                 ]
         finished = stored.get(b"finished_at")
         outcome = stored.get(b"outcome")
+        terms = stored.get(keys.SEARCH_TERMS_FIELD.encode())
         return StoredEvent(
             event_id=event_id,
             event_type=stored[b"type"].decode(),
@@ -238,4 +243,5 @@ class EventStore:
             outcome=outcome.decode() if outcome else None,
             finished_at_ms=int(finished) if finished else None,
             history=history,
+            search_terms=unpack_terms(terms) if terms else (),
         )

@@ -32,6 +32,7 @@ from loops_webhooks.workers.dead_letters import (
     encode_dead_letter,
 )
 from loops_webhooks.workers.scripts import register_script
+from loops_webhooks.workers.search import pack_terms
 
 __all__ = ["PROCESS_EVENT_JOB", "EventIntake", "NotReplicated", "ReceivedEvent", "job_payload"]
 
@@ -63,13 +64,15 @@ def _record(event: ReceivedEvent, now_ms: int) -> bytes:
     headers = orjson.dumps(dict(event.headers))
     received_at = b"%d" % event.received_at_ms
     payload = job_payload(event.event_id, event.event_type, now_ms)
-    return b"%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b" % (
+    terms = pack_terms(event.search_terms) if event.search_terms else b""
+    return b"%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b" % (
         len(event_id), event_id,
         len(event_type), event_type,
         len(event.raw), event.raw,
         len(headers), headers,
         len(received_at), received_at,
         len(payload), payload,
+        len(terms), terms,
     )  # fmt: skip
 
 
@@ -85,6 +88,8 @@ class ReceivedEvent(NamedTuple):
     raw: bytes
     headers: Mapping[str, str]
     received_at_ms: int
+    search_terms: tuple[str, ...] = ()
+    """What the event is found by (``workers/search.py``), indexed in the same script."""
 
 
 def job_payload(event_id: str, event_type: str, enqueued_at_ms: int) -> bytes:
@@ -181,7 +186,15 @@ class EventIntake:
             results = await self._write(
                 self._record_and_enqueue,
                 [keys.PENDING_EVENTS, keys.EVENT_INDEX, self._queue_name],
-                [JOB_TTL_MS, keys.EVENT_PREFIX, keys.JOB_ID_PREFIX, keys.ARQ_JOB_PREFIX, *records],
+                [
+                    JOB_TTL_MS,
+                    keys.EVENT_PREFIX,
+                    keys.JOB_ID_PREFIX,
+                    keys.ARQ_JOB_PREFIX,
+                    keys.SEARCH_PREFIX,
+                    keys.SEARCH_TERMS_FIELD,
+                    *records,
+                ],
             )
         except BaseException as error:
             for future in waiting:

@@ -33,12 +33,17 @@ __all__ = [
     "arq_in_progress_key",
     "arq_job_key",
     "arq_retry_key",
+    "customer_term",
     "dead_letter_id",
     "dead_letter_key",
     "event_dead_letters_key",
     "event_key",
     "job_id_for_event",
+    "metadata_term",
     "outcome_counts_key",
+    "search_key",
+    "session_term",
+    "term_parts",
     "unparseable_dead_letter_id",
 ]
 
@@ -74,6 +79,34 @@ remove letters, so the figures never read every letter."""
 EVENT_PREFIX = PREFIX + "event:"
 DEAD_LETTER_PREFIX = PREFIX + "dlq:"
 EVENT_DEAD_LETTERS_PREFIX = PREFIX + "event-dlq:"
+
+
+def search_key(term: str) -> str:
+    """The sorted set of the ids of the events holding ``term``, by receipt time (ms)."""
+    return SEARCH_PREFIX + term
+
+
+def session_term(session_id: str) -> str:
+    return "session:" + session_id
+
+
+def customer_term(customer_id: str) -> str:
+    return "customer:" + customer_id
+
+
+def metadata_term(name: str, value: str) -> str:
+    """A searchable metadata key and its value; names hold no ``=`` (settings check it)."""
+    return f"metadata:{name}={value}"
+
+
+def term_parts(term: str) -> tuple[str, str, str]:
+    """(kind, metadata name or '', value) of a term built above."""
+    kind, _, rest = term.partition(":")
+    if kind == "metadata":
+        name, _, value = rest.partition("=")
+        return kind, name, value
+    return kind, "", rest
+
 
 HANDLER_FIELD_PREFIX = "handler:"
 """In an event's hash, ``handler:<name>`` holds that handler's state as JSON."""

@@ -23,6 +23,7 @@ from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
 from loops_webhooks.workers.event_store import EventStatus, EventStore, StoredEvent
 from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
+from loops_webhooks.workers.search import BusinessKeys, SearchTerms, UnsearchableKey, unpack_terms
 from loops_webhooks.workers.stats import Stats, collect_stats
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Operations",
     "Page",
     "ReplayReport",
+    "UnsearchableKey",
     "parse_since",
 ]
 
@@ -45,7 +47,15 @@ SCAN_LIMIT = 5_000
 filter that matches little never makes one call read everything."""
 
 _LETTER_SUMMARY_FIELDS = [f.name for f in fields(DeadLetter) if f.name not in ("raw", "traceback")]
-_EVENT_SUMMARY_FIELDS = ["id", "type", "status", "received_at", "finished_at", "outcome"]
+_EVENT_SUMMARY_FIELDS = [
+    "id",
+    "type",
+    "status",
+    "received_at",
+    "finished_at",
+    "outcome",
+    keys.SEARCH_TERMS_FIELD,
+]
 
 
 _SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -93,6 +103,11 @@ class EventSummary:
     received_at_ms: int
     finished_at_ms: int | None
     outcome: str | None
+    search_terms: tuple[str, ...] = ()
+
+    @property
+    def business_keys(self) -> BusinessKeys:
+        return BusinessKeys.of(self.search_terms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +116,12 @@ class EventFilter:
     status: EventStatus | None = None
     since_ms: int | None = None
     """Received at or after this time (ms since the epoch)."""
+    session_id: str | None = None
+    customer_id: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    """(key, value) pairs, every one held; keys must be searchable."""
+    text: str | None = None
+    """A session id, a customer id or a searchable metadata value (the search box)."""
 
     def matches(self, event: EventSummary) -> bool:
         return (self.event_type is None or event.type == self.event_type) and (
@@ -115,6 +136,10 @@ class DeadLetterFilter:
     reason: str | None = None
     since_ms: int | None = None
     """Dead-lettered at or after this time (ms since the epoch)."""
+    session_id: str | None = None
+    customer_id: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    """Of an event holding these (key, value) pairs; keys must be searchable."""
 
     def matches(self, letter: DeadLetter) -> bool:
         return (
@@ -136,7 +161,8 @@ class ReplayReport:
 class Operations:
     """The operator's API over one Redis; ``queue_name`` and ``dedupe_ttl_seconds`` must be
     the receivers' and workers' own (``LOOPS_QUEUE_NAME``, ``LOOPS_DEDUPE_TTL_SECONDS``),
-    ``replay_history_limit`` is ``LOOPS_REPLAY_HISTORY_LIMIT``."""
+    ``replay_history_limit`` is ``LOOPS_REPLAY_HISTORY_LIMIT``, ``search_metadata_keys``
+    ``LOOPS_SEARCH_METADATA_KEYS``."""
 
     def __init__(
         self,
@@ -145,8 +171,10 @@ class Operations:
         queue_name: str,
         dedupe_ttl_seconds: int,
         replay_history_limit: int,
+        search_metadata_keys: Sequence[str],
     ) -> None:
         self._redis = redis
+        self._metadata_keys = tuple(search_metadata_keys)
         self._queue_name = queue_name
         self._dedupe_ttl_seconds = dedupe_ttl_seconds
         self._replay_history_limit = replay_history_limit
@@ -161,9 +189,27 @@ class Operations:
     async def list_events(
         self, where: EventFilter = EventFilter(), *, limit: int = 50, cursor: str | None = None
     ) -> Page[EventSummary]:
-        """Stored events, newest first."""
-        index = _Index(keys.EVENT_INDEX, self._event_summaries)
-        return await index.page(self._redis, where.since_ms, where.matches, limit, cursor)
+        """Stored events, newest first. UnsearchableKey for a metadata key not indexed."""
+        search = SearchTerms.build(
+            self._metadata_keys,
+            session_id=where.session_id,
+            customer_id=where.customer_id,
+            metadata=where.metadata,
+            text=where.text,
+        )
+        if not search:
+            index = _Index(keys.EVENT_INDEX, self._event_summaries)
+            return await index.page(self._redis, where.since_ms, where.matches, limit, cursor)
+
+        async def load(ids: list[str]) -> list[list[EventSummary]]:
+            return [
+                [event]
+                if event is not None and search.held_by(event.search_terms) and where.matches(event)
+                else []
+                for event in await self._event_summaries(ids)
+            ]
+
+        return await _search_page(self._redis, search, where.since_ms, load, limit, cursor)
 
     async def get_dead_letter(self, letter_id: str) -> DeadLetter:
         letter = await get_dead_letter(self._redis, letter_id)
@@ -189,9 +235,36 @@ class Operations:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page[DeadLetter]:
-        """Dead letters, newest first, without their raw bodies and tracebacks."""
-        index = _Index(keys.DEAD_LETTER_INDEX, self._letter_summaries)
-        return await index.page(self._redis, where.since_ms, where.matches, limit, cursor)
+        """Dead letters, newest first, without their raw bodies and tracebacks.
+
+        Filtered by session, customer or metadata, they are those of the matching events, by
+        the events' receipt time, newest first; a page holds whole events' letters."""
+        search = SearchTerms.build(
+            self._metadata_keys,
+            session_id=where.session_id,
+            customer_id=where.customer_id,
+            metadata=where.metadata,
+        )
+        if not search:
+            index = _Index(keys.DEAD_LETTER_INDEX, self._letter_summaries)
+            return await index.page(self._redis, where.since_ms, where.matches, limit, cursor)
+
+        async def load(event_ids: list[str]) -> list[list[DeadLetter]]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for event_id in event_ids:
+                    pipe.hget(keys.event_key(event_id), keys.SEARCH_TERMS_FIELD)
+                    pipe.smembers(keys.event_dead_letters_key(event_id))
+                replies = await pipe.execute()
+            found: list[list[DeadLetter]] = []
+            for terms, letter_ids in zip(replies[0::2], replies[1::2], strict=True):
+                if not terms or not letter_ids or not search.held_by(unpack_terms(terms)):
+                    found.append([])
+                    continue
+                letters = await self._letter_summaries(sorted(i.decode() for i in letter_ids))
+                found.append([letter for letter in letters if letter and where.matches(letter)])
+            return found
+
+        return await _search_page(self._redis, search, None, load, limit, cursor)
 
     async def select_dead_letters(
         self, ids: Sequence[str] = (), where: DeadLetterFilter | None = None
@@ -265,7 +338,7 @@ class Operations:
                 pipe.hmget(keys.event_key(event_id), _EVENT_SUMMARY_FIELDS)
             rows = await pipe.execute()
         summaries: list[EventSummary | None] = []
-        for event_id, (_, event_type, status, received_at, finished_at, outcome) in zip(
+        for event_id, (_, event_type, status, received_at, finished_at, outcome, terms) in zip(
             ids, rows, strict=True
         ):
             if status is None or received_at is None:
@@ -279,6 +352,7 @@ class Operations:
                     received_at_ms=int(received_at),
                     finished_at_ms=int(finished_at) if finished_at else None,
                     outcome=outcome.decode() if outcome else None,
+                    search_terms=unpack_terms(terms) if terms else (),
                 )
             )
         return summaries
@@ -352,6 +426,55 @@ class _Index(Generic[T]):
                 return Page(items, None)
             offset += len(entries)
         return Page(items, _encode_cursor(*last) if last is not None else None)
+
+
+async def _search_page(
+    redis: Redis,
+    search: SearchTerms,
+    since_ms: int | None,
+    load: Callable[[list[str]], Awaitable[list[list[T]]]],
+    limit: int,
+    cursor: str | None,
+) -> Page[T]:
+    """One page, newest first, of what ``load`` finds for the events of the search indexes.
+
+    An index holds the events of one value (a session, a customer, an order), so the entries
+    of every index read are merged in memory, at most ``SCAN_LIMIT`` of each a call; the
+    cursor is the last entry returned (score, id), as for the other lists. ``load`` gives,
+    per event id, the items of that event that match, none if the event does not.
+    """
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    low: float | str = since_ms if since_ms is not None else "-inf"
+    high: float | str = "+inf"
+    after: tuple[float, str] | None = None
+    if cursor is not None:
+        score, member = _decode_cursor(cursor)
+        high, after = score, (score, member)
+    entries: dict[str, float] = {}
+    truncated = False
+    for key in search.index_keys():
+        found = await redis.zrevrangebyscore(
+            key, high, low, start=0, num=SCAN_LIMIT, withscores=True
+        )
+        truncated = truncated or len(found) == SCAN_LIMIT
+        for member, score_value in found:
+            entries[member.decode()] = score_value
+    ordered = sorted(((score, member) for member, score in entries.items()), reverse=True)
+    if after is not None:
+        ordered = [entry for entry in ordered if entry < after]
+    items: list[T] = []
+    chunk_size = max(limit, 100)
+    for start in range(0, len(ordered), chunk_size):
+        chunk = ordered[start : start + chunk_size]
+        for (score_value, member), found_items in zip(
+            chunk, await load([member for _, member in chunk]), strict=True
+        ):
+            items += found_items
+            if len(items) >= limit:
+                return Page(items, _encode_cursor(score_value, member))
+    if truncated and ordered:
+        return Page(items, _encode_cursor(*ordered[-1]))
+    return Page(items, None)
 
 
 def _encode_cursor(score: float, member: str) -> str:

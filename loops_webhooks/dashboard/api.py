@@ -22,6 +22,7 @@ from loops_webhooks.dashboard.errors import BadRequest, Forbidden, json_response
 from loops_webhooks.workers.dead_letters import DeadLetter
 from loops_webhooks.workers.event_store import HandlerState, StoredEvent
 from loops_webhooks.workers.operations import DeadLetterFilter, EventSummary
+from loops_webhooks.workers.search import BusinessKeys
 
 __all__ = ["add_routes", "iso_time", "pretty_body"]
 
@@ -45,6 +46,7 @@ def pretty_body(raw: bytes) -> str:
 
 
 def _event_item(event: EventSummary) -> dict[str, Any]:
+    found_by = event.business_keys
     return {
         "id": event.id,
         "type": event.type,
@@ -52,6 +54,9 @@ def _event_item(event: EventSummary) -> dict[str, Any]:
         "received_at": iso_time(event.received_at_ms),
         "finished_at": iso_time(event.finished_at_ms),
         "outcome": event.outcome,
+        "session": found_by.session_id,
+        "customer": found_by.customer_id,
+        "metadata": found_by.metadata,
     }
 
 
@@ -68,8 +73,12 @@ def _handler_state(state: HandlerState) -> dict[str, Any]:
 
 
 def _event(event: StoredEvent, letters: list[DeadLetter]) -> dict[str, Any]:
+    found_by = BusinessKeys.of(event.search_terms)
     return {
         "id": event.event_id,
+        "session": found_by.session_id,
+        "customer": found_by.customer_id,
+        "metadata": found_by.metadata,
         "type": event.event_type,
         "status": event.status,
         "outcome": event.outcome,

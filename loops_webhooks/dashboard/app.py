@@ -100,6 +100,7 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
         queue_name=settings.queue_name,
         dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
         replay_history_limit=settings.replay_history_limit,
+        search_metadata_keys=settings.search_metadata_keys,
     )
     yield
     await redis.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from loops_webhooks.workers.operations import InvalidCursor, NotFound
+from loops_webhooks.workers.operations import InvalidCursor, NotFound, UnsearchableKey
 
 __all__ = [
     "BadRequest",
@@ -35,7 +35,7 @@ class Forbidden(Exception):
 
 def status_for(error: Exception) -> tuple[int, str, str] | None:
     """(status, error code, detail) for one of the errors the dashboard answers, else None."""
-    if isinstance(error, BadRequest | InvalidCursor):
+    if isinstance(error, BadRequest | InvalidCursor | UnsearchableKey):
         return 400, "bad_request", str(error)
     if isinstance(error, Unauthenticated):
         return 401, "unauthenticated", str(error)

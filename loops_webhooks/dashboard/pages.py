@@ -17,12 +17,13 @@ from yarl import URL
 
 from loops_webhooks.dashboard import queries
 from loops_webhooks.dashboard.api import pretty_body
-from loops_webhooks.dashboard.app_keys import GATE, OPERATIONS
+from loops_webhooks.dashboard.app_keys import GATE, OPERATIONS, SETTINGS
 from loops_webhooks.dashboard.auth import SESSION_COOKIE, SESSION_MAX_AGE_SECONDS
 from loops_webhooks.dashboard.chart import OUTCOMES, outcome_chart
 from loops_webhooks.workers.dead_letters import DeadLetterReason
 from loops_webhooks.workers.event_store import EventStatus
 from loops_webhooks.workers.operations import NotFound
+from loops_webhooks.workers.search import BusinessKeys
 
 __all__ = ["add_routes", "is_https"]
 
@@ -75,14 +76,15 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.Response:
+    """The events, filtered; the search box's value (``q``) opens the event of that id, or
+    lists the events of that session, customer or searchable metadata value."""
     operations = request.app[OPERATIONS]
-    wanted = request.query.get("id", "").strip()
-    missing = None
-    if wanted:
+    wanted = request.query.get("q", "").strip()
+    if wanted and "cursor" not in request.query:
         try:
             await operations.get_event(wanted)
         except NotFound:
-            missing = wanted
+            pass
         else:
             raise web.HTTPFound(f"/events/{quote(wanted, safe='')}")
     page = await operations.list_events(
@@ -94,7 +96,8 @@ async def events(request: web.Request) -> web.Response:
         "page": page,
         "query": request.query,
         "statuses": list(EventStatus),
-        "missing": missing,
+        "searched": wanted,
+        "metadata_keys": request.app[SETTINGS].search_metadata_keys,
         "next_page": _next_page(request, page.next_cursor),
         "first_page": _first_page(request),
     }
@@ -107,6 +110,7 @@ async def event(request: web.Request) -> web.Response:
     stored = await operations.get_event(event_id)
     context = {
         "event": stored,
+        "found_by": BusinessKeys.of(stored.search_terms),
         "letters": await operations.dead_letters_of_event(event_id),
         "body": pretty_body(stored.raw),
     }

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 DEFAULT_LIMIT = 50
-DEAD_LETTER_FILTER_FIELDS = ("type", "handler", "reason", "since")
+DEAD_LETTER_FILTER_FIELDS = ("type", "handler", "reason", "since", "session", "customer")
 
 
 def _since_ms(text: str) -> int:
@@ -51,6 +51,23 @@ def _since(params: Mapping[str, Any]) -> int | None:
     return _since_ms(text) if text is not None else None
 
 
+def _metadata(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """``metadata=KEY:VALUE``, repeatable (a query string), or one such string (a body)."""
+    getall = getattr(params, "getall", None)
+    values = getall("metadata", []) if getall is not None else [params.get("metadata")]
+    pairs = []
+    for value in values:
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise BadRequest("metadata: must be a string KEY:VALUE")
+        name, colon, wanted = value.partition(":")
+        if not colon or not name or not wanted:
+            raise BadRequest(f"metadata: {value!r} is not KEY:VALUE")
+        pairs.append((name, wanted))
+    return tuple(pairs)
+
+
 def limit_of(params: Mapping[str, str]) -> int:
     text = params.get("limit") or str(DEFAULT_LIMIT)
     if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE_SIZE:
@@ -67,6 +84,10 @@ def event_filter(params: Mapping[str, str]) -> EventFilter:
         event_type=_text(params, "type"),
         status=EventStatus(status) if status is not None else None,
         since_ms=_since(params),
+        session_id=_text(params, "session"),
+        customer_id=_text(params, "customer"),
+        metadata=_metadata(params),
+        text=_text(params, "q"),
     )
 
 
@@ -78,4 +99,7 @@ def dead_letter_filter(params: Mapping[str, Any]) -> DeadLetterFilter:
         handler=_text(params, "handler"),
         reason=_text(params, "reason"),
         since_ms=_since(params),
+        session_id=_text(params, "session"),
+        customer_id=_text(params, "customer"),
+        metadata=_metadata(params),
     )

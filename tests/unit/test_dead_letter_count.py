@@ -12,7 +12,13 @@ from tests.unit.test_replay import DAY, QUEUE, event_with_dead_handlers
 
 
 def operations(redis: FakeAsyncRedis) -> Operations:
-    return Operations(redis, queue_name=QUEUE, dedupe_ttl_seconds=DAY, replay_history_limit=10)
+    return Operations(
+        redis,
+        queue_name=QUEUE,
+        dedupe_ttl_seconds=DAY,
+        replay_history_limit=10,
+        search_metadata_keys=("orderId",),
+    )
 
 
 async def test_the_count_of_a_filter_is_what_a_replay_of_it_would_select(

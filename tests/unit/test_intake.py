@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.intake import PROCESS_EVENT_JOB, EventIntake, ReceivedEvent, job_payload
+from loops_webhooks.workers.search import unpack_terms
 
 QUEUE = "loops:queue"
 RECEIVED_AT_MS = 1_736_937_300_000
@@ -99,7 +100,32 @@ async def test_a_new_event_is_recorded_with_its_raw_bytes_headers_receipt_time_a
         b"headers": orjson.dumps(HEADERS),
         b"received_at": str(RECEIVED_AT_MS).encode(),
         b"status": b"pending",
+        b"search": b"",
     }
+
+
+async def test_a_new_event_is_entered_in_the_search_index_of_each_of_its_terms_by_receipt_time(
+    intake, redis
+):
+    terms = ("session:cs_1", "customer:c:1", "metadata:orderId=o 1")
+    event = received("evt_1")._replace(search_terms=terms)
+
+    await intake.submit(event)
+
+    for term in terms:
+        assert await redis.zrange(keys.search_key(term), 0, -1, withscores=True) == [
+            (b"evt_1", RECEIVED_AT_MS)
+        ]
+    stored = await redis.hget(keys.event_key("evt_1"), keys.SEARCH_TERMS_FIELD)
+    assert unpack_terms(stored) == terms
+
+
+async def test_a_redelivered_event_adds_no_search_entry(intake, redis):
+    await intake.submit(received("evt_1")._replace(search_terms=("customer:c1",)))
+
+    await intake.submit(received("evt_1")._replace(search_terms=("customer:c2",)))
+
+    assert not await redis.exists(keys.search_key("customer:c2"))
 
 
 async def test_a_new_event_is_listed_as_pending_for_the_reconciler(intake, redis):

@@ -27,7 +27,13 @@ DAY = 86_400
 
 @pytest.fixture
 def operations(redis: FakeAsyncRedis) -> Operations:
-    return Operations(redis, queue_name=QUEUE, dedupe_ttl_seconds=DAY, replay_history_limit=10)
+    return Operations(
+        redis,
+        queue_name=QUEUE,
+        dedupe_ttl_seconds=DAY,
+        replay_history_limit=10,
+        search_metadata_keys=("orderId",),
+    )
 
 
 async def receive(redis: FakeAsyncRedis, event_id: str, received_at: int) -> None:

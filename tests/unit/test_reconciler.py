@@ -154,6 +154,27 @@ async def test_an_entry_goes_once_its_record_is_due_to_expire_before_the_record_
     assert await redis.zcard(keys.EVENT_INDEX) == 0
 
 
+async def test_an_event_leaving_the_index_leaves_its_search_indexes_too(
+    redis: FakeAsyncRedis,
+) -> None:
+    raw = orjson.dumps({"id": "evt_done", "type": "checkout.session.completed"})
+    terms = ("session:cs_1", "customer:c_1")
+    await EventIntake(redis, queue_name=QUEUE).submit(
+        ReceivedEvent("evt_done", "checkout.session.completed", raw, {}, PAST_THE_TTL_MS, terms)
+    )
+    await EventIntake(redis, queue_name=QUEUE).submit(
+        ReceivedEvent(
+            "evt_new", "checkout.session.completed", raw, {}, int(time.time() * 1000), terms
+        )
+    )
+    await redis.pexpire(keys.event_key("evt_done"), 60_000)
+
+    await reconciler(redis).reconcile_once()
+
+    for term in terms:
+        assert await redis.zrange(keys.search_key(term), 0, -1) == [b"evt_new"]
+
+
 async def test_only_one_reconciler_trims_in_an_interval(redis: FakeAsyncRedis) -> None:
     await reconciler(redis).reconcile_once()
     await record(redis, "evt_gone", received_at_ms=PAST_THE_TTL_MS)
