@@ -139,9 +139,11 @@ async def preload_loops(redis_url: str, count: int) -> None:
 
     from loops_webhooks.settings import Settings
     from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+    from loops_webhooks.workers.search import search_terms
 
+    settings = Settings()
     redis = Redis.from_url(redis_url)
-    intake = EventIntake(redis, queue_name=Settings().queue_name)
+    intake = EventIntake(redis, queue_name=settings.queue_name)
     now_ms = int(time.time() * 1000)
     try:
         for start in range(0, count, 1000):
@@ -152,6 +154,7 @@ async def preload_loops(redis_url: str, count: int) -> None:
                     event_body(n),
                     {"content-type": "application/json", "loops-signature": "0" * 64},
                     now_ms,
+                    search_terms(orjson.loads(event_body(n)), settings.search_metadata_keys),
                 )
                 for n in range(start, min(start + 1000, count))
             ]
