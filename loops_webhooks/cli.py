@@ -453,6 +453,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     events_list.add_argument("--json", action="store_true", help="print JSON")
     events_list.set_defaults(run=_operation(operations.list_events))
+    erase = events_commands.add_parser(
+        "erase",
+        help="Erase a customer's personal data: the raw bodies and kept headers of their "
+        "finished events and dead letters, and their search entries (ids, types, times and "
+        "outcomes stay, marked erased). Asks unless --yes.",
+    )
+    erase.add_argument("--customer", required=True, help="the customer (data.externalCustomerId)")
+    erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    erase.set_defaults(run=_operation(operations.erase_customer))
 
     dlq_parser = commands.add_parser("dlq", help="Inspect, replay and purge dead letters.")
     dlq_commands = dlq_parser.add_subparsers(dest="dlq_command", required=True)
@@ -529,6 +538,13 @@ def _parser() -> argparse.ArgumentParser:
         help="no token (a loopback --host only; logs a warning)",
     )
 
+    command(
+        "reindex",
+        _operation(operations.reindex),
+        "Make events stored before search existed findable by session, customer and "
+        "LOOPS_SEARCH_METADATA_KEYS; safe to interrupt and run again (it passes over what is "
+        "done).",
+    )
     stats = command("stats", _operation(operations.show_stats), "Queue and dead-letter figures.")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")

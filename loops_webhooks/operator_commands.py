@@ -1,4 +1,5 @@
-"""The operator's commands: ``events show|list``, ``dlq list|show|replay|purge`` and ``stats``.
+"""The operator's commands: ``events show|list``, ``dlq list|show|replay|purge``, ``reindex``
+and ``stats``.
 
 Each parses nothing and decides nothing: it calls ``loops_webhooks.workers.operations`` and
 prints the result for a person, or JSON with ``--json``. Redis errors are caught around the
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import structlog
 from redis.exceptions import RedisError
 
 from loops_webhooks.settings import Settings
@@ -29,6 +31,7 @@ from loops_webhooks.workers.operations import (
     NotFound,
     Operations,
     Page,
+    ReindexReport,
     UnsearchableKey,
 )
 
@@ -40,6 +43,8 @@ __all__ = [
     "parse_since",
     "run_operation",
 ]
+
+log = structlog.get_logger(logger_name="loops_webhooks.operator_commands")
 
 PROGRESS_EVERY = 100
 SHOWN_FIELDS = (
@@ -137,6 +142,7 @@ def _letter_json(letter: DeadLetter, *, full: bool) -> dict[str, Any]:
             data.pop(name)
     for name in ("first_attempt_at", "last_attempt_at", "dead_lettered_at", "received_at"):
         data[name] = _time(data[name])
+    data["erased_at"] = _time(letter.erased_at) if letter.erased_at else None
     return data
 
 
@@ -173,6 +179,7 @@ async def show_event(operations: Operations, args: argparse.Namespace) -> int:
         "outcome": event.outcome,
         "received_at": _time(event.received_at_ms),
         "finished_at": _time(event.finished_at_ms),
+        "erased_at": _time(event.erased_at_ms) if event.erased_at_ms else None,
         "handlers": handlers,
         "before_replays": replaced,
     }
@@ -183,6 +190,8 @@ async def show_event(operations: Operations, args: argparse.Namespace) -> int:
     print(f"  received {story['received_at']}  finished {story['finished_at']}")
     if event.outcome:
         print(f"  outcome {event.outcome}")
+    if event.erased_at_ms:
+        print(f"  erased {story['erased_at']}: its raw body and headers are gone")
     if not handlers:
         print("  no handler has run yet")
     for name, state in handlers.items():
@@ -227,6 +236,7 @@ async def list_events(operations: Operations, args: argparse.Namespace) -> int:
                 "session": found_by.session_id,
                 "customer": found_by.customer_id,
                 "metadata": found_by.metadata,
+                "erased": event.erased_at_ms is not None,
             }
         )
     if args.json:
@@ -239,6 +249,7 @@ async def list_events(operations: Operations, args: argparse.Namespace) -> int:
         keys += [f"customer {row['customer']}"] if row["customer"] else []
         keys += [f"{name} {value}" for name, value in row["metadata"].items()]
         found_by_text = ("  " + ", ".join(keys)) if keys else ""
+        found_by_text += "  erased" if row["erased"] else ""
         print(
             f"{row['id']}  {row['type']}  {row['status']}{outcome}  {row['received_at']}"
             + found_by_text
@@ -316,6 +327,8 @@ def _print_letter(letter: DeadLetter) -> None:
     data = _letter_json(letter, full=True)
     for name in SHOWN_FIELDS:
         print(f"{name}: {data[name]}")
+    if letter.erased_at:
+        print(f"erased: {data['erased_at']} (raw body and headers removed)")
     print(f"error: {letter.error_type}: {letter.error_message}")
     if letter.traceback:
         print("traceback:\n" + letter.traceback.rstrip())
@@ -354,10 +367,14 @@ async def replay_letters(operations: Operations, args: argparse.Namespace) -> in
     report = await operations.replay_dead_letters(letters, force=args.force, on_progress=progress)
     for letter_id in report.skipped:
         print(f"skipped {letter_id}: it holds no event to replay (a body that was not one)")
+    for letter_id in report.erased:
+        print(f"refused {letter_id}: its personal data was erased, no body is left to replay")
     print(
         f"replayed {len(report.replayed)}, skipped {len(report.skipped)}, "
         f"already gone {len(report.gone)} (replayed or purged meanwhile by someone else)"
     )
+    if report.erased:
+        print(f"refused {len(report.erased)}: their personal data was erased")
     return 0
 
 
@@ -383,6 +400,51 @@ def _ask(question: str) -> str:
     if not line:
         print()
     return line
+
+
+async def erase_customer(operations: Operations, args: argparse.Namespace) -> int:
+    count = await operations.count_customer_events(args.customer)
+    if not count:
+        print("no stored event of that customer (events stored before search: run reindex)")
+        return 0
+    if not args.yes:
+        answer = _ask(
+            f"erase the raw bodies and headers of {count} event(s) of customer "
+            f"{args.customer!r} and of their dead letters? [y/N] "
+        )
+        if not answer:
+            raise UsageError("no answer on stdin: pass --yes to erase without asking")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise CommandFailed("aborted; nothing was erased")
+    report = await operations.erase_customer(args.customer)
+    log.info(
+        "customer data erased",
+        events=report.events,
+        dead_letters=report.dead_letters,
+        left_pending=len(report.pending),
+    )
+    print(f"erased {report.events} event(s) and {report.dead_letters} dead letter(s)")
+    if report.pending:
+        print(
+            f"left {len(report.pending)} event(s) still being processed: run this again once "
+            "they finished (events list --customer ... --status pending)"
+        )
+    return 0
+
+
+async def reindex(operations: Operations, args: argparse.Namespace) -> int:
+    def progress(report: ReindexReport, total: int) -> None:
+        print(
+            f"... {report.looked_at}/{total} events looked at, {report.indexed} indexed",
+            file=sys.stderr,
+        )
+
+    report = await operations.reindex_events(on_progress=progress)
+    print(
+        f"looked at {report.looked_at} event(s): indexed {report.indexed}, "
+        f"already indexed {report.already_indexed}"
+    )
+    return 0
 
 
 async def show_stats(operations: Operations, args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 A dead letter keeps everything needed to understand and replay it: the raw event, its
 headers and receipt time, the handler, the reason, the exception and a bounded traceback,
-the attempt count and times. Dead letters never expire; they leave only by replay or purge.
+the attempt count and times. Dead letters leave only by replay or purge (an operator's, or
+the reconciler's once ``LOOPS_DEAD_LETTER_RETENTION_DAYS`` passed).
 
 `DeadLetterReason` is defined with the verdicts in ``loops_webhooks.handlers.outcomes`` (the
 lowest layer that names reasons) and exported from here to the layers that may not import
@@ -58,6 +59,8 @@ class DeadLetter:
     received_at: int = 0
     raw: bytes = b""
     headers: str = "{}"
+    erased_at: int = 0
+    """When its personal data (raw body, headers) was erased; 0: never."""
 
     @classmethod
     def from_redis(cls, stored: Mapping[bytes, bytes]) -> DeadLetter:

@@ -99,6 +99,8 @@ class StoredEvent:
     search_terms: tuple[str, ...] = ()
     """What it is found by (``workers/search.py``); none for an event stored before search
     existed and not yet reindexed."""
+    erased_at_ms: int | None = None
+    """When its raw body and headers were erased (``events erase``); None: never."""
 
 
 FINISHED = -2
@@ -244,4 +246,5 @@ class EventStore:
             finished_at_ms=int(finished) if finished else None,
             history=history,
             search_terms=unpack_terms(terms) if terms else (),
+            erased_at_ms=int(stored[b"erased_at"]) if b"erased_at" in stored else None,
         )

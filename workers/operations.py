@@ -17,23 +17,35 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
+import orjson
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
 from loops_webhooks.workers.event_store import EventStatus, EventStore, StoredEvent
 from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
-from loops_webhooks.workers.search import BusinessKeys, SearchTerms, UnsearchableKey, unpack_terms
+from loops_webhooks.workers.scripts import register_script
+from loops_webhooks.workers.search import (
+    BusinessKeys,
+    SearchTerms,
+    UnsearchableKey,
+    pack_terms,
+    search_terms,
+    unpack_terms,
+)
 from loops_webhooks.workers.stats import Stats, collect_stats
 
 __all__ = [
     "DeadLetterFilter",
+    "ErasureReport",
     "EventFilter",
     "EventSummary",
     "InvalidCursor",
     "NotFound",
     "Operations",
     "Page",
+    "ReindexReport",
     "ReplayReport",
     "UnsearchableKey",
     "parse_since",
@@ -42,6 +54,8 @@ __all__ = [
 T = TypeVar("T")
 
 MAX_PAGE_SIZE = 500
+REINDEX_BATCH = 500
+ERASE_PENDING = -1
 SCAN_LIMIT = 5_000
 """Index entries one list call looks at before it returns a short page and a cursor, so a
 filter that matches little never makes one call read everything."""
@@ -55,6 +69,7 @@ _EVENT_SUMMARY_FIELDS = [
     "finished_at",
     "outcome",
     keys.SEARCH_TERMS_FIELD,
+    "erased_at",
 ]
 
 
@@ -104,6 +119,8 @@ class EventSummary:
     finished_at_ms: int | None
     outcome: str | None
     search_terms: tuple[str, ...] = ()
+    erased_at_ms: int | None = None
+    """When its personal data was erased (``events erase``); None: never."""
 
     @property
     def business_keys(self) -> BusinessKeys:
@@ -150,12 +167,32 @@ class DeadLetterFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class ReindexReport:
+    looked_at: int = 0
+    indexed: int = 0
+    """Events that got their search terms (possibly none: an event without a session...)."""
+    already_indexed: int = 0
+    """Indexed at intake or by an earlier run, or gone meanwhile."""
+
+
+@dataclass(frozen=True, slots=True)
 class ReplayReport:
     replayed: list[str]
     skipped: list[str]
     """Letters that hold no event to replay (a signed body that was not a usable event)."""
     gone: list[str]
     """Letters replayed or purged by someone else since they were selected: not failures."""
+    erased: list[str]
+    """Letters whose personal data was erased: refused, nothing is left to replay."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureReport:
+    events: int
+    """Events whose raw body, headers and search entries were erased."""
+    dead_letters: int
+    pending: list[str]
+    """Events still being processed, left as they are: erase again once they finished."""
 
 
 class Operations:
@@ -318,6 +355,7 @@ class Operations:
             replayed=outcomes[ReplayResult.REPLAYED],
             skipped=outcomes[ReplayResult.SKIPPED],
             gone=outcomes[ReplayResult.GONE],
+            erased=outcomes[ReplayResult.ERASED],
         )
 
     async def purge_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
@@ -329,6 +367,92 @@ class Operations:
             )
         return purged
 
+    async def erase_customer(self, customer_id: str) -> ErasureReport:
+        """Erase the personal data of every finished event of one customer (as its search
+        index finds them) and of their dead letters: raw bodies and kept headers emptied,
+        search entries removed; ids, types, times and outcomes stay, marked erased."""
+        script = register_script(self._redis, "erase")
+        index = keys.search_key(keys.customer_term(customer_id))
+        event_ids = [raw.decode() for raw in await self._redis.zrange(index, 0, -1)]
+        now_ms = int(time.time() * 1000)
+        events = letters = 0
+        pending: list[str] = []
+        for event_id in event_ids:
+            erased, letters_erased = await script(
+                keys=[keys.event_key(event_id), keys.event_dead_letters_key(event_id)],
+                args=[
+                    event_id,
+                    keys.SEARCH_PREFIX,
+                    keys.SEARCH_TERMS_FIELD,
+                    keys.DEAD_LETTER_PREFIX,
+                    now_ms,
+                ],
+            )
+            if int(erased) == ERASE_PENDING:
+                pending.append(event_id)
+            events += int(erased) == 1
+            letters += int(letters_erased)
+        return ErasureReport(events=events, dead_letters=letters, pending=pending)
+
+    async def count_customer_events(self, customer_id: str) -> int:
+        """How many events an erasure of this customer would look at."""
+        index = keys.search_key(keys.customer_term(customer_id))
+        return int(await self._redis.zcard(index))
+
+    async def reindex_events(
+        self, on_progress: Callable[[ReindexReport, int], None] | None = None
+    ) -> ReindexReport:
+        """Make the events stored before search existed searchable: each listed event whose
+        record holds no search terms gets them, from its raw body, with the current
+        ``search_metadata_keys``. Each event is one atomic script that leaves an indexed event
+        alone, so an interrupted run is simply run again (it passes over what is done).
+        ``on_progress(report so far, events listed)`` after each batch."""
+        script = register_script(self._redis, "index_event")
+        total = int(await self._redis.zcard(keys.EVENT_INDEX))
+        report = ReindexReport()
+        batch: list[str] = []
+        async for member, _ in self._redis.zscan_iter(keys.EVENT_INDEX, count=REINDEX_BATCH):
+            batch.append(member.decode())
+            if len(batch) == REINDEX_BATCH:
+                report = await self._reindex_batch(script, batch, report)
+                batch = []
+                if on_progress is not None:
+                    on_progress(report, total)
+        if batch:
+            report = await self._reindex_batch(script, batch, report)
+        return report
+
+    async def _reindex_batch(
+        self, script: AsyncScript, event_ids: list[str], report: ReindexReport
+    ) -> ReindexReport:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_id in event_ids:
+                pipe.hmget(keys.event_key(event_id), ["raw", keys.SEARCH_TERMS_FIELD])
+            rows = await pipe.execute()
+        indexed = already = 0
+        for event_id, (raw, terms) in zip(event_ids, rows, strict=True):
+            if raw is None or terms is not None:
+                already += 1
+                continue
+            try:
+                document = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                document = {}
+            found = (
+                search_terms(document, self._metadata_keys) if isinstance(document, dict) else ()
+            )
+            indexed += int(
+                await script(
+                    keys=[keys.event_key(event_id)],
+                    args=[event_id, keys.SEARCH_PREFIX, keys.SEARCH_TERMS_FIELD, pack_terms(found)],
+                )
+            )
+        return ReindexReport(
+            looked_at=report.looked_at + len(event_ids),
+            indexed=report.indexed + indexed,
+            already_indexed=report.already_indexed + already,
+        )
+
     async def stats(self) -> Stats:
         return await collect_stats(self._redis, queue_name=self._queue_name)
 
@@ -338,9 +462,8 @@ class Operations:
                 pipe.hmget(keys.event_key(event_id), _EVENT_SUMMARY_FIELDS)
             rows = await pipe.execute()
         summaries: list[EventSummary | None] = []
-        for event_id, (_, event_type, status, received_at, finished_at, outcome, terms) in zip(
-            ids, rows, strict=True
-        ):
+        for event_id, row in zip(ids, rows, strict=True):
+            _, event_type, status, received_at, finished_at, outcome, terms, erased_at = row
             if status is None or received_at is None:
                 summaries.append(None)
                 continue
@@ -353,6 +476,7 @@ class Operations:
                     finished_at_ms=int(finished_at) if finished_at else None,
                     outcome=outcome.decode() if outcome else None,
                     search_terms=unpack_terms(terms) if terms else (),
+                    erased_at_ms=int(erased_at) if erased_at else None,
                 )
             )
         return summaries

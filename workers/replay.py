@@ -20,11 +20,15 @@ from loops_webhooks.workers.scripts import register_script
 
 __all__ = ["ReplayResult", "purge_dead_letter", "replay_dead_letter"]
 
+ERASED_MEANWHILE = 2
+
 
 class ReplayResult(StrEnum):
     REPLAYED = "replayed"
     SKIPPED = "skipped"
     """The letter holds no event to replay: a signed body that was not a usable event."""
+    ERASED = "erased"
+    """The letter's personal data was erased: there is no body left to run a handler on."""
     GONE = "gone"
     """The letter was replayed or purged since it was read, or dead-lettered anew (another
     replay running at the same time got there first): nothing done, nothing failed."""
@@ -43,12 +47,15 @@ async def replay_dead_letter(
     The handler states it replaces join the event's history, of which the newest
     ``history_limit`` per handler are kept (``LOOPS_REPLAY_HISTORY_LIMIT``).
 
-    SKIPPED if it holds no stored event (a body the receiver could not parse), or if its
+    ERASED if its personal data was erased (nothing is left to replay). SKIPPED if it holds
+    no stored event (a body the receiver could not parse), or if its
     payload did not fit a handler's model (``invalid_payload``) and ``force`` is not given:
     replaying that is useful only after the model was fixed. GONE if the letter is gone or
     was dead-lettered anew since it was read: another replay (or a purge) took it, and
     replaying it again would run its handler one more round.
     """
+    if letter.erased_at:
+        return ReplayResult.ERASED
     if not letter.event_id:
         return ReplayResult.SKIPPED
     if letter.reason == DeadLetterReason.INVALID_PAYLOAD and not force:
@@ -82,6 +89,8 @@ async def replay_dead_letter(
             history_limit,
         ],
     )
+    if replayed == ERASED_MEANWHILE:
+        return ReplayResult.ERASED
     return ReplayResult.REPLAYED if replayed else ReplayResult.GONE
 
 

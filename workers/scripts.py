@@ -30,6 +30,8 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "purge": ("length_prefixed", "dead_letter"),
     "reenqueue_orphans": ("enqueue_job",),
     "trim_indexes": ("length_prefixed",),
+    "index_event": ("length_prefixed",),
+    "erase": ("length_prefixed",),
     "recount_dead_letter_reasons": (),
 }
 """Every script, with the libraries it needs."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loops_webhooks.workers import keys
+from loops_webhooks.workers.scripts import length_prefixed
 
 __all__ = [
     "MAX_VALUE_LENGTH",
@@ -65,12 +66,8 @@ def search_terms(document: dict[str, Any], metadata_keys: Sequence[str]) -> tupl
 
 
 def pack_terms(terms: Iterable[str]) -> bytes:
-    """Terms as the scripts read them (``lua/split_fields.lua``): each ``<length>:<bytes>``."""
-    packed = b""
-    for term in terms:
-        encoded = term.encode()
-        packed += b"%d:%b" % (len(encoded), encoded)
-    return packed
+    """Terms as the scripts read them (``lua/length_prefixed.lua``), in one argument."""
+    return length_prefixed(terms)
 
 
 def unpack_terms(packed: bytes) -> tuple[str, ...]:

@@ -90,6 +90,7 @@ def _event(event: StoredEvent, letters: list[DeadLetter]) -> dict[str, Any]:
             for name, states in event.history.items()
         },
         "dead_letters": [letter.id for letter in letters],
+        "erased_at": iso_time(event.erased_at_ms),
         "headers": event.headers,
         "raw": event.raw.decode(errors="replace"),
     }
@@ -99,6 +100,7 @@ def _letter(letter: DeadLetter, *, full: bool) -> dict[str, Any]:
     data: dict[str, Any] = asdict(letter)
     for name in ("first_attempt_at", "last_attempt_at", "dead_lettered_at", "received_at"):
         data[name] = iso_time(data[name])
+    data["erased_at"] = iso_time(letter.erased_at)
     data.pop("raw")
     data.pop("headers")
     data.pop("traceback")
@@ -231,6 +233,7 @@ async def replay(request: web.Request) -> web.Response:
         replayed=report.replayed,
         skipped=report.skipped,
         gone=report.gone,
+        erased=report.erased,
         **_who(request),
     )
     return json_response(
@@ -240,6 +243,7 @@ async def replay(request: web.Request) -> web.Response:
             "replayed": len(report.replayed),
             "skipped": len(report.skipped),
             "gone": len(report.gone),
+            "erased": len(report.erased),
             "event_ids": sorted({letter.event_id for letter in letters if letter.event_id}),
         }
     )

@@ -25,7 +25,8 @@
 -- ARGV[11] dead_lettered_at  as the caller read it: a letter gone or dead-lettered again
 --                            since then (another replay got there first) is not replayed
 -- ARGV[12] history_limit    replaced states kept per handler, the newest ones
--- Returns 1 replayed, 0 not (gone, or changed since it was read).
+-- Returns 1 replayed, 0 not (gone, or changed since it was read), 2 not (its personal data
+-- was erased: no body is left to run a handler on).
 local letter, dead_letter_index, event, event_letters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local pending, event_index, queue, job_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local reason_counts = KEYS[9]
@@ -35,6 +36,7 @@ local handler_prefix, history_prefix, dead_lettered_at = ARGV[9], ARGV[10], ARGV
 local history_limit = tonumber(ARGV[12])
 
 if redis.call('HGET', letter, 'dead_lettered_at') ~= dead_lettered_at then return 0 end
+if redis.call('HEXISTS', letter, 'erased_at') == 1 then return 2 end
 
 if redis.call('EXISTS', event) == 0 then
   local kept = redis.call('HMGET', letter, 'raw', 'headers', 'received_at', 'event_type')

@@ -48,7 +48,8 @@ function outcomeOf(action, answer, container) {
   if (action === "replay") {
     parts.push(
       element("span", {}, `Replayed ${answer.replayed}, skipped ${answer.skipped}, ` +
-        `already gone ${answer.gone}.`),
+        `already gone ${answer.gone}.` +
+        (answer.erased ? ` Refused ${answer.erased}: personal data erased.` : "")),
     );
     const eventId = container.dataset.eventId;
     if (eventId && answer.replayed) {

@@ -1,0 +1,35 @@
+-- Erases the personal data of one finished event and of its dead letters: raw bodies and
+-- kept headers emptied, search entries removed; ids, types, times and outcomes stay, marked
+-- with the time of the erasure. A pending event is left alone: a handler may still need it.
+--
+-- KEYS[1] event          the event's hash
+-- KEYS[2] event_letters  set of the event's dead-letter ids
+-- ARGV[1] event_id
+-- ARGV[2] search_prefix  a search index is this and a term
+-- ARGV[3] terms_field    the field of an event's hash that keeps its search terms
+-- ARGV[4] letter_prefix  a dead letter's hash is this and its id
+-- ARGV[5] now            ms
+-- Returns { 1 erased, 0 gone, -1 pending; dead letters erased }.
+local event, event_letters = KEYS[1], KEYS[2]
+local event_id, search_prefix, terms_field = ARGV[1], ARGV[2], ARGV[3]
+local letter_prefix, now = ARGV[4], ARGV[5]
+
+local status = redis.call('HGET', event, 'status')
+if not status then return {0, 0} end
+if status == 'pending' then return {-1, 0} end
+local terms = redis.call('HGET', event, terms_field)
+if terms then
+  for _, term in ipairs(length_prefixed(terms)) do
+    redis.call('ZREM', search_prefix .. term, event_id)
+  end
+end
+redis.call('HSET', event, 'raw', '', 'headers', '{}', terms_field, '', 'erased_at', now)
+local letters = 0
+for _, letter_id in ipairs(redis.call('SMEMBERS', event_letters)) do
+  local letter = letter_prefix .. letter_id
+  if redis.call('EXISTS', letter) == 1 then
+    redis.call('HSET', letter, 'raw', '', 'headers', '{}', 'erased_at', now)
+    letters = letters + 1
+  end
+end
+return {1, letters}
