@@ -414,7 +414,10 @@ async def test_a_letter_replayed_to_a_worker_without_its_handler_is_dead_lettere
     letter = await bench.dead_letter(event_id, "fulfil")
     assert letter is not None and letter.reason == "rejected"
 
-    assert await replay_dead_letter(bench.redis, letter, queue_name=QUEUE) == ReplayResult.REPLAYED
+    assert (
+        await replay_dead_letter(bench.redis, letter, queue_name=QUEUE, history_limit=10)
+        == ReplayResult.REPLAYED
+    )
 
     await bench.wait_for_effect("fulfilled", handler="fulfil_v2")
     await bench.wait_for_status(event_id, "dead")

@@ -789,7 +789,7 @@ async def test_a_replayed_letter_of_a_handler_this_worker_lacks_is_dead_lettered
     old = deliveries.dispatcher(router_with(("fulfil", Calls().recording(fail))), max_attempts=1)
     await deliveries.run_job(old, event_id)
     letter = await deliveries.dead_letter(event_id, "fulfil")
-    assert await replay_dead_letter(deliveries.redis, letter, queue_name=QUEUE)
+    assert await replay_dead_letter(deliveries.redis, letter, queue_name=QUEUE, history_limit=10)
     others = Calls()
     renamed = deliveries.dispatcher(
         router_with(*((name, others.recording()) for name in other_handlers))
