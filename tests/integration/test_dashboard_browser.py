@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from tests.conftest import LoopsSender
 from tests.integration.conftest import StartLoopsWebhooks
 from tests.integration.dashboard_harness import TOKEN, Dashboard, failing_handlers
+from tests.integration.search_harness import open_shop
 from tests.integration.worker_harness import Workbench
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -130,3 +132,47 @@ async def test_an_operator_logs_in_opens_a_dead_letter_replays_it_and_sees_the_e
     assert await handlers.locator("tr:not(.earlier)").count() == 2
     assert await handlers.locator("tr.earlier", has_text="before a replay").count() == 1
     assert len(bench.effects("notified")) == 1
+
+
+async def test_an_operator_finds_an_order_in_the_search_box_and_walks_to_its_sessions_events(
+    browser_page: Any,
+    tmp_path: Path,
+    redis: Redis,
+    redis_url: str,
+    start_loops_webhooks: StartLoopsWebhooks,
+    free_port: Callable[[], int],
+    loops: LoopsSender,
+) -> None:
+    page = browser_page
+    shop = await open_shop(tmp_path, redis, redis_url, start_loops_webhooks, free_port, loops)
+    first, second = shop.posted[0].event_id, shop.posted[1].event_id
+    dashboard = Dashboard(start_loops_webhooks, free_port(), redis_url)
+    await page.goto(dashboard.base_url + "/events")
+    await page.fill("#token", TOKEN)
+    await page.click("button[type=submit]")
+
+    search = page.get_by_role("searchbox")
+    await search.fill("ord_1")
+    await search.press("Enter")
+    rows = page.locator("table.list tbody tr")
+    await rows.filter(has_text=first).wait_for()
+    await screenshot(page, "11-search-order")
+    assert await rows.count() == 2
+    assert await rows.filter(has_text="cus_a").count() == 2
+    assert await rows.filter(has_text="cs_1").count() == 2
+
+    await page.get_by_role("searchbox").fill("cus_b")
+    await page.get_by_role("button", name="Find").click()
+    await rows.filter(has_text=shop.posted[3].event_id).wait_for()
+    assert await rows.count() == 1
+
+    await page.get_by_role("searchbox").fill(second)
+    await page.get_by_role("searchbox").press("Enter")
+    await page.wait_for_url(f"**/events/{second}")
+    await screenshot(page, "12-search-event-id")
+    await page.click("#session-events")
+    await rows.filter(has_text=first).wait_for()
+    await screenshot(page, "13-session-events")
+    assert sorted(
+        [await row.locator("td").first.inner_text() for row in await rows.all()]
+    ) == sorted([first, second])
