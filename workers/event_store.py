@@ -216,7 +216,10 @@ class EventStore:
 
     async def get(self, event_id: str) -> StoredEvent | None:
         """The whole record of one event, for inspection."""
-        stored = await self._redis.hgetall(keys.event_key(event_id))  # type: ignore[misc]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.event_key(event_id))
+            pipe.hget(keys.SEARCH_TERMS, event_id)
+            stored, terms = await pipe.execute()
         if not stored:
             return None
         handlers: dict[str, HandlerState] = {}
@@ -233,7 +236,6 @@ class EventStore:
                 ]
         finished = stored.get(b"finished_at")
         outcome = stored.get(b"outcome")
-        terms = stored.get(keys.SEARCH_TERMS_FIELD.encode())
         return StoredEvent(
             event_id=event_id,
             event_type=stored[b"type"].decode(),

@@ -185,14 +185,13 @@ class EventIntake:
         try:
             results = await self._write(
                 self._record_and_enqueue,
-                [keys.PENDING_EVENTS, keys.EVENT_INDEX, self._queue_name],
+                [keys.PENDING_EVENTS, keys.EVENT_INDEX, self._queue_name, keys.SEARCH_TERMS],
                 [
                     JOB_TTL_MS,
                     keys.EVENT_PREFIX,
                     keys.JOB_ID_PREFIX,
                     keys.ARQ_JOB_PREFIX,
                     keys.SEARCH_PREFIX,
-                    keys.SEARCH_TERMS_FIELD,
                     *records,
                 ],
             )

@@ -28,7 +28,7 @@ __all__ = [
     "PENDING_EVENTS",
     "REPLICATION_MARK",
     "SEARCH_PREFIX",
-    "SEARCH_TERMS_FIELD",
+    "SEARCH_TERMS",
     "TRIM_LOCK",
     "arq_in_progress_key",
     "arq_job_key",
@@ -54,16 +54,18 @@ PENDING_EVENTS = PREFIX + "pending"
 
 EVENT_INDEX = PREFIX + "events"
 """Sorted set of every stored event id, scored by receipt time (ms), for listing events.
-The reconciler removes an id once its record is due to expire (see ``TRIM_LOCK``); readers
-skip ids whose record is gone."""
+The reconciler removes an id once its record is gone or due to expire (see ``TRIM_LOCK``);
+readers skip ids whose record is gone."""
 
 SEARCH_PREFIX = PREFIX + "find:"
-"""A search index is this prefix and a search term (``search_terms.py`` builds them): a
+"""A search index is this prefix and a search term (built below, from the values that
+``search.py`` takes from an event): a
 sorted set of the ids of the events that hold the term, scored by receipt time (ms)."""
 
-SEARCH_TERMS_FIELD = "search"
-"""In an event's hash, its search terms, each written ``<length>:<term>``, so the scripts
-that trim or erase an event find its entries in the search indexes."""
+SEARCH_TERMS = PREFIX + "search-terms"
+"""Hash of each indexed event's search terms (by event id), each written ``<length>:<bytes>``:
+the scripts that trim or erase an event find its entries in the search indexes here, even
+after its record expired. Kept and removed with the event's index entry."""
 
 TRIM_LOCK = PREFIX + "trim-lock"
 """Held by the worker whose reconciler trims the indexes in this interval, so that several

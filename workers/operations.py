@@ -68,7 +68,6 @@ _EVENT_SUMMARY_FIELDS = [
     "received_at",
     "finished_at",
     "outcome",
-    keys.SEARCH_TERMS_FIELD,
     "erased_at",
 ]
 
@@ -289,7 +288,7 @@ class Operations:
         async def load(event_ids: list[str]) -> list[list[DeadLetter]]:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for event_id in event_ids:
-                    pipe.hget(keys.event_key(event_id), keys.SEARCH_TERMS_FIELD)
+                    pipe.hget(keys.SEARCH_TERMS, event_id)
                     pipe.smembers(keys.event_dead_letters_key(event_id))
                 replies = await pipe.execute()
             found: list[list[DeadLetter]] = []
@@ -379,11 +378,14 @@ class Operations:
         pending: list[str] = []
         for event_id in event_ids:
             erased, letters_erased = await script(
-                keys=[keys.event_key(event_id), keys.event_dead_letters_key(event_id)],
+                keys=[
+                    keys.event_key(event_id),
+                    keys.event_dead_letters_key(event_id),
+                    keys.SEARCH_TERMS,
+                ],
                 args=[
                     event_id,
                     keys.SEARCH_PREFIX,
-                    keys.SEARCH_TERMS_FIELD,
                     keys.DEAD_LETTER_PREFIX,
                     now_ms,
                 ],
@@ -427,11 +429,12 @@ class Operations:
     ) -> ReindexReport:
         async with self._redis.pipeline(transaction=False) as pipe:
             for event_id in event_ids:
-                pipe.hmget(keys.event_key(event_id), ["raw", keys.SEARCH_TERMS_FIELD])
+                pipe.hget(keys.event_key(event_id), "raw")
+                pipe.hexists(keys.SEARCH_TERMS, event_id)
             rows = await pipe.execute()
         indexed = already = 0
-        for event_id, (raw, terms) in zip(event_ids, rows, strict=True):
-            if raw is None or terms is not None:
+        for event_id, raw, indexed_before in zip(event_ids, rows[0::2], rows[1::2], strict=True):
+            if raw is None or indexed_before:
                 already += 1
                 continue
             try:
@@ -443,8 +446,8 @@ class Operations:
             )
             indexed += int(
                 await script(
-                    keys=[keys.event_key(event_id)],
-                    args=[event_id, keys.SEARCH_PREFIX, keys.SEARCH_TERMS_FIELD, pack_terms(found)],
+                    keys=[keys.event_key(event_id), keys.SEARCH_TERMS],
+                    args=[event_id, keys.SEARCH_PREFIX, pack_terms(found)],
                 )
             )
         return ReindexReport(
@@ -460,10 +463,11 @@ class Operations:
         async with self._redis.pipeline(transaction=False) as pipe:
             for event_id in ids:
                 pipe.hmget(keys.event_key(event_id), _EVENT_SUMMARY_FIELDS)
+                pipe.hget(keys.SEARCH_TERMS, event_id)
             rows = await pipe.execute()
         summaries: list[EventSummary | None] = []
-        for event_id, row in zip(ids, rows, strict=True):
-            _, event_type, status, received_at, finished_at, outcome, terms, erased_at = row
+        for event_id, row, terms in zip(ids, rows[0::2], rows[1::2], strict=True):
+            _, event_type, status, received_at, finished_at, outcome, erased_at = row
             if status is None or received_at is None:
                 summaries.append(None)
                 continue

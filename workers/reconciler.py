@@ -43,11 +43,6 @@ TRIM_BATCH_SIZE = 1000
 """Event-index entries one script call looks at; a pass makes as many calls as it needs, each
 short, so Redis serves other clients between them."""
 
-TRIM_LEAD_INTERVALS = 3
-"""How many reconcile intervals before a finished event's record expires its index entries
-go: the script reads the event's search terms from its record, so it must run while the
-record is still there. Never more than half the dedupe time to live."""
-
 DEAD_LETTER_BATCH_SIZE = 500
 DAY_MS = 24 * 60 * 60 * 1000
 
@@ -74,9 +69,6 @@ class Reconciler:
         self._reenqueue = register_script(redis, "reenqueue_orphans")
         self._trim = register_script(redis, "trim_indexes")
         self._dedupe_ttl_ms = dedupe_ttl_seconds * 1000
-        self._trim_lead_ms = min(
-            int(TRIM_LEAD_INTERVALS * interval_seconds * 1000), self._dedupe_ttl_ms // 2
-        )
         self._dead_letter_retention_ms = (
             None if dead_letter_retention_days is None else int(dead_letter_retention_days * DAY_MS)
         )
@@ -163,15 +155,14 @@ class Reconciler:
     async def trim_indexes(self, now_ms: int) -> int:
         """Remove the index and search entries of every event received long enough ago whose
         record is gone or due to expire; returns how many events left the indexes."""
-        before = now_ms - self._dedupe_ttl_ms + self._trim_lead_ms
+        before = now_ms - self._dedupe_ttl_ms
         offset = removed = 0
         while True:
             looked_at, gone = await self._trim(
-                keys=[keys.EVENT_INDEX],
+                keys=[keys.EVENT_INDEX, keys.SEARCH_TERMS],
                 args=[
                     keys.EVENT_PREFIX,
                     keys.SEARCH_PREFIX,
-                    keys.SEARCH_TERMS_FIELD,
                     before,
                     offset,
                     TRIM_BATCH_SIZE,

@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError
 __all__ = ["SCRIPTS", "BatchedScript", "length_prefixed", "register_script", "script_source"]
 
 SCRIPTS: dict[str, tuple[str, ...]] = {
-    "record_and_enqueue": ("length_prefixed", "enqueue_job"),
+    "record_and_enqueue": ("length_prefixed", "search_entries", "enqueue_job"),
     "dead_letter_unparseable": ("length_prefixed", "dead_letter"),
     "begin": (),
     "finish": ("length_prefixed", "dead_letter"),
@@ -29,9 +29,9 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "replay": ("enqueue_job", "length_prefixed", "dead_letter"),
     "purge": ("length_prefixed", "dead_letter"),
     "reenqueue_orphans": ("enqueue_job",),
-    "trim_indexes": ("length_prefixed",),
-    "index_event": ("length_prefixed",),
-    "erase": ("length_prefixed",),
+    "trim_indexes": ("length_prefixed", "search_entries"),
+    "index_event": ("length_prefixed", "search_entries"),
+    "erase": ("length_prefixed", "search_entries"),
     "recount_dead_letter_reasons": (),
 }
 """Every script, with the libraries it needs."""

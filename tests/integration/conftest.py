@@ -267,3 +267,6 @@ def start_loops_webhooks(tmp_path: Path) -> Iterator[StartLoopsWebhooks]:
     yield start
     for handle in started:
         handle.stop()
+
+
+from tests.integration.search_harness import shop  # noqa: E402, F401 (a fixture for the search tests)

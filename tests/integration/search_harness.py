@@ -1,5 +1,7 @@
 """What the search and erasure tests share: a shop whose receiver and worker took a few
-events of two customers, as a real Loops would post them."""
+events of two customers, as a real Loops would post them.
+
+``shop`` is a fixture, offered to every integration test by ``conftest.py``."""
 
 from __future__ import annotations
 
@@ -8,14 +10,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import WEBHOOK_SECRET, LoopsSender
-from tests.integration.conftest import StartLoopsWebhooks
 from tests.integration.worker_harness import Workbench, eventually
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import StartLoopsWebhooks
 
 HANDLERS = """
 @router.on("checkout.session.completed", name="fulfil")
@@ -94,7 +100,8 @@ class Shop:
         )
 
 
-async def open_shop(
+@pytest.fixture
+async def shop(
     tmp_path: Path,
     redis: Redis,
     redis_url: str,

@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import LoopsSender
 from tests.integration.conftest import StartLoopsWebhooks
 from tests.integration.dashboard_harness import TOKEN, Dashboard, failing_handlers
-from tests.integration.search_harness import open_shop
+from tests.integration.search_harness import Shop
 from tests.integration.worker_harness import Workbench
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -136,15 +135,12 @@ async def test_an_operator_logs_in_opens_a_dead_letter_replays_it_and_sees_the_e
 
 async def test_an_operator_finds_an_order_in_the_search_box_and_walks_to_its_sessions_events(
     browser_page: Any,
-    tmp_path: Path,
-    redis: Redis,
+    shop: Shop,
     redis_url: str,
     start_loops_webhooks: StartLoopsWebhooks,
     free_port: Callable[[], int],
-    loops: LoopsSender,
 ) -> None:
     page = browser_page
-    shop = await open_shop(tmp_path, redis, redis_url, start_loops_webhooks, free_port, loops)
     first, second = shop.posted[0].event_id, shop.posted[1].event_id
     dashboard = Dashboard(start_loops_webhooks, free_port(), redis_url)
     await page.goto(dashboard.base_url + "/events")

@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.search import unpack_terms
 from tests.integration.test_cli import run_cli
 from tests.integration.worker_harness import QUEUE
 
@@ -15,7 +16,8 @@ COUNT = 1200
 
 
 async def store_as_before_search(redis: Redis, count: int) -> list[str]:
-    """Events as this version's receiver stores them, minus what search added: their terms."""
+    """Events as this version's receiver stores them, minus what search added: no terms kept,
+    no search entries."""
     intake = EventIntake(redis, queue_name=QUEUE)
     event_ids = []
     for n in range(count):
@@ -34,7 +36,7 @@ async def store_as_before_search(redis: Redis, count: int) -> list[str]:
         await intake.submit(
             ReceivedEvent(event_id, "checkout.session.completed", raw, {}, 1000 + n)
         )
-        await redis.hdel(keys.event_key(event_id), keys.SEARCH_TERMS_FIELD)
+        await redis.hdel(keys.SEARCH_TERMS, event_id)
         event_ids.append(event_id)
     return event_ids
 
@@ -69,11 +71,11 @@ async def test_reindex_run_again_after_an_interruption_indexes_only_what_was_lef
     event_ids = await store_as_before_search(redis, 20)
     assert run_cli("reindex", env={"REDIS_URL": redis_url}).returncode == 0
     for event_id in event_ids[:5]:  # as if the first run had stopped before these
-        stored = await redis.hget(keys.event_key(event_id), keys.SEARCH_TERMS_FIELD)
-        for term in ("session:cs_0", "customer:cus_0"):
+        stored = await redis.hget(keys.SEARCH_TERMS, event_id)
+        assert stored
+        for term in unpack_terms(stored):
             await redis.zrem(keys.search_key(term), event_id)
-        assert stored is not None
-        await redis.hdel(keys.event_key(event_id), keys.SEARCH_TERMS_FIELD)
+        await redis.hdel(keys.SEARCH_TERMS, event_id)
 
     again = run_cli("reindex", env={"REDIS_URL": redis_url})
 

@@ -7,17 +7,7 @@ from redis.asyncio import Redis
 from worker_harness import Workbench, eventually
 
 from loops_webhooks.workers import keys
-
-HANDLERS = """
-@router.on("checkout.session.completed", name="fulfil")
-async def fulfil(event, ctx):
-    record(ctx, "fulfilled")
-
-
-@router.on("checkout.session.expired", name="refuse")
-async def refuse(event, ctx):
-    raise Reject("nothing to do for an expired session")
-"""
+from tests.integration.search_harness import HANDLERS
 
 
 async def test_finished_events_leave_the_index_with_their_records_while_a_dead_one_stays(

@@ -4,29 +4,14 @@ handled by a real worker, found through the CLI, the JSON API and the dashboard'
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import orjson
 import pytest
-from redis.asyncio import Redis
 
-from tests.conftest import LoopsSender
 from tests.integration.conftest import StartLoopsWebhooks
 from tests.integration.dashboard_harness import TOKEN, Dashboard
-from tests.integration.search_harness import Shop, open_shop
+from tests.integration.search_harness import Shop
 from tests.integration.test_cli import run_cli
-
-
-@pytest.fixture
-async def shop(
-    tmp_path: Path,
-    redis: Redis,
-    redis_url: str,
-    start_loops_webhooks: StartLoopsWebhooks,
-    free_port: Callable[[], int],
-    loops: LoopsSender,
-) -> Shop:
-    return await open_shop(tmp_path, redis, redis_url, start_loops_webhooks, free_port, loops)
 
 
 @pytest.fixture

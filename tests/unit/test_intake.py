@@ -100,7 +100,6 @@ async def test_a_new_event_is_recorded_with_its_raw_bytes_headers_receipt_time_a
         b"headers": orjson.dumps(HEADERS),
         b"received_at": str(RECEIVED_AT_MS).encode(),
         b"status": b"pending",
-        b"search": b"",
     }
 
 
@@ -116,7 +115,7 @@ async def test_a_new_event_is_entered_in_the_search_index_of_each_of_its_terms_b
         assert await redis.zrange(keys.search_key(term), 0, -1, withscores=True) == [
             (b"evt_1", RECEIVED_AT_MS)
         ]
-    stored = await redis.hget(keys.event_key("evt_1"), keys.SEARCH_TERMS_FIELD)
+    stored = await redis.hget(keys.SEARCH_TERMS, "evt_1")
     assert unpack_terms(stored) == terms
 
 

@@ -175,6 +175,23 @@ async def test_an_event_leaving_the_index_leaves_its_search_indexes_too(
         assert await redis.zrange(keys.search_key(term), 0, -1) == [b"evt_new"]
 
 
+async def test_the_search_entries_of_an_event_whose_record_already_expired_are_removed_too(
+    redis: FakeAsyncRedis,
+) -> None:
+    raw = orjson.dumps({"id": "evt_gone", "type": "checkout.session.completed"})
+    await EventIntake(redis, queue_name=QUEUE).submit(
+        ReceivedEvent(
+            "evt_gone", "checkout.session.completed", raw, {}, PAST_THE_TTL_MS, ("customer:c",)
+        )
+    )
+    await redis.delete(keys.event_key("evt_gone"))  # expired while no worker ran
+
+    await reconciler(redis).reconcile_once()
+
+    assert not await redis.exists(keys.search_key("customer:c"))
+    assert not await redis.hexists(keys.SEARCH_TERMS, "evt_gone")
+
+
 async def test_only_one_reconciler_trims_in_an_interval(redis: FakeAsyncRedis) -> None:
     await reconciler(redis).reconcile_once()
     await record(redis, "evt_gone", received_at_ms=PAST_THE_TTL_MS)

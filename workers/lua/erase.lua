@@ -4,26 +4,21 @@
 --
 -- KEYS[1] event          the event's hash
 -- KEYS[2] event_letters  set of the event's dead-letter ids
+-- KEYS[3] search_terms   hash of each indexed event's search terms
 -- ARGV[1] event_id
 -- ARGV[2] search_prefix  a search index is this and a term
--- ARGV[3] terms_field    the field of an event's hash that keeps its search terms
--- ARGV[4] letter_prefix  a dead letter's hash is this and its id
--- ARGV[5] now            ms
+-- ARGV[3] letter_prefix  a dead letter's hash is this and its id
+-- ARGV[4] now            ms
 -- Returns { 1 erased, 0 gone, -1 pending; dead letters erased }.
-local event, event_letters = KEYS[1], KEYS[2]
-local event_id, search_prefix, terms_field = ARGV[1], ARGV[2], ARGV[3]
-local letter_prefix, now = ARGV[4], ARGV[5]
+local event, event_letters, search_terms = KEYS[1], KEYS[2], KEYS[3]
+local event_id, search_prefix, letter_prefix, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 local status = redis.call('HGET', event, 'status')
 if not status then return {0, 0} end
 if status == 'pending' then return {-1, 0} end
-local terms = redis.call('HGET', event, terms_field)
-if terms then
-  for _, term in ipairs(length_prefixed(terms)) do
-    redis.call('ZREM', search_prefix .. term, event_id)
-  end
-end
-redis.call('HSET', event, 'raw', '', 'headers', '{}', terms_field, '', 'erased_at', now)
+remove_search_entries(search_prefix, search_terms, event_id)
+redis.call('HSET', search_terms, event_id, '')  -- indexed, with nothing: reindex passes over it
+redis.call('HSET', event, 'raw', '', 'headers', '{}', 'erased_at', now)
 local letters = 0
 for _, letter_id in ipairs(redis.call('SMEMBERS', event_letters)) do
   local letter = letter_prefix .. letter_id

@@ -4,22 +4,22 @@
 -- KEYS[1] pending      sorted set of unfinished event ids, by receipt time
 -- KEYS[2] event_index  sorted set of every stored event id, by receipt time
 -- KEYS[3] queue        arq's queue
+-- KEYS[4] search_terms hash of each indexed event's search terms
 -- ARGV[1] job_ttl_ms
 -- ARGV[2] event_prefix    an event's hash is this and its id
 -- ARGV[3] job_id_prefix   an event's job id is this and its id
 -- ARGV[4] job_key_prefix  a job's payload key is this and its job id
 -- ARGV[5] search_prefix   a search index is this and a term
--- ARGV[6] terms_field     the field of an event's hash that keeps its search terms
--- ARGV[7..] one record per event, its fields each written "<length>:<bytes>": event id,
+-- ARGV[6..] one record per event, its fields each written "<length>:<bytes>": event id,
 --   type, raw body, headers (JSON), receipt time (ms), job payload, search terms (each
 --   written "<length>:<bytes>" again)
 -- Returns one flag per record: 1 recorded, 0 already recorded.
-local pending, event_index, queue = KEYS[1], KEYS[2], KEYS[3]
+local pending, event_index, queue, search_terms = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local job_ttl_ms, event_prefix, job_id_prefix, job_key_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local search_prefix, terms_field = ARGV[5], ARGV[6]
+local search_prefix = ARGV[5]
 
 local results = {}
-for i = 7, #ARGV do
+for i = 6, #ARGV do
   local event_id, event_type, raw, headers, received_at, payload, terms =
     unpack(length_prefixed(ARGV[i]))
   local event_key, job_id = event_prefix .. event_id, job_id_prefix .. event_id
@@ -28,13 +28,8 @@ for i = 7, #ARGV do
     results[#results + 1] = 0
   else
     redis.call('HSET', event_key, 'id', event_id, 'type', event_type, 'raw', raw,
-               'headers', headers, 'received_at', received_at, 'status', 'pending',
-               terms_field, terms)
-    if terms ~= '' then
-      for _, term in ipairs(length_prefixed(terms)) do
-        redis.call('ZADD', search_prefix .. term, received_at, event_id)
-      end
-    end
+               'headers', headers, 'received_at', received_at, 'status', 'pending')
+    add_search_entries(search_prefix, search_terms, terms, event_id, received_at)
     redis.call('ZADD', pending, received_at, event_id)
     redis.call('ZADD', event_index, received_at, event_id)
     enqueue_job(queue, job_key, job_id, payload, received_at, job_ttl_ms)
