@@ -22,7 +22,7 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
-from loops_webhooks import operator_commands as operations
+from loops_webhooks import operator_commands
 from loops_webhooks.embedded_redis import EmbeddedRedisError, ensure_embedded_redis
 from loops_webhooks.event_loop import new_event_loop
 from loops_webhooks.logs import configure_logging
@@ -167,7 +167,7 @@ def _run_app(app: web.Application, args: argparse.Namespace, **options: Any) -> 
         web.run_app(app, host=args.host, port=args.port, access_log=None, **options)
     except OSError as error:
         reason = error.strerror or str(error)
-        raise operations.CommandFailed(
+        raise operator_commands.CommandFailed(
             f"cannot listen on {args.host}:{args.port}: {reason}"
         ) from None
 
@@ -286,7 +286,7 @@ def send(args: argparse.Namespace, settings: Settings) -> int:
         )
     except (aiohttp.ClientError, TimeoutError) as error:
         reason = str(error) or type(error).__name__
-        raise operations.CommandFailed(f"cannot reach {url}: {reason}") from None
+        raise operator_commands.CommandFailed(f"cannot reach {url}: {reason}") from None
     accepted = sum(delivery.accepted for delivery in deliveries)
     if args.json:
         sent = [
@@ -329,9 +329,11 @@ def _data_overrides(text: str | None) -> dict[str, Any] | None:
     return data
 
 
-def _operation(operation: operations.Operation) -> Command:
+def _operator_command(command: operator_commands.OperatorCommand) -> Command:
     def run(args: argparse.Namespace, settings: Settings) -> int:
-        return operations.run_operation(operation, redis_url_for(settings), args, settings)
+        return operator_commands.run_operator_command(
+            command, redis_url_for(settings), args, settings
+        )
 
     return run
 
@@ -424,18 +426,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("event_id")
     show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(run=_operation(operations.show_event))
+    show.set_defaults(run=_operator_command(operator_commands.show_event))
     events_list = events_commands.add_parser("list", help="Stored events, newest first.")
     events_list.add_argument("--type", help="only events of this type")
     events_list.add_argument(
         "--status", choices=["pending", "done", "dead"], help="only events with this status"
     )
     events_list.add_argument(
-        "--since", type=operations.parse_since, help="received since: ISO time or 15m, 2d, ..."
+        "--since",
+        type=operator_commands.parse_since,
+        help="received since: ISO time or 15m, 2d, ...",
     )
     events_list.add_argument("--limit", type=int, default=50, help="at most (%(default)s)")
     events_list.add_argument("--json", action="store_true", help="print JSON")
-    events_list.set_defaults(run=_operation(operations.list_events))
+    events_list.set_defaults(run=_operator_command(operator_commands.list_events))
 
     dlq_parser = commands.add_parser("dlq", help="Inspect, replay and purge dead letters.")
     dlq_commands = dlq_parser.add_subparsers(dest="dlq_command", required=True)
@@ -449,14 +453,16 @@ def _parser() -> argparse.ArgumentParser:
             help="only dead letters of this reason",
         )
         sub.add_argument(
-            "--since", type=operations.parse_since, help="ISO time or a duration ago (15m, 2d)"
+            "--since",
+            type=operator_commands.parse_since,
+            help="ISO time or a duration ago (15m, 2d)",
         )
 
     dlq_list = dlq_commands.add_parser("list", help="Dead letters, newest first.")
     filters(dlq_list)
     dlq_list.add_argument("--limit", type=int, default=50, help="at most (%(default)s)")
     dlq_list.add_argument("--json", action="store_true", help="print JSON")
-    dlq_list.set_defaults(run=_operation(operations.list_letters), ids=None)
+    dlq_list.set_defaults(run=_operator_command(operator_commands.list_letters), ids=None)
 
     dlq_show = dlq_commands.add_parser(
         "show",
@@ -464,7 +470,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     dlq_show.add_argument("id", help="a dead letter id, or an event id")
     dlq_show.add_argument("--json", action="store_true", help="print JSON")
-    dlq_show.set_defaults(run=_operation(operations.show_letter))
+    dlq_show.set_defaults(run=_operator_command(operator_commands.show_letter))
 
     replay = dlq_commands.add_parser(
         "replay",
@@ -476,14 +482,14 @@ def _parser() -> argparse.ArgumentParser:
     filters(replay)
     replay.add_argument("--dry-run", action="store_true", help="print what would be replayed")
     replay.add_argument("--force", action="store_true", help="re-run succeeded handlers too")
-    replay.set_defaults(run=_operation(operations.replay_letters))
+    replay.set_defaults(run=_operator_command(operator_commands.replay_letters))
 
     purge = dlq_commands.add_parser("purge", help="Delete dead letters for good.")
     purge.add_argument("ids", nargs="*", metavar="ID")
     purge.add_argument("--all", action="store_true", help="every dead letter")
     filters(purge)
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    purge.set_defaults(run=_operation(operations.purge_letters))
+    purge.set_defaults(run=_operator_command(operator_commands.purge_letters))
 
     command(
         "stop-redis",
@@ -508,7 +514,9 @@ def _parser() -> argparse.ArgumentParser:
         help="no token (a loopback --host only; logs a warning)",
     )
 
-    stats = command("stats", _operation(operations.show_stats), "Queue and dead-letter figures.")
+    stats = command(
+        "stats", _operator_command(operator_commands.show_stats), "Queue and dead-letter figures."
+    )
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
     return parser
@@ -542,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = redacted_url(settings.redis_url) if settings.redis_url else "the embedded Redis"
         print(f"loops-webhooks: cannot reach Redis at {where}: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except (EmbeddedRedisError, operations.CommandFailed) as error:
+    except (EmbeddedRedisError, operator_commands.CommandFailed) as error:
         print(f"loops-webhooks: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -1,8 +1,8 @@
 """The operator's commands: ``events show|list``, ``dlq list|show|replay|purge`` and ``stats``.
 
-Each parses nothing and decides nothing: it calls ``loops_webhooks.workers.operations`` and
+Each parses nothing and decides nothing: it calls ``loops_webhooks.workers.operator_api`` and
 prints the result for a person, or JSON with ``--json``. Redis errors are caught around the
-operation only (``run_operation``), so they are never confused with other failures.
+command only (``run_operator_command``), so they are never confused with other failures.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ import orjson
 from redis.exceptions import RedisError
 
 from loops_webhooks.settings import Settings
-from loops_webhooks.workers import operations as operations_api
+from loops_webhooks.workers import operator_api
 from loops_webhooks.workers.connection import open_redis
 from loops_webhooks.workers.dead_letters import DeadLetter
 from loops_webhooks.workers.event_store import EventStatus
-from loops_webhooks.workers.operations import (
+from loops_webhooks.workers.operator_api import (
     DeadLetterFilter,
     EventFilter,
     NotFound,
-    Operations,
+    OperatorApi,
 )
 
-__all__ = ["CommandFailed", "RedisUnreachable", "UsageError", "parse_since", "run_operation"]
+__all__ = ["CommandFailed", "RedisUnreachable", "UsageError", "parse_since", "run_operator_command"]
 
 PROGRESS_EVERY = 100
 SHOWN_FIELDS = (
@@ -47,7 +47,7 @@ SHOWN_FIELDS = (
 )
 WATCH_INTERVAL_SECONDS = 2.0
 
-Operation = Callable[[Operations, argparse.Namespace], Awaitable[int]]
+OperatorCommand = Callable[[OperatorApi, argparse.Namespace], Awaitable[int]]
 
 
 class CommandFailed(Exception):
@@ -59,19 +59,19 @@ class UsageError(Exception):
 
 
 class RedisUnreachable(Exception):
-    """Redis refused or did not answer an operation's call: exit code 1."""
+    """Redis refused or did not answer a command's call: exit code 1."""
 
 
 def parse_since(text: str) -> int:
-    """``--since``: see ``workers.operations.parse_since``; a bad value is a usage error."""
+    """``--since``: see ``workers.operator_api.parse_since``; a bad value is a usage error."""
     try:
-        return operations_api.parse_since(text)
+        return operator_api.parse_since(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"invalid time {error}") from None
 
 
-def run_operation(
-    operation: Operation, redis_url: str, args: argparse.Namespace, settings: Settings
+def run_operator_command(
+    command: OperatorCommand, redis_url: str, args: argparse.Namespace, settings: Settings
 ) -> int:
     async def run() -> int:
         redis = open_redis(
@@ -80,13 +80,13 @@ def run_operation(
             socket_timeout=10,
             socket_connect_timeout=5,
         )
-        operations = Operations(
+        api = OperatorApi(
             redis,
             queue_name=settings.queue_name,
             dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
         )
         try:
-            return await operation(operations, args)
+            return await command(api, args)
         except NotFound as error:
             raise CommandFailed(str(error.args[0])) from None
         except (RedisError, OSError) as error:
@@ -119,8 +119,8 @@ def _letter_json(letter: DeadLetter, *, full: bool) -> dict[str, Any]:
     return data
 
 
-async def show_event(operations: Operations, args: argparse.Namespace) -> int:
-    event = await operations.get_event(args.event_id)
+async def show_event(api: OperatorApi, args: argparse.Namespace) -> int:
+    event = await api.get_event(args.event_id)
     handlers = {
         name: {
             "status": state.status,
@@ -181,10 +181,10 @@ async def show_event(operations: Operations, args: argparse.Namespace) -> int:
     return 0
 
 
-async def list_events(operations: Operations, args: argparse.Namespace) -> int:
+async def list_events(api: OperatorApi, args: argparse.Namespace) -> int:
     status = EventStatus(args.status) if args.status else None
     where = EventFilter(event_type=args.type, status=status, since_ms=args.since)
-    events = (await operations.list_events(where, limit=args.limit)).items
+    events = (await api.list_events(where, limit=args.limit)).items
     rows = [
         {
             "id": event.id,
@@ -215,13 +215,13 @@ def _filter(args: argparse.Namespace) -> DeadLetterFilter:
     )
 
 
-async def _select(operations: Operations, args: argparse.Namespace) -> list[DeadLetter]:
+async def _select(api: OperatorApi, args: argparse.Namespace) -> list[DeadLetter]:
     """Dead letters by id, or by the filters, newest first."""
-    return await operations.select_dead_letters(getattr(args, "ids", None) or (), _filter(args))
+    return await api.select_dead_letters(getattr(args, "ids", None) or (), _filter(args))
 
 
-async def list_letters(operations: Operations, args: argparse.Namespace) -> int:
-    letters = (await operations.list_dead_letters(_filter(args), limit=args.limit)).items
+async def list_letters(api: OperatorApi, args: argparse.Namespace) -> int:
+    letters = (await api.list_dead_letters(_filter(args), limit=args.limit)).items
     if args.json:
         _print_json([_letter_json(letter, full=False) for letter in letters])
         return 0
@@ -236,14 +236,14 @@ async def list_letters(operations: Operations, args: argparse.Namespace) -> int:
     return 0
 
 
-async def show_letter(operations: Operations, args: argparse.Namespace) -> int:
+async def show_letter(api: OperatorApi, args: argparse.Namespace) -> int:
     """One dead letter by its id; given an event id instead, every letter of that event (JSON:
     a list)."""
     try:
-        letters = [await operations.get_dead_letter(args.id)]
+        letters = [await api.get_dead_letter(args.id)]
         one = True
     except NotFound:
-        letters = await operations.dead_letters_of_event(args.id)
+        letters = await api.dead_letters_of_event(args.id)
         one = False
         if not letters:
             raise NotFound(
@@ -275,10 +275,10 @@ def _has_selection(args: argparse.Namespace) -> bool:
     return bool(args.ids or args.all or args.type or args.handler or args.reason or args.since)
 
 
-async def replay_letters(operations: Operations, args: argparse.Namespace) -> int:
+async def replay_letters(api: OperatorApi, args: argparse.Namespace) -> int:
     if not _has_selection(args):
         raise UsageError("say what to replay: dead letter ids, --all, or a filter")
-    letters = await _select(operations, args)
+    letters = await _select(api, args)
     if args.dry_run:
         for letter in letters:
             print(f"would replay {letter.id}  ({letter.reason}, {letter.handler or '-'})")
@@ -289,7 +289,7 @@ async def replay_letters(operations: Operations, args: argparse.Namespace) -> in
         if total > PROGRESS_EVERY and done % PROGRESS_EVERY == 0:
             print(f"... {done}/{total}", file=sys.stderr)
 
-    report = await operations.replay_dead_letters(letters, force=args.force, on_progress=progress)
+    report = await api.replay_dead_letters(letters, force=args.force, on_progress=progress)
     for letter_id in report.skipped:
         print(f"skipped {letter_id}: it holds no event to replay (a body that was not one)")
     print(
@@ -299,10 +299,10 @@ async def replay_letters(operations: Operations, args: argparse.Namespace) -> in
     return 0
 
 
-async def purge_letters(operations: Operations, args: argparse.Namespace) -> int:
+async def purge_letters(api: OperatorApi, args: argparse.Namespace) -> int:
     if not _has_selection(args):
         raise UsageError("say what to purge: dead letter ids, --all, or a filter")
-    letters = await _select(operations, args)
+    letters = await _select(api, args)
     if not letters:
         print("no dead letters match")
         return 0
@@ -310,7 +310,7 @@ async def purge_letters(operations: Operations, args: argparse.Namespace) -> int
         answer = _ask(f"permanently delete {len(letters)} dead letter(s)? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             raise CommandFailed("aborted; nothing was deleted (pass --yes to skip this question)")
-    purged = await operations.purge_dead_letters(letters)
+    purged = await api.purge_dead_letters(letters)
     print(f"purged {purged} dead letter(s)")
     return 0
 
@@ -323,9 +323,9 @@ def _ask(question: str) -> str:
     return line
 
 
-async def show_stats(operations: Operations, args: argparse.Namespace) -> int:
+async def show_stats(api: OperatorApi, args: argparse.Namespace) -> int:
     while True:
-        stats = await operations.stats()
+        stats = await api.stats()
         if args.json:
             _print_json(asdict(stats))
         else:

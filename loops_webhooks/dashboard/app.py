@@ -22,7 +22,7 @@ from loops_webhooks.dashboard import api, pages
 from loops_webhooks.dashboard.app_keys import (
     GATE,
     IDENTITY,
-    OPERATIONS,
+    OPERATOR_API,
     READ_ONLY,
     REDIS_URL,
     SETTINGS,
@@ -31,7 +31,7 @@ from loops_webhooks.dashboard.auth import CSRF_HEADER, Gate
 from loops_webhooks.dashboard.errors import Forbidden, Unauthenticated, api_error, status_for
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers.connection import open_redis
-from loops_webhooks.workers.operations import Operations
+from loops_webhooks.workers.operator_api import OperatorApi
 
 __all__ = ["create_app"]
 
@@ -95,7 +95,7 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
         health_check_interval=30,
     )
     settings = app[SETTINGS]
-    app[OPERATIONS] = Operations(
+    app[OPERATOR_API] = OperatorApi(
         redis, queue_name=settings.queue_name, dedupe_ttl_seconds=settings.dedupe_ttl_seconds
     )
     yield

@@ -6,15 +6,15 @@ from aiohttp import web
 
 from loops_webhooks.dashboard.auth import Gate, Identity
 from loops_webhooks.settings import Settings
-from loops_webhooks.workers.operations import Operations
+from loops_webhooks.workers.operator_api import OperatorApi
 
-__all__ = ["GATE", "IDENTITY", "OPERATIONS", "READ_ONLY", "REDIS_URL", "SETTINGS"]
+__all__ = ["GATE", "IDENTITY", "OPERATOR_API", "READ_ONLY", "REDIS_URL", "SETTINGS"]
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS_URL = web.AppKey("redis_url", str)
 GATE = web.AppKey("gate", Gate)
 READ_ONLY = web.AppKey("read_only", bool)
-OPERATIONS = web.AppKey("operations", Operations)
+OPERATOR_API = web.AppKey("operator_api", OperatorApi)
 
 IDENTITY = web.RequestKey("identity", Identity)
 """Request key: how the request was authenticated (absent on the login page and assets)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from loops_webhooks.workers.operations import InvalidCursor, NotFound
+from loops_webhooks.workers.operator_api import InvalidCursor, NotFound
 
 __all__ = [
     "BadRequest",

@@ -1,4 +1,4 @@
-"""The dashboard's pages, rendered on the server from the operations API (aiohttp-jinja2).
+"""The dashboard's pages, rendered on the server from the operator API (aiohttp-jinja2).
 
 Reading needs no script at all; the replay, purge and logout buttons call the JSON API with
 a few lines of ``static/dashboard.js``.
@@ -17,12 +17,12 @@ from yarl import URL
 
 from loops_webhooks.dashboard import queries
 from loops_webhooks.dashboard.api import pretty_body
-from loops_webhooks.dashboard.app_keys import GATE, OPERATIONS
+from loops_webhooks.dashboard.app_keys import GATE, OPERATOR_API
 from loops_webhooks.dashboard.auth import SESSION_COOKIE, SESSION_MAX_AGE_SECONDS
 from loops_webhooks.dashboard.chart import OUTCOMES, outcome_chart
 from loops_webhooks.workers.dead_letters import DeadLetterReason
 from loops_webhooks.workers.event_store import EventStatus
-from loops_webhooks.workers.operations import NotFound
+from loops_webhooks.workers.operator_api import NotFound
 
 __all__ = ["add_routes", "is_https"]
 
@@ -64,7 +64,7 @@ def _first_page(request: web.Request) -> str | None:
 
 
 async def overview(request: web.Request) -> web.Response:
-    stats = await request.app[OPERATIONS].stats()
+    stats = await request.app[OPERATOR_API].stats()
     context = {
         "stats": stats,
         "chart": outcome_chart(stats.per_minute),
@@ -75,17 +75,17 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.Response:
-    operations = request.app[OPERATIONS]
+    api = request.app[OPERATOR_API]
     wanted = request.query.get("id", "").strip()
     missing = None
     if wanted:
         try:
-            await operations.get_event(wanted)
+            await api.get_event(wanted)
         except NotFound:
             missing = wanted
         else:
             raise web.HTTPFound(f"/events/{quote(wanted, safe='')}")
-    page = await operations.list_events(
+    page = await api.list_events(
         queries.event_filter(request.query),
         limit=queries.limit_of(request.query),
         cursor=request.query.get("cursor") or None,
@@ -102,12 +102,12 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def event(request: web.Request) -> web.Response:
-    operations = request.app[OPERATIONS]
+    api = request.app[OPERATOR_API]
     event_id = request.match_info["event_id"]
-    stored = await operations.get_event(event_id)
+    stored = await api.get_event(event_id)
     context = {
         "event": stored,
-        "letters": await operations.dead_letters_of_event(event_id),
+        "letters": await api.dead_letters_of_event(event_id),
         "body": pretty_body(stored.raw),
     }
     return aiohttp_jinja2.render_template("event.html", request, context)
@@ -115,7 +115,7 @@ async def event(request: web.Request) -> web.Response:
 
 async def dead_letters(request: web.Request) -> web.Response:
     where = queries.dead_letter_filter(request.query)
-    page = await request.app[OPERATIONS].list_dead_letters(
+    page = await request.app[OPERATOR_API].list_dead_letters(
         where, limit=queries.limit_of(request.query), cursor=request.query.get("cursor") or None
     )
     selected_filter = {
@@ -136,7 +136,7 @@ async def dead_letters(request: web.Request) -> web.Response:
 
 
 async def dead_letter(request: web.Request) -> web.Response:
-    letter = await request.app[OPERATIONS].get_dead_letter(request.match_info["letter_id"])
+    letter = await request.app[OPERATOR_API].get_dead_letter(request.match_info["letter_id"])
     context = {
         "letter": letter,
         "headers": orjson.loads(letter.headers or "{}"),

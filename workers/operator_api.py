@@ -31,7 +31,7 @@ __all__ = [
     "EventSummary",
     "InvalidCursor",
     "NotFound",
-    "Operations",
+    "OperatorApi",
     "Page",
     "ReplayReport",
     "parse_since",
@@ -133,7 +133,7 @@ class ReplayReport:
     """Letters replayed or purged by someone else since they were selected: not failures."""
 
 
-class Operations:
+class OperatorApi:
     """The operator's API over one Redis; ``queue_name`` and ``dedupe_ttl_seconds`` must be
     the receivers' and workers' own (``LOOPS_QUEUE_NAME``, ``LOOPS_DEDUPE_TTL_SECONDS``)."""
 
