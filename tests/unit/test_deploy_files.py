@@ -24,7 +24,7 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
-from loops_webhooks.redis_url import sentinel_address
+from loops_webhooks.redis_url import REDIS_URL_FORMS, sentinel_address
 from loops_webhooks.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -47,8 +47,14 @@ GRAFANA_BOARD = DEPLOY / "grafana" / "loops-webhooks.json"
 
 RECEIVER, WORKER, REDIS = "loops-webhooks-receiver", "loops-webhooks-worker", "loops-webhooks-redis"
 DASHBOARD = "loops-webhooks-dashboard"
-SECRET_VARIABLES = {"LOOPS_WEBHOOK_SECRET", "REDIS_URL", "REDIS_PASSWORD", "REDISCLI_AUTH",
-                    "LOOPS_DASHBOARD_TOKEN"}  # fmt: skip
+SECRET_VARIABLES = {
+    "LOOPS_WEBHOOK_SECRET",
+    "LOOPS_REDIS_SENTINEL_PASSWORD",
+    "REDIS_URL",
+    "REDIS_PASSWORD",
+    "REDISCLI_AUTH",
+    "LOOPS_DASHBOARD_TOKEN",
+}
 
 BINARY_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30}
 
@@ -860,6 +866,115 @@ def test_every_deploy_file_the_readme_names_exists():
     named = set(re.findall(r"`(deploy/[^`*]+?)`", README.read_text())) - {"deploy/.env"}
     assert ENV_EXAMPLE.relative_to(DEPLOY.parent).as_posix() in named
     assert [name for name in sorted(named) if not (DEPLOY.parent / name).exists()] == []
+
+
+# --- the deploy READMEs say what the code and the manifests do ----------------------------
+
+DEPLOY_READMES = sorted(DEPLOY.rglob("README.md"))
+K8S_README = K8S / "README.md"
+PATH_SUFFIXES = (".md", ".yaml", ".conf", ".sh", ".py", ".toml", ".example", "Dockerfile")
+
+
+def readme_sentences() -> Iterator[tuple[str, str]]:
+    """Every sentence (or table row) of every deploy README, with its file, on one line."""
+    for path in DEPLOY_READMES:
+        text = " ".join(path.read_text().split())
+        for sentence in re.split(r"(?<=[.:;|])\s+(?=[A-Z`|*-])", text):
+            yield str(path.relative_to(DEPLOY)), sentence
+
+
+def readme_prose(path: Path) -> str:
+    """A README without its code blocks: what it says rather than what it runs."""
+    return re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+
+
+def test_no_deploy_readme_says_sentinel_urls_are_unsupported():
+    unsupported = re.compile(r"not supported|unsupported|not yet|cannot|no sentinel", re.I)
+    wrong = [
+        (where, sentence)
+        for where, sentence in readme_sentences()
+        if "sentinel" in sentence.lower() and unsupported.search(sentence)
+    ]
+    assert wrong == []
+
+
+def test_the_k8s_readme_names_every_redis_url_form_the_code_accepts():
+    schemes = set(re.findall(r"([a-z+]+)://", REDIS_URL_FORMS))
+    assert {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"} <= schemes
+    named = set(re.findall(r"`([a-z+]+)://", K8S_README.read_text()))
+    assert schemes - named == set()
+
+
+def test_no_deploy_readme_says_a_worker_exits_on_a_redis_failure():
+    wrong = [
+        (where, clause)
+        for where, sentence in readme_sentences()
+        for clause in re.split(r"[,;:()]", sentence)
+        if re.search(r"\bworkers?\b", clause)
+        and re.search(r"\bexit", clause)
+        and not re.search(r"\b(no|none|never|not|instead of)\b", clause)
+    ]
+    assert wrong == []
+
+
+def test_no_deploy_readme_says_the_password_is_not_percent_decoded():
+    wrong = [
+        (where, sentence)
+        for where, sentence in readme_sentences()
+        if re.search(r"(not|never|n't) (percent-)?decode", sentence)
+    ]
+    assert wrong == []
+    assert "percent-decodes the password" in K8S_README.read_text()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "workload"), [("receiver.yaml", RECEIVER), ("worker.yaml", WORKER)]
+)
+def test_the_k8s_readme_calls_each_probe_what_the_manifest_makes_it(manifest: str, workload: str):
+    (row,) = [line for line in K8S_README.read_text().splitlines() if f"| `{manifest}` |" in line]
+    container = the_container("Deployment", workload)
+    named = {kind for kind in ("liveness", "readiness") if re.search(rf"\b{kind} `", row)}
+    probes = {kind for kind in ("liveness", "readiness") if f"{kind}Probe" in container}
+    assert named == probes
+
+
+def test_every_secret_key_a_deploy_readme_creates_is_read_by_a_manifest():
+    created = set()
+    for path in DEPLOY_READMES:
+        for command in path.read_text().replace("\\\n", " ").splitlines():
+            secret = re.search(r"kubectl create secret generic ([\w-]+)", command)
+            if secret:
+                keys = re.findall(r"--from-literal=([\w-]+)=", command)
+                created |= {(secret[1], key) for key in keys}
+    read = {
+        (entry["valueFrom"]["secretKeyRef"]["name"], entry["valueFrom"]["secretKeyRef"]["key"])
+        for _, container in containers()
+        for entry in container.get("env", [])
+        if "secretKeyRef" in entry.get("valueFrom", {})
+    }
+    assert ("loops-webhooks-redis", "sentinel-password") in created
+    assert created - read == set()
+
+
+def test_every_path_a_deploy_readme_names_is_in_the_repository():
+    named = {
+        (path, name)
+        for path in DEPLOY_READMES
+        for quoted, linked in re.findall(r"`([^`\s]+)`|\]\(([^)\s]+)\)", readme_prose(path))
+        for name in (quoted or linked,)
+        if ":" not in name
+        and not re.search(r"[*<>]", name)
+        and ("/" in name or name.endswith(PATH_SUFFIXES))
+        and (not name.startswith("/") or name.endswith(".md"))
+    }
+    assert (DEPLOY / "README.md", "smoke.sh") in named
+    missing = [
+        f"{path.relative_to(DEPLOY)}: {name}"
+        for path, name in sorted(named)
+        if name.startswith("/")
+        or not ((path.parent / name).exists() or (DEPLOY.parent / name).exists())
+    ]
+    assert missing == []
 
 
 # --- compose.sentinel.yaml: replicas and Sentinel ------------------------------------------
