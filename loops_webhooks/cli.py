@@ -52,6 +52,8 @@ Command = Callable[[argparse.Namespace, Settings], int]
 LONG_RUNNING = ("serve", "worker")
 """Commands that log their effective settings at info level; the others at debug."""
 
+LETTER_OR_EVENT_IDS = "dead letter ids, or event ids (every dead letter of that event)"
+
 
 def _log() -> structlog.typing.FilteringBoundLogger:
     """The CLI's logger, looked up when used: logging is configured in ``main``, per call."""
@@ -468,7 +470,7 @@ def _parser() -> argparse.ArgumentParser:
         "show",
         help="One dead letter, traceback and raw event; given an event id, that event's letters.",
     )
-    dlq_show.add_argument("id", help="a dead letter id, or an event id")
+    dlq_show.add_argument("id", help="a dead letter id, or an event id (its letters)")
     dlq_show.add_argument("--json", action="store_true", help="print JSON")
     dlq_show.set_defaults(run=_operator_command(operator_commands.show_letter))
 
@@ -477,7 +479,7 @@ def _parser() -> argparse.ArgumentParser:
         help="Put dead letters back on the queue with fresh attempts; handlers that already "
         "succeeded for the event are skipped unless --force.",
     )
-    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("ids", nargs="*", metavar="ID", help=LETTER_OR_EVENT_IDS)
     replay.add_argument("--all", action="store_true", help="every dead letter")
     filters(replay)
     replay.add_argument("--dry-run", action="store_true", help="print what would be replayed")
@@ -485,7 +487,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.set_defaults(run=_operator_command(operator_commands.replay_letters))
 
     purge = dlq_commands.add_parser("purge", help="Delete dead letters for good.")
-    purge.add_argument("ids", nargs="*", metavar="ID")
+    purge.add_argument("ids", nargs="*", metavar="ID", help=LETTER_OR_EVENT_IDS)
     purge.add_argument("--all", action="store_true", help="every dead letter")
     filters(purge)
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")

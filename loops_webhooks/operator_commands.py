@@ -239,16 +239,8 @@ async def list_letters(api: OperatorApi, args: argparse.Namespace) -> int:
 async def show_letter(api: OperatorApi, args: argparse.Namespace) -> int:
     """One dead letter by its id; given an event id instead, every letter of that event (JSON:
     a list)."""
-    try:
-        letters = [await api.get_dead_letter(args.id)]
-        one = True
-    except NotFound:
-        letters = await api.dead_letters_of_event(args.id)
-        one = False
-        if not letters:
-            raise NotFound(
-                f"no dead letter {args.id!r}, and no event {args.id!r} with dead letters"
-            ) from None
+    letters = await api.dead_letters_named(args.id)
+    one = [letter.id for letter in letters] == [args.id]
     if args.json:
         shown = [_letter_json(letter, full=True) for letter in letters]
         _print_json(shown[0] if one else shown)

@@ -184,13 +184,28 @@ class OperatorApi:
         index = _Index(keys.DEAD_LETTER_INDEX, self._letter_summaries)
         return await index.page(self._redis, where.since_ms, where.matches, limit, cursor)
 
+    async def dead_letters_named(self, name: str) -> list[DeadLetter]:
+        """The dead letter whose id is ``name``, else every letter of the event whose id it
+        is: people copy whichever id they see. NotFound if it names neither."""
+        try:
+            return [await self.get_dead_letter(name)]
+        except NotFound:
+            letters = await self.dead_letters_of_event(name)
+        if not letters:
+            raise NotFound(f"no dead letter {name!r}, and no event {name!r} with dead letters")
+        return letters
+
     async def select_dead_letters(
         self, ids: Sequence[str] = (), where: DeadLetterFilter | None = None
     ) -> list[DeadLetter]:
-        """The letters a bulk replay or purge acts on: those named (NotFound if one is not
-        stored), else every letter matching ``where``, newest first."""
+        """The letters a bulk replay or purge acts on: those named, by letter or event id
+        (``dead_letters_named``; each letter once), else every letter matching ``where``,
+        newest first."""
         if ids:
-            return [await self.get_dead_letter(letter_id) for letter_id in ids]
+            named: dict[str, DeadLetter] = {}
+            for name in ids:
+                named |= {letter.id: letter for letter in await self.dead_letters_named(name)}
+            return list(named.values())
         selected: list[DeadLetter] = []
         cursor: str | None = None
         while True:

@@ -357,6 +357,47 @@ def test_a_dead_letter_replayed_after_the_fix_ends_handled_without_rerunning_wha
     assert dead_letter_ids(redis_url) == []
 
 
+def test_dlq_replay_with_the_event_id_replays_that_events_letters(
+    workspace: Workspace, dead_lettered: str, redis_url: str
+) -> None:
+    workspace.broken.unlink()
+
+    replayed = run_cli("dlq", "replay", "evt_cli_dead", env=workspace.env)
+
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1, skipped 0, already gone 0" in replayed.stdout
+    wait_until(lambda: event_status(redis_url, "evt_cli_dead") == "done", "the replayed event")
+    assert workspace.effects_of("notify", "evt_cli_dead") == 1
+    assert dead_letter_ids(redis_url) == []
+
+
+def test_dlq_purge_with_the_event_id_deletes_that_events_letters(
+    workspace: Workspace, dead_lettered: str, redis_url: str
+) -> None:
+    purged = run_cli("dlq", "purge", "evt_cli_dead", "--yes", env=workspace.env)
+
+    assert purged.returncode == 0, purged.stderr
+    assert "purged 1 dead letter(s)" in purged.stdout
+    assert dead_letter_ids(redis_url) == []
+
+
+@pytest.mark.parametrize("command", [("replay",), ("purge", "--yes")])
+def test_dlq_replay_or_purge_of_an_id_naming_no_letter_and_no_event_exits_1(
+    command: tuple[str, ...], workspace: Workspace, dead_lettered: str, redis_url: str
+) -> None:
+    result = run_cli("dlq", *command, dead_lettered, "evt_never_sent", env=workspace.env)
+
+    assert result.returncode == 1, result.stdout
+    assert "no dead letter 'evt_never_sent', and no event 'evt_never_sent'" in result.stderr
+    assert dead_letter_ids(redis_url) == [dead_lettered]
+
+
+def test_dlq_replay_and_purge_help_say_an_id_may_be_an_event_id(workspace: Workspace) -> None:
+    for command in ("replay", "purge"):
+        shown = run_cli("dlq", command, "--help", env=workspace.env)
+        assert "event ids (every dead letter of that event)" in " ".join(shown.stdout.split())
+
+
 def test_a_forced_replay_reruns_the_handlers_that_had_succeeded(
     workspace: Workspace, dead_lettered: str, redis_url: str
 ) -> None:

@@ -145,6 +145,24 @@ async def test_an_unknown_event_or_letter_is_not_found(api: OperatorApi) -> None
         await api.select_dead_letters(["evt_missing:fulfil"])
 
 
+async def test_an_event_id_selects_every_letter_of_that_event_once(
+    redis: FakeAsyncRedis, api: OperatorApi
+) -> None:
+    await receive(redis, "evt_1", 1_000)
+    await dead_letter(redis, "evt_1", ["fulfil", "audit"], now=2_000)
+    await receive(redis, "evt_2", 1_000)
+    await dead_letter(redis, "evt_2", ["fulfil"], now=2_000)
+    fulfil_1 = keys.dead_letter_id("evt_1", "fulfil")
+
+    selected = await api.select_dead_letters(["evt_1", fulfil_1])
+
+    assert sorted(letter.id for letter in selected) == sorted(
+        [keys.dead_letter_id("evt_1", "audit"), fulfil_1]
+    )
+    with pytest.raises(NotFound, match="no event 'evt_3' with dead letters"):
+        await api.select_dead_letters(["evt_2", "evt_3"])
+
+
 async def test_a_letter_replayed_by_a_concurrent_run_is_reported_gone_not_failed(
     redis: FakeAsyncRedis, api: OperatorApi
 ) -> None:
