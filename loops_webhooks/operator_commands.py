@@ -282,8 +282,14 @@ async def replay_letters(api: OperatorApi, args: argparse.Namespace) -> int:
             print(f"... {done}/{total}", file=sys.stderr)
 
     report = await api.replay_dead_letters(letters, force=args.force, on_progress=progress)
-    for letter_id in report.skipped:
+    for letter_id in report.no_event:
         print(f"skipped {letter_id}: it holds no event to replay (a body that was not one)")
+    for letter_id in report.needs_force:
+        print(
+            f"skipped {letter_id}: an invalid_payload letter (its stored event did not fit the "
+            "handler's model), which would fail the same way again; fix the model, then "
+            "replay it with --force"
+        )
     print(
         f"replayed {len(report.replayed)}, skipped {len(report.skipped)}, "
         f"already gone {len(report.gone)} (replayed or purged meanwhile by someone else)"

@@ -127,10 +127,18 @@ class DeadLetterFilter:
 @dataclass(frozen=True, slots=True)
 class ReplayReport:
     replayed: list[str]
-    skipped: list[str]
+    no_event: list[str]
     """Letters that hold no event to replay (a signed body that was not a usable event)."""
+    needs_force: list[str]
+    """``invalid_payload`` letters of a stored event, not replayed without ``force``: they
+    would fail the same way again until the handler's model is fixed."""
     gone: list[str]
     """Letters replayed or purged by someone else since they were selected: not failures."""
+
+    @property
+    def skipped(self) -> list[str]:
+        """Letters not replayed, for either reason above."""
+        return self.no_event + self.needs_force
 
 
 class OperatorApi:
@@ -245,7 +253,8 @@ class OperatorApi:
                 on_progress(done, len(letters))
         return ReplayReport(
             replayed=outcomes[ReplayResult.REPLAYED],
-            skipped=outcomes[ReplayResult.SKIPPED],
+            no_event=outcomes[ReplayResult.NO_EVENT],
+            needs_force=outcomes[ReplayResult.NEEDS_FORCE],
             gone=outcomes[ReplayResult.GONE],
         )
 

@@ -23,8 +23,12 @@ __all__ = ["ReplayResult", "purge_dead_letter", "replay_dead_letter"]
 
 class ReplayResult(StrEnum):
     REPLAYED = "replayed"
-    SKIPPED = "skipped"
+    NO_EVENT = "no_event"
     """The letter holds no event to replay: a signed body that was not a usable event."""
+    NEEDS_FORCE = "needs_force"
+    """An ``invalid_payload`` letter replayed without ``force``: its event is stored, but it
+    did not fit the handler's model and would fail the same way again until the model is
+    fixed; ``force`` replays it."""
     GONE = "gone"
     """The letter was replayed or purged since it was read, or dead-lettered anew (another
     replay running at the same time got there first): nothing done, nothing failed."""
@@ -35,16 +39,16 @@ async def replay_dead_letter(
 ) -> ReplayResult:
     """Put one dead letter's event back on the queue, as it was when ``letter`` was read.
 
-    SKIPPED if it holds no stored event (a body the receiver could not parse), or if its
-    payload did not fit a handler's model (``invalid_payload``) and ``force`` is not given:
-    replaying that is useful only after the model was fixed. GONE if the letter is gone or
+    NO_EVENT if it holds no stored event (a body the receiver could not parse); NEEDS_FORCE
+    if its payload did not fit a handler's model (``invalid_payload``) and ``force`` is not
+    given: replaying that is useful only after the model was fixed. GONE if the letter is gone or
     was dead-lettered anew since it was read: another replay (or a purge) took it, and
     replaying it again would run its handler one more round.
     """
     if not letter.event_id:
-        return ReplayResult.SKIPPED
+        return ReplayResult.NO_EVENT
     if letter.reason == DeadLetterReason.INVALID_PAYLOAD and not force:
-        return ReplayResult.SKIPPED
+        return ReplayResult.NEEDS_FORCE
     now_ms = int(time.time() * 1000)
     job_id = keys.job_id_for_event(letter.event_id)
     replayed = await register_script(redis, "replay")(

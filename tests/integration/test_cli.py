@@ -398,6 +398,28 @@ def test_dlq_replay_and_purge_help_say_an_id_may_be_an_event_id(workspace: Works
         assert "event ids (every dead letter of that event)" in " ".join(shown.stdout.split())
 
 
+def test_replaying_an_invalid_payload_letter_without_force_says_it_would_fail_the_same_way(
+    workspace: Workspace, dev: str, redis_url: str
+) -> None:
+    sent = send(workspace, dev, "--id", "evt_cli_invalid", "--data", '{"status": 5}')
+    assert sent.returncode == 0, sent.stderr
+    letters = ["evt_cli_invalid:fulfil", "evt_cli_invalid:notify"]
+    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+
+    replayed = run_cli("dlq", "replay", "evt_cli_invalid", env=workspace.env)
+
+    assert replayed.returncode == 0, replayed.stderr
+    for letter_id in letters:
+        assert (
+            f"skipped {letter_id}: an invalid_payload letter (its stored event did not fit the "
+            "handler's model), which would fail the same way again; fix the model, then replay "
+            "it with --force"
+        ) in replayed.stdout
+    assert "holds no event" not in replayed.stdout
+    assert "replayed 0, skipped 2, already gone 0" in replayed.stdout
+    assert dead_letter_ids(redis_url) == letters
+
+
 def test_a_forced_replay_reruns_the_handlers_that_had_succeeded(
     workspace: Workspace, dead_lettered: str, redis_url: str
 ) -> None:

@@ -127,7 +127,7 @@ async def test_an_invalid_payload_letter_with_its_event_stored_is_replayed_only_
     unforced = await replay_dead_letter(redis, letter, queue_name=QUEUE)
     forced = await replay_dead_letter(redis, letter, queue_name=QUEUE, force=True)
 
-    assert (unforced, forced) == (ReplayResult.SKIPPED, ReplayResult.REPLAYED)
+    assert (unforced, forced) == (ReplayResult.NEEDS_FORCE, ReplayResult.REPLAYED)
     stored = await EventStore(redis, dedupe_ttl_seconds=DAY).get("evt_1")
     assert stored is not None and stored.status == "pending"
 
@@ -141,4 +141,5 @@ async def test_a_body_the_receiver_could_not_parse_is_skipped_even_with_force(
     letter = await get_dead_letter(redis, letter_id)
     assert letter is not None
 
-    assert await replay_dead_letter(redis, letter, queue_name=QUEUE, force=True) == "skipped"
+    result = await replay_dead_letter(redis, letter, queue_name=QUEUE, force=True)
+    assert result is ReplayResult.NO_EVENT
