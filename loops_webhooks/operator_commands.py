@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -46,6 +47,8 @@ SHOWN_FIELDS = (
     "received_at",
 )
 WATCH_INTERVAL_SECONDS = 2.0
+ERROR_MIN_WIDTH = 40
+"""Characters of the error ``dlq list`` keeps, however little room the terminal leaves."""
 
 OperatorCommand = Callable[[OperatorApi, argparse.Namespace], Awaitable[int]]
 
@@ -228,12 +231,27 @@ async def list_letters(api: OperatorApi, args: argparse.Namespace) -> int:
     if not letters:
         print("no dead letters")
         return 0
+    columns = shutil.get_terminal_size().columns
     for letter in letters:
-        print(
+        line = (
             f"{letter.id}  {letter.event_type or '-'}  {letter.handler or '-'}  {letter.reason}  "
-            f"{letter.attempts} attempt(s)  {_time(letter.dead_lettered_at)}"
+            f"{letter.attempts} attempt(s)  {_time(letter.dead_lettered_at)}  "
         )
+        room = max(ERROR_MIN_WIDTH, columns - len(line))
+        print(line + _shortened(_error_of(letter), room))
     return 0
+
+
+def _error_of(letter: DeadLetter) -> str:
+    if letter.error_type and letter.error_message:
+        return f"{letter.error_type}: {letter.error_message}"
+    return letter.error_type or letter.error_message or "-"
+
+
+def _shortened(text: str, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis if it is longer."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 async def show_letter(api: OperatorApi, args: argparse.Namespace) -> int:
@@ -256,7 +274,7 @@ def _print_letter(letter: DeadLetter) -> None:
     data = _letter_json(letter, full=True)
     for name in SHOWN_FIELDS:
         print(f"{name}: {data[name]}")
-    print(f"error: {letter.error_type}: {letter.error_message}")
+    print(f"error: {_error_of(letter)}")
     if letter.traceback:
         print("traceback:\n" + letter.traceback.rstrip())
     print("headers: " + orjson.dumps(data["headers"]).decode())

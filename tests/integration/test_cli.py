@@ -312,6 +312,33 @@ def test_dlq_list_and_show_describe_the_dead_letter(
     assert '"id":"evt_cli_dead"' in shown.stdout
 
 
+def test_dlq_list_shows_each_letters_error(workspace: Workspace, dead_lettered: str) -> None:
+    listed = run_cli("dlq", "list", env={**workspace.env, "COLUMNS": "200"})
+
+    assert listed.returncode == 0, listed.stderr
+    [line] = listed.stdout.splitlines()
+    assert line.startswith(f"{dead_lettered}  checkout.session.completed  notify  max_attempts  ")
+    assert line.endswith("  RuntimeError: mail server said no")
+
+
+def test_dlq_list_cuts_a_long_error_to_the_terminal_width_on_one_line(
+    workspace: Workspace, dev: str, redis_url: str
+) -> None:
+    send(workspace, dev, "--id", "evt_cli_long", "--data", '{"status": 5}')
+    letters = ["evt_cli_long:fulfil", "evt_cli_long:notify"]
+    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+
+    narrow = run_cli("dlq", "list", env={**workspace.env, "COLUMNS": "180"}).stdout.splitlines()
+    wide = run_cli("dlq", "list", env={**workspace.env, "COLUMNS": "1000"}).stdout.splitlines()
+
+    assert len(narrow) == len(wide) == 2
+    for line in narrow:
+        assert len(line) == 180
+        assert "  ValidationError: 1 validation error for " in line and line.endswith("…")
+    for line in wide:
+        assert "data.status Input should be a valid string" in line
+
+
 def test_dlq_show_with_the_event_id_shows_that_events_letters(
     workspace: Workspace, dead_lettered: str
 ) -> None:
