@@ -267,6 +267,24 @@ def dashboard(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _signing_secret(settings: Settings) -> str:
+    """What ``send`` signs with unless ``--secret`` says: ``LOOPS_WEBHOOK_SECRET``, else the
+    development secret ``dev`` keeps in the data directory (so a send to ``dev`` needs none)."""
+    from loops_webhooks.dev import dev_secret_file, kept_dev_secret
+
+    configured = settings.webhook_secrets
+    if configured:
+        return configured[0].decode()
+    secret_file = dev_secret_file(settings.data_dir)
+    kept = kept_dev_secret(secret_file)
+    if kept is None:
+        raise UsageError(
+            "no signing secret: LOOPS_WEBHOOK_SECRET is not set, and there is no development "
+            f"secret in {secret_file} (LOOPS_DATA_DIR; `dev` keeps one there); pass --secret"
+        )
+    return kept
+
+
 def send(args: argparse.Namespace, settings: Settings) -> int:
     from loops_webhooks.send import send_events
 
@@ -274,12 +292,7 @@ def send(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--count must be at least 1")
     if args.id is not None and args.count > 1:
         raise UsageError("--id names one event; it cannot be combined with --count > 1")
-    secret: str | None = args.secret or None
-    if secret is None:
-        configured = settings.webhook_secrets
-        if not configured:
-            raise UsageError("no signing secret: pass --secret or set LOOPS_WEBHOOK_SECRET")
-        secret = configured[0].decode()
+    secret = args.secret or _signing_secret(settings)
     url = args.url or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}{settings.webhook_path}"
     data = _data_overrides(args.data)
     try:
@@ -413,7 +426,11 @@ def _parser() -> argparse.ArgumentParser:
     send_parser.add_argument(
         "--url", help=f"receiver URL (default http://{DEFAULT_HOST}:{DEFAULT_PORT}<path>)"
     )
-    send_parser.add_argument("--secret", help="signing secret (default: LOOPS_WEBHOOK_SECRET)")
+    send_parser.add_argument(
+        "--secret",
+        help="signing secret (default: LOOPS_WEBHOOK_SECRET, else the development secret "
+        "that dev keeps in LOOPS_DATA_DIR)",
+    )
     send_parser.add_argument(
         "--data", help="JSON object (or @file) whose fields override the event's data"
     )

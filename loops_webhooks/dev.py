@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-__all__ = ["run_dev"]
+__all__ = ["dev_secret_file", "kept_dev_secret", "run_dev"]
 
 STOP_TIMEOUT_SECONDS = 30.0
 SECRET_FILE = "dev-webhook-secret"
@@ -51,7 +51,7 @@ def run_dev(
         print("  signing secret: LOOPS_WEBHOOK_SECRET", flush=True)
         print(f"  try: {send}", flush=True)
     else:
-        secret_file = data_dir / SECRET_FILE
+        secret_file = dev_secret_file(data_dir)
         generated = _dev_secret(secret_file)
         env["LOOPS_WEBHOOK_SECRET"] = generated
         print(f"  no LOOPS_WEBHOOK_SECRET set; using the development secret in {secret_file}")
@@ -103,12 +103,22 @@ def run_dev(
             signal.signal(sig, handler)
 
 
+def dev_secret_file(data_dir: Path) -> Path:
+    """Where ``dev`` keeps its generated signing secret: ``send`` reads it from there too."""
+    return data_dir / SECRET_FILE
+
+
+def kept_dev_secret(path: Path) -> str | None:
+    """The development signing secret kept at ``path``, if ``dev`` made one."""
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def _dev_secret(path: Path) -> str:
     """The development signing secret kept at ``path``, created (mode 0600) on first use."""
-    try:
-        kept = path.read_text().strip()
-    except FileNotFoundError:
-        kept = ""
+    kept = kept_dev_secret(path)
     if kept:
         return kept
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -213,6 +213,40 @@ def test_dev_without_a_secret_prints_one_that_signs_accepted_events(
     wait_until(lambda: workspace.effects_of("fulfil", "evt_generated_secret") == 1, "handler")
 
 
+def test_send_without_a_secret_signs_with_the_development_secret_dev_keeps(
+    workspace: Workspace,
+    start_loops_webhooks: StartLoopsWebhooks,
+    free_port: Callable[[], int],
+) -> None:
+    env = {k: v for k, v in workspace.env.items() if k != "LOOPS_WEBHOOK_SECRET"}
+    env["LOOPS_DATA_DIR"] = str(workspace.root / "data")
+    port = free_port()
+    start_loops_webhooks(
+        "dev", "--port", str(port), "--dashboard-port", str(free_port()), env=env, port=port
+    )
+
+    url = f"http://127.0.0.1:{port}/webhooks/loops"
+    sent = run_cli("send", "checkout.session.completed", "--url", url, "--id", "evt_kept_secret",
+                   env=env)  # fmt: skip
+
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("evt_kept_secret 200 ")
+    wait_until(lambda: workspace.effects_of("fulfil", "evt_kept_secret") == 1, "handler")
+
+
+def test_send_with_no_secret_anywhere_exits_2_naming_both_places(workspace: Workspace) -> None:
+    env = {k: v for k, v in workspace.env.items() if k != "LOOPS_WEBHOOK_SECRET"}
+    env["LOOPS_DATA_DIR"] = str(workspace.root / "empty")
+
+    sent = run_cli("send", "checkout.session.completed", env=env)
+
+    assert sent.returncode == 2, sent.stdout
+    assert "LOOPS_WEBHOOK_SECRET is not set" in sent.stderr
+    assert f"no development secret in {workspace.root / 'empty' / 'dev-webhook-secret'}" in (
+        sent.stderr
+    )
+
+
 def test_dev_on_the_embedded_redis_processes_after_a_restart_what_was_received_before(
     workspace: Workspace,
     tmp_path: Path,
