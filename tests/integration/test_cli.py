@@ -192,20 +192,28 @@ def test_send_json_lists_every_event_sent_and_events_list_shows_them_newest_firs
     assert dead.stdout.strip() == "no events"
 
 
-def test_dev_without_a_secret_prints_one_that_signs_accepted_events(
-    workspace: Workspace,
-    start_loops_webhooks: StartLoopsWebhooks,
-    free_port: Callable[[], int],
-) -> None:
+@pytest.fixture
+def dev_without_a_secret(
+    workspace: Workspace, start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
+) -> tuple[str, dict[str, str], str]:
+    """A running ``dev`` given no signing secret: its webhook URL, the environment (the same
+    data directory for the commands a test runs next) and what it printed."""
     env = {k: v for k, v in workspace.env.items() if k != "LOOPS_WEBHOOK_SECRET"}
+    env["LOOPS_DATA_DIR"] = str(workspace.root / "data")
     port = free_port()
     dev = start_loops_webhooks(
         "dev", "--port", str(port), "--dashboard-port", str(free_port()), env=env, port=port
     )
-    printed = [word for word in dev.output().split() if word.startswith("whsec_dev_")]
-    assert printed, dev.output()
+    return f"http://127.0.0.1:{port}/webhooks/loops", env, dev.output()
 
-    url = f"http://127.0.0.1:{port}/webhooks/loops"
+
+def test_dev_without_a_secret_prints_one_that_signs_accepted_events(
+    workspace: Workspace, dev_without_a_secret: tuple[str, dict[str, str], str]
+) -> None:
+    url, env, output = dev_without_a_secret
+    printed = [word for word in output.split() if word.startswith("whsec_dev_")]
+    assert printed, output
+
     sent = run_cli("send", "checkout.session.completed", "--url", url, "--secret", printed[0],
                    "--id", "evt_generated_secret", env=env)  # fmt: skip
 
@@ -214,18 +222,10 @@ def test_dev_without_a_secret_prints_one_that_signs_accepted_events(
 
 
 def test_send_without_a_secret_signs_with_the_development_secret_dev_keeps(
-    workspace: Workspace,
-    start_loops_webhooks: StartLoopsWebhooks,
-    free_port: Callable[[], int],
+    workspace: Workspace, dev_without_a_secret: tuple[str, dict[str, str], str]
 ) -> None:
-    env = {k: v for k, v in workspace.env.items() if k != "LOOPS_WEBHOOK_SECRET"}
-    env["LOOPS_DATA_DIR"] = str(workspace.root / "data")
-    port = free_port()
-    start_loops_webhooks(
-        "dev", "--port", str(port), "--dashboard-port", str(free_port()), env=env, port=port
-    )
+    url, env, _ = dev_without_a_secret
 
-    url = f"http://127.0.0.1:{port}/webhooks/loops"
     sent = run_cli("send", "checkout.session.completed", "--url", url, "--id", "evt_kept_secret",
                    env=env)  # fmt: skip
 
