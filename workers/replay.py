@@ -41,9 +41,9 @@ async def replay_dead_letter(
 
     NO_EVENT if it holds no stored event (a body the receiver could not parse); NEEDS_FORCE
     if its payload did not fit a handler's model (``invalid_payload``) and ``force`` is not
-    given: replaying that is useful only after the model was fixed. GONE if the letter is gone or
-    was dead-lettered anew since it was read: another replay (or a purge) took it, and
-    replaying it again would run its handler one more round.
+    given: replaying that is useful only after the model was fixed. GONE if the letter is
+    gone or was dead-lettered anew since it was read: another replay (or a purge) took it,
+    and replaying it again would run its handler one more round.
     """
     if not letter.event_id:
         return ReplayResult.NO_EVENT
