@@ -26,7 +26,12 @@ PACKAGE_FOLDERS = {
 LEAVES = {"loops_webhooks.settings", "loops_webhooks.logs", "loops_webhooks.redis_url"}
 USER_CODE = {"loops_webhooks.handlers.examples"}
 """Written as a shop's handler module is: against the public names only."""
-PUBLIC_API = {"loops_webhooks", "loops_webhooks.events", "loops_webhooks.testing"}
+PUBLIC_API = {
+    "loops_webhooks",
+    "loops_webhooks.effects",
+    "loops_webhooks.events",
+    "loops_webhooks.testing",
+}
 EDGES = ("loops_webhooks.ingest", "loops_webhooks.dashboard")
 
 ALLOWED: dict[str, set[str]] = {
