@@ -98,10 +98,6 @@ def _sqlite3_record(conn: Any, ctx: HandlerContext) -> bool:
     return bool(cursor.rowcount == 1)
 
 
-def _sqlite3_execute(conn: Any, statement: str) -> None:
-    conn.execute(statement)
-
-
 def _psycopg_check(conn: Any) -> None:
     idle = sys.modules["psycopg"].pq.TransactionStatus.IDLE
     if conn.autocommit and conn.info.transaction_status == idle:
@@ -166,7 +162,7 @@ async def _sqlalchemy_execute_async(conn: Any, statement: str) -> None:
 
 
 _DRIVERS = (
-    _Driver("sqlite3", "Connection", False, _sqlite3_record, _sqlite3_execute),
+    _Driver("sqlite3", "Connection", False, _sqlite3_record, _sync_execute),
     _Driver("psycopg", "Connection", False, _psycopg_record, _sync_execute),
     _Driver("sqlalchemy.orm", "Session", False, _sqlalchemy_record, _sqlalchemy_execute),
     _Driver("sqlalchemy.engine", "Connection", False, _sqlalchemy_record, _sqlalchemy_execute),

@@ -14,17 +14,18 @@ import psycopg
 import pytest
 
 from loops_webhooks.effects import NotInTransaction, create_table, once, once_async
-from loops_webhooks.handlers import HandlerContext
-from loops_webhooks.testing import make_context, make_event
 from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.shop_databases import (
     AsyncpgShop,
-    EffectFailed,
     PsycopgAsyncShop,
     PsycopgShop,
     ShopDatabase,
     SqlAlchemyAsyncShop,
     SqlAlchemyShop,
+    check_a_rollback_keeps_neither_key_nor_effect,
+    check_each_pair_has_its_own_key,
+    check_reruns_find_the_key,
+    context_for,
 )
 
 RACERS = 8
@@ -43,10 +44,6 @@ def database(postgres: PostgresServer) -> str:
     with psycopg.connect(postgres.conninfo(name)) as conn:
         create_table(conn)
     return name
-
-
-def shipped(handler: str = "shop:fulfil", event_id: str = "evt_1") -> HandlerContext:
-    return make_context(make_event("checkout.session.completed", id=event_id), handler=handler)
 
 
 @pytest.fixture(
@@ -80,43 +77,24 @@ async def shop(
 async def test_the_first_run_ships_and_every_rerun_finds_the_key_and_does_not(
     shop: ShopDatabase,
 ) -> None:
-    ctx = shipped()
-
-    firsts = [await shop.ship(ctx) for _ in range(3)]
-
-    assert firsts == [True, False, False]
-    assert await shop.shipments() == [("evt_1", "shop:fulfil")]
-    assert await shop.recorded() == [(ctx.idempotency_key, "evt_1", "shop:fulfil")]
+    await check_reruns_find_the_key(shop)
 
 
 async def test_a_run_that_rolls_back_records_no_key_so_the_next_run_ships(
     shop: ShopDatabase,
 ) -> None:
-    ctx = shipped()
-
-    with pytest.raises(EffectFailed):
-        await shop.ship(ctx, fail=True)
-    assert (await shop.shipments(), await shop.recorded()) == ([], [])
-
-    assert await shop.ship(ctx) is True
-    assert await shop.shipments() == [("evt_1", "shop:fulfil")]
+    await check_a_rollback_keeps_neither_key_nor_effect(shop)
 
 
 async def test_each_event_and_handler_pair_has_its_own_key(shop: ShopDatabase) -> None:
-    contexts = [shipped("shop:fulfil", "evt_1"), shipped("shop:audit", "evt_1")]
-    contexts.append(shipped("shop:fulfil", "evt_2"))
-
-    firsts = [await shop.ship(ctx) for ctx in contexts]
-
-    assert firsts == [True, True, True]
-    assert len(await shop.shipments()) == 3
+    await check_each_pair_has_its_own_key(shop)
 
 
 @pytest.mark.parametrize(("first_ends", "second_gets"), [("commit", False), ("rollback", True)])
 def test_a_second_transaction_waits_for_the_first_and_gets_what_its_end_leaves(
     postgres: PostgresServer, database: str, first_ends: str, second_gets: bool
 ) -> None:
-    ctx = shipped()
+    ctx = context_for()
     said: list[bool] = []
     with psycopg.connect(postgres.conninfo(database)) as first:
         assert once(first, ctx) is True
@@ -138,7 +116,7 @@ def test_a_second_transaction_waits_for_the_first_and_gets_what_its_end_leaves(
 def test_racing_transactions_on_one_key_give_exactly_one_true(
     postgres: PostgresServer, database: str
 ) -> None:
-    ctx = shipped()
+    ctx = context_for()
     start = threading.Barrier(RACERS)
     said: list[bool] = []
 
@@ -159,7 +137,7 @@ def test_racing_transactions_on_one_key_give_exactly_one_true(
 async def test_racing_asyncpg_transactions_on_one_key_give_exactly_one_true(
     postgres: PostgresServer, database: str
 ) -> None:
-    ctx = shipped()
+    ctx = context_for()
     connections = [
         await asyncpg.connect(host=postgres.host, user="postgres", database=database)
         for _ in range(RACERS)
@@ -182,7 +160,7 @@ async def test_racing_asyncpg_transactions_on_one_key_give_exactly_one_true(
 def test_under_repeatable_read_the_second_transaction_fails_with_a_serialization_error(
     postgres: PostgresServer, database: str
 ) -> None:
-    ctx = shipped()
+    ctx = context_for()
     first = psycopg.connect(postgres.conninfo(database))
     second = psycopg.connect(postgres.conninfo(database))
     second.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -203,11 +181,11 @@ def test_a_psycopg_connection_in_autocommit_mode_needs_a_transaction_block(
 ) -> None:
     with psycopg.connect(postgres.conninfo(database), autocommit=True) as conn:
         with pytest.raises(NotInTransaction, match=r"conn\.transaction\(\)"):
-            once(conn, shipped())
+            once(conn, context_for())
         assert conn.execute("SELECT count(*) FROM loops_webhooks_effects").fetchone() == (0,)
 
         with conn.transaction():
-            assert once(conn, shipped()) is True
+            assert once(conn, context_for()) is True
 
 
 async def test_an_asyncpg_connection_outside_a_transaction_is_refused(
@@ -216,7 +194,7 @@ async def test_an_asyncpg_connection_outside_a_transaction_is_refused(
     conn = await asyncpg.connect(host=postgres.host, user="postgres", database=database)
     try:
         with pytest.raises(NotInTransaction, match="asyncpg"):
-            await once_async(conn, shipped())
+            await once_async(conn, context_for())
         assert await conn.fetchval("SELECT count(*) FROM loops_webhooks_effects") == 0
     finally:
         await conn.close()
@@ -228,6 +206,6 @@ async def test_an_asyncpg_connection_given_to_once_says_to_use_once_async(
     conn = await asyncpg.connect(host=postgres.host, user="postgres", database=database)
     try:
         with pytest.raises(TypeError, match=r"asynchronous asyncpg\.Connection: use await"):
-            once(conn, shipped())
+            once(conn, context_for())
     finally:
         await conn.close()

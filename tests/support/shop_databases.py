@@ -3,7 +3,7 @@ a shop writes it: one transaction that records the key with ``once`` and ships o
 
 The effect, a row in ``shipments``, is not idempotent by itself (no unique constraint), so a
 second application shows as a second row. Each class opens its own connections with its own
-driver; the tests drive them all through the same three coroutines.
+driver; the unit (SQLite) and integration (PostgreSQL) suites run the same checks on each.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from loops_webhooks import HandlerContext
 from loops_webhooks.effects import create_table, create_table_async, once, once_async
+from loops_webhooks.testing import make_context, make_event
 
 __all__ = [
     "SHIPMENTS",
@@ -33,6 +34,10 @@ __all__ = [
     "SqlAlchemyAsyncShop",
     "SqlAlchemyShop",
     "Sqlite3Shop",
+    "check_a_rollback_keeps_neither_key_nor_effect",
+    "check_each_pair_has_its_own_key",
+    "check_reruns_find_the_key",
+    "context_for",
 ]
 
 SHIPMENTS = "CREATE TABLE IF NOT EXISTS shipments (event_id text NOT NULL, handler text NOT NULL)"
@@ -251,3 +256,46 @@ class AsyncpgShop(ShopDatabase):
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()
+
+
+def context_for(handler: str = "shop:fulfil", event_id: str = "evt_1") -> HandlerContext:
+    """The context the worker passes ``handler`` for a completed checkout ``event_id``."""
+    return make_context(make_event("checkout.session.completed", id=event_id), handler=handler)
+
+
+async def check_reruns_find_the_key(shop: ShopDatabase) -> None:
+    """The first run ships; the next two find the key and do not."""
+    ctx = context_for()
+
+    firsts = [await shop.ship(ctx) for _ in range(3)]
+
+    seen = (firsts, await shop.shipments(), await shop.recorded())
+    key = (ctx.idempotency_key, "evt_1", "shop:fulfil")
+    assert seen == ([True, False, False], [("evt_1", "shop:fulfil")], [key]), seen
+
+
+async def check_a_rollback_keeps_neither_key_nor_effect(shop: ShopDatabase) -> None:
+    """A run that fails after its effect rolls both back, so the next run ships."""
+    ctx = context_for()
+    try:
+        await shop.ship(ctx, fail=True)
+    except EffectFailed:
+        pass
+    else:
+        raise AssertionError("the failing run did not fail")
+    rolled_back = (await shop.shipments(), await shop.recorded())
+    assert rolled_back == ([], []), rolled_back
+
+    next_run = (await shop.ship(ctx), await shop.shipments())
+    assert next_run == (True, [("evt_1", "shop:fulfil")]), next_run
+
+
+async def check_each_pair_has_its_own_key(shop: ShopDatabase) -> None:
+    """Two handlers of one event, and one handler of two events: three first runs."""
+    contexts = [context_for("shop:fulfil", "evt_1"), context_for("shop:audit", "evt_1")]
+    contexts.append(context_for("shop:fulfil", "evt_2"))
+
+    firsts = [await shop.ship(ctx) for ctx in contexts]
+
+    seen = (firsts, len(await shop.shipments()))
+    assert seen == ([True, True, True], 3), seen

@@ -29,20 +29,19 @@ from loops_webhooks.effects import (
 from loops_webhooks.events import CheckoutSessionEvent
 from loops_webhooks.handlers import HandlerContext
 from loops_webhooks.handlers.context import idempotency_key
-from loops_webhooks.testing import make_context, make_event, run
+from loops_webhooks.testing import make_event, run
 from tests.support.shop_databases import (
-    EffectFailed,
     ShopDatabase,
     SqlAlchemyAsyncShop,
     SqlAlchemyShop,
     Sqlite3Shop,
+    check_a_rollback_keeps_neither_key_nor_effect,
+    check_each_pair_has_its_own_key,
+    check_reruns_find_the_key,
+    context_for,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def shipped(handler: str = "shop:fulfil", event_id: str = "evt_1") -> HandlerContext:
-    return make_context(make_event("checkout.session.completed", id=event_id), handler=handler)
 
 
 @pytest.fixture(params=["sqlite3", "sqlalchemy-session", "sqlalchemy-async-session"])
@@ -61,43 +60,24 @@ async def shop(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
 async def test_the_first_run_ships_and_every_rerun_finds_the_key_and_does_not(
     shop: ShopDatabase,
 ) -> None:
-    ctx = shipped()
-
-    firsts = [await shop.ship(ctx) for _ in range(3)]
-
-    assert firsts == [True, False, False]
-    assert await shop.shipments() == [("evt_1", "shop:fulfil")]
-    assert await shop.recorded() == [(ctx.idempotency_key, "evt_1", "shop:fulfil")]
+    await check_reruns_find_the_key(shop)
 
 
 async def test_a_run_that_rolls_back_records_no_key_so_the_next_run_ships(
     shop: ShopDatabase,
 ) -> None:
-    ctx = shipped()
-
-    with pytest.raises(EffectFailed):
-        await shop.ship(ctx, fail=True)
-    assert (await shop.shipments(), await shop.recorded()) == ([], [])
-
-    assert await shop.ship(ctx) is True
-    assert await shop.shipments() == [("evt_1", "shop:fulfil")]
+    await check_a_rollback_keeps_neither_key_nor_effect(shop)
 
 
 async def test_each_event_and_handler_pair_has_its_own_key(shop: ShopDatabase) -> None:
-    contexts = [shipped("shop:fulfil", "evt_1"), shipped("shop:audit", "evt_1")]
-    contexts.append(shipped("shop:fulfil", "evt_2"))
-
-    firsts = [await shop.ship(ctx) for ctx in contexts]
-
-    assert firsts == [True, True, True]
-    assert len(await shop.shipments()) == 3
+    await check_each_pair_has_its_own_key(shop)
 
 
 def test_a_second_writer_waits_for_the_first_and_then_finds_its_key(tmp_path: Path) -> None:
     path = tmp_path / "shop.sqlite3"
     with closing(sqlite3.connect(path)) as setup, setup:
         create_table(setup)
-    ctx = shipped()
+    ctx = context_for()
     first = sqlite3.connect(path)
     assert once(first, ctx) is True  # uncommitted: the database's write lock is held
     second_said: list[bool] = []
@@ -134,11 +114,11 @@ def test_a_sqlite3_connection_in_autocommit_mode_outside_a_transaction_is_refuse
         create_table(conn)
 
         with pytest.raises(NotInTransaction, match="sqlite3"):
-            once(conn, shipped())
+            once(conn, context_for())
         assert conn.execute("SELECT count(*) FROM loops_webhooks_effects").fetchone() == (0,)
 
         conn.execute("BEGIN")
-        assert once(conn, shipped()) is True
+        assert once(conn, context_for()) is True
         conn.execute("COMMIT")
 
 
@@ -148,7 +128,7 @@ def test_a_sqlalchemy_core_connection_is_supported(tmp_path: Path) -> None:
         create_table(conn)
 
     with engine.begin() as conn:
-        firsts = [once(conn, shipped()), once(conn, shipped())]
+        firsts = [once(conn, context_for()), once(conn, context_for())]
     engine.dispose()
 
     assert firsts == [True, False]
@@ -159,7 +139,7 @@ def test_anything_but_a_supported_connection_is_a_type_error_naming_the_supporte
     unsupported: object,
 ) -> None:
     with pytest.raises(TypeError) as raised:
-        once(unsupported, shipped())
+        once(unsupported, context_for())
 
     message = str(raised.value)
     assert message.startswith("once() supports sqlite3.Connection, psycopg.Connection")
@@ -169,7 +149,7 @@ def test_anything_but_a_supported_connection_is_a_type_error_naming_the_supporte
 
 async def test_an_unsupported_object_is_a_type_error_for_the_async_functions_too() -> None:
     with pytest.raises(TypeError, match=r"once_async\(\) supports psycopg.AsyncConnection, "):
-        await once_async(object(), shipped())
+        await once_async(object(), context_for())
     with pytest.raises(TypeError, match=r"asyncpg\.Connection"):
         await create_table_async(object())
 
@@ -179,7 +159,7 @@ async def test_a_synchronous_connection_given_to_once_async_says_to_use_once(
 ) -> None:
     with closing(sqlite3.connect(tmp_path / "shop.sqlite3")) as conn:
         with pytest.raises(TypeError, match=r"synchronous sqlite3.Connection: use once\(\)"):
-            await once_async(conn, shipped())
+            await once_async(conn, context_for())
         with pytest.raises(TypeError, match=r"use create_table\(\)"):
             await create_table_async(conn)
 
@@ -188,7 +168,7 @@ async def test_an_async_session_given_to_once_says_to_use_once_async(tmp_path: P
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'shop.sqlite3'}")
     async with AsyncSession(engine) as session:
         with pytest.raises(TypeError, match=r"AsyncSession: use await once_async\(\)"):
-            once(session, shipped())
+            once(session, context_for())
         with pytest.raises(TypeError, match=r"use await create_table_async\(\)"):
             create_table(session)
     await engine.dispose()
