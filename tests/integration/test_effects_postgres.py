@@ -17,14 +17,12 @@ from loops_webhooks.effects import NotInTransaction, create_table, once, once_as
 from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.shop_databases import (
     AsyncpgShop,
+    DriverContract,
     PsycopgAsyncShop,
     PsycopgShop,
     ShopDatabase,
     SqlAlchemyAsyncShop,
     SqlAlchemyShop,
-    check_a_rollback_keeps_neither_key_nor_effect,
-    check_each_pair_has_its_own_key,
-    check_reruns_find_the_key,
     context_for,
 )
 
@@ -74,20 +72,8 @@ async def shop(
     await shop_database.close()
 
 
-async def test_the_first_run_ships_and_every_rerun_finds_the_key_and_does_not(
-    shop: ShopDatabase,
-) -> None:
-    await check_reruns_find_the_key(shop)
-
-
-async def test_a_run_that_rolls_back_records_no_key_so_the_next_run_ships(
-    shop: ShopDatabase,
-) -> None:
-    await check_a_rollback_keeps_neither_key_nor_effect(shop)
-
-
-async def test_each_event_and_handler_pair_has_its_own_key(shop: ShopDatabase) -> None:
-    await check_each_pair_has_its_own_key(shop)
+class TestEveryDriver(DriverContract):
+    """The shared driver tests, on PostgreSQL: psycopg, asyncpg, SQLAlchemy."""
 
 
 @pytest.mark.parametrize(("first_ends", "second_gets"), [("commit", False), ("rollback", True)])

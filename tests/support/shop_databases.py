@@ -3,7 +3,7 @@ a shop writes it: one transaction that records the key with ``once`` and ships o
 
 The effect, a row in ``shipments``, is not idempotent by itself (no unique constraint), so a
 second application shows as a second row. Each class opens its own connections with its own
-driver; the unit (SQLite) and integration (PostgreSQL) suites run the same checks on each.
+driver; the unit (SQLite) and integration (PostgreSQL) suites run ``DriverContract`` on each.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import psycopg
+import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
@@ -27,6 +28,7 @@ from loops_webhooks.testing import make_context, make_event
 __all__ = [
     "SHIPMENTS",
     "AsyncpgShop",
+    "DriverContract",
     "EffectFailed",
     "PsycopgAsyncShop",
     "PsycopgShop",
@@ -34,9 +36,6 @@ __all__ = [
     "SqlAlchemyAsyncShop",
     "SqlAlchemyShop",
     "Sqlite3Shop",
-    "check_a_rollback_keeps_neither_key_nor_effect",
-    "check_each_pair_has_its_own_key",
-    "check_reruns_find_the_key",
     "context_for",
 ]
 
@@ -263,39 +262,39 @@ def context_for(handler: str = "shop:fulfil", event_id: str = "evt_1") -> Handle
     return make_context(make_event("checkout.session.completed", id=event_id), handler=handler)
 
 
-async def check_reruns_find_the_key(shop: ShopDatabase) -> None:
-    """The first run ships; the next two find the key and do not."""
-    ctx = context_for()
+class DriverContract:
+    """What every supported driver must show. A suite subclasses it as ``Test...`` and gives a
+    parametrized ``shop`` fixture; pytest then runs these tests once per driver there."""
 
-    firsts = [await shop.ship(ctx) for _ in range(3)]
+    async def test_the_first_run_ships_and_every_rerun_finds_the_key_and_does_not(
+        self, shop: ShopDatabase
+    ) -> None:
+        ctx = context_for()
 
-    seen = (firsts, await shop.shipments(), await shop.recorded())
-    key = (ctx.idempotency_key, "evt_1", "shop:fulfil")
-    assert seen == ([True, False, False], [("evt_1", "shop:fulfil")], [key]), seen
+        firsts = [await shop.ship(ctx) for _ in range(3)]
 
+        seen = (firsts, await shop.shipments(), await shop.recorded())
+        key = (ctx.idempotency_key, "evt_1", "shop:fulfil")
+        assert seen == ([True, False, False], [("evt_1", "shop:fulfil")], [key]), seen
 
-async def check_a_rollback_keeps_neither_key_nor_effect(shop: ShopDatabase) -> None:
-    """A run that fails after its effect rolls both back, so the next run ships."""
-    ctx = context_for()
-    try:
-        await shop.ship(ctx, fail=True)
-    except EffectFailed:
-        pass
-    else:
-        raise AssertionError("the failing run did not fail")
-    rolled_back = (await shop.shipments(), await shop.recorded())
-    assert rolled_back == ([], []), rolled_back
+    async def test_a_run_that_rolls_back_records_no_key_so_the_next_run_ships(
+        self, shop: ShopDatabase
+    ) -> None:
+        ctx = context_for()
 
-    next_run = (await shop.ship(ctx), await shop.shipments())
-    assert next_run == (True, [("evt_1", "shop:fulfil")]), next_run
+        with pytest.raises(EffectFailed):
+            await shop.ship(ctx, fail=True)
+        rolled_back = (await shop.shipments(), await shop.recorded())
+        assert rolled_back == ([], []), rolled_back
 
+        next_run = (await shop.ship(ctx), await shop.shipments())
+        assert next_run == (True, [("evt_1", "shop:fulfil")]), next_run
 
-async def check_each_pair_has_its_own_key(shop: ShopDatabase) -> None:
-    """Two handlers of one event, and one handler of two events: three first runs."""
-    contexts = [context_for("shop:fulfil", "evt_1"), context_for("shop:audit", "evt_1")]
-    contexts.append(context_for("shop:fulfil", "evt_2"))
+    async def test_each_event_and_handler_pair_has_its_own_key(self, shop: ShopDatabase) -> None:
+        contexts = [context_for("shop:fulfil", "evt_1"), context_for("shop:audit", "evt_1")]
+        contexts.append(context_for("shop:fulfil", "evt_2"))
 
-    firsts = [await shop.ship(ctx) for ctx in contexts]
+        firsts = [await shop.ship(ctx) for ctx in contexts]
 
-    seen = (firsts, len(await shop.shipments()))
-    assert seen == ([True, True, True], 3), seen
+        seen = (firsts, len(await shop.shipments()))
+        assert seen == ([True, True, True], 3), seen

@@ -31,13 +31,11 @@ from loops_webhooks.handlers import HandlerContext
 from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.testing import make_event, run
 from tests.support.shop_databases import (
+    DriverContract,
     ShopDatabase,
     SqlAlchemyAsyncShop,
     SqlAlchemyShop,
     Sqlite3Shop,
-    check_a_rollback_keeps_neither_key_nor_effect,
-    check_each_pair_has_its_own_key,
-    check_reruns_find_the_key,
     context_for,
 )
 
@@ -57,20 +55,8 @@ async def shop(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     await database.close()
 
 
-async def test_the_first_run_ships_and_every_rerun_finds_the_key_and_does_not(
-    shop: ShopDatabase,
-) -> None:
-    await check_reruns_find_the_key(shop)
-
-
-async def test_a_run_that_rolls_back_records_no_key_so_the_next_run_ships(
-    shop: ShopDatabase,
-) -> None:
-    await check_a_rollback_keeps_neither_key_nor_effect(shop)
-
-
-async def test_each_event_and_handler_pair_has_its_own_key(shop: ShopDatabase) -> None:
-    await check_each_pair_has_its_own_key(shop)
+class TestEveryDriver(DriverContract):
+    """The shared driver tests, on SQLite: sqlite3, SQLAlchemy Session and AsyncSession."""
 
 
 def test_a_second_writer_waits_for_the_first_and_then_finds_its_key(tmp_path: Path) -> None:
