@@ -193,6 +193,8 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 def dev(args: argparse.Namespace, settings: Settings) -> int:
     from loops_webhooks.dev import run_dev
 
+    if settings.dashboard_token is not None:
+        settings.require_dashboard_token()  # a short one stops dev here, not its dashboard
     settings = _worker_settings(args, settings)
     _load_handlers(args, settings)
     worker_options = [

@@ -17,9 +17,16 @@ from yarl import URL
 
 from loops_webhooks.dashboard import queries
 from loops_webhooks.dashboard.api import pretty_body
-from loops_webhooks.dashboard.app_keys import GATE, OPERATOR_API
+from loops_webhooks.dashboard.app_keys import (
+    GATE,
+    IDENTITY,
+    OPERATOR_API,
+    REVOKED_SESSIONS,
+    TOKEN_GUESSES,
+)
 from loops_webhooks.dashboard.auth import SESSION_COOKIE, SESSION_MAX_AGE_SECONDS
 from loops_webhooks.dashboard.chart import OUTCOMES, outcome_chart
+from loops_webhooks.dashboard.errors import TooManyWrongTokens
 from loops_webhooks.workers.dead_letters import DeadLetterReason
 from loops_webhooks.workers.event_store import EventStatus
 from loops_webhooks.workers.operator_api import NotFound
@@ -159,11 +166,21 @@ async def login(request: web.Request) -> web.Response:
     form = await request.post()
     token = form.get("token")
     target = _local_path(str(form.get("next", "/")))
-    if not isinstance(token, str) or not gate.token_matches(token.strip()):
-        reason = "wrong token" if token else "no token"
-        log.warning("dashboard login refused", reason=reason, remote=request.remote)
-        context = {"next": target, "error": "That token is not the dashboard's token."}
-        return aiohttp_jinja2.render_template("login.html", request, context, status=401)
+    guesses = request.app[TOKEN_GUESSES]
+    try:
+        if not isinstance(token, str) or not gate.token_matches(token.strip()):
+            reason = "wrong token" if token else "no token"
+            log.warning("dashboard login refused", reason=reason, remote=request.remote)
+            await guesses.wrong(request)
+            context = {"next": target, "error": "That token is not the dashboard's token."}
+            return aiohttp_jinja2.render_template("login.html", request, context, status=401)
+        await guesses.check(request)
+    except TooManyWrongTokens as refused:
+        log.warning("dashboard login refused: too many wrong tokens", remote=request.remote)
+        context = {"next": target, "error": f"Too many wrong tokens from your address: {refused}."}
+        page = aiohttp_jinja2.render_template("login.html", request, context, status=429)
+        page.headers["Retry-After"] = str(refused.retry_after)
+        return page
     log.info("dashboard login", remote=request.remote)
     response = web.HTTPSeeOther(target)
     response.set_cookie(
@@ -179,6 +196,10 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    """Revokes the session, so its cookie no longer works even if it was copied."""
+    identity = request.get(IDENTITY)
+    if identity is not None and identity.session is not None:
+        await request.app[REVOKED_SESSIONS].revoke(identity.session)
     response = web.Response(status=204)
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
