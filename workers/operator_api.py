@@ -21,7 +21,13 @@ from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
-from loops_webhooks.workers.event_store import EventStatus, EventStore, StoredEvent
+from loops_webhooks.workers.event_store import (
+    EventStatus,
+    EventStore,
+    HandlerState,
+    HandlerStatus,
+    StoredEvent,
+)
 from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
 from loops_webhooks.workers.stats import Stats, collect_stats
 
@@ -93,6 +99,8 @@ class EventSummary:
     received_at_ms: int
     finished_at_ms: int | None
     outcome: str | None
+    handlers: dict[str, HandlerStatus]
+    """Where each handler that matched the event stands (done, dead, retry, ...), by name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +283,7 @@ class OperatorApi:
             for event_id in ids:
                 pipe.hmget(keys.event_key(event_id), _EVENT_SUMMARY_FIELDS)
             rows = await pipe.execute()
+        handlers = await self._handler_statuses(ids)
         summaries: list[EventSummary | None] = []
         for event_id, (_, event_type, status, received_at, finished_at, outcome) in zip(
             ids, rows, strict=True
@@ -290,9 +299,35 @@ class OperatorApi:
                     received_at_ms=int(received_at),
                     finished_at_ms=int(finished_at) if finished_at else None,
                     outcome=outcome.decode() if outcome else None,
+                    handlers=handlers[event_id],
                 )
             )
         return summaries
+
+    async def _handler_statuses(self, ids: list[str]) -> dict[str, dict[str, HandlerStatus]]:
+        """Per event, its handlers' statuses: the names of its hash's handler fields first,
+        then those fields alone (the hash also holds the raw body, not read for a list)."""
+        prefix = keys.HANDLER_FIELD_PREFIX.encode()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_id in ids:
+                pipe.hkeys(keys.event_key(event_id))
+            names = await pipe.execute()
+        fields_of = {
+            event_id: sorted(field for field in fields if field.startswith(prefix))
+            for event_id, fields in zip(ids, names, strict=True)
+        }
+        wanted = [event_id for event_id in ids if fields_of[event_id]]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_id in wanted:
+                pipe.hmget(keys.event_key(event_id), fields_of[event_id])
+            values = await pipe.execute()
+        statuses: dict[str, dict[str, HandlerStatus]] = {event_id: {} for event_id in ids}
+        for event_id, states in zip(wanted, values, strict=True):
+            for field, state in zip(fields_of[event_id], states, strict=True):
+                if state is not None:
+                    name = field[len(prefix) :].decode()
+                    statuses[event_id][name] = HandlerState.from_json(state).status
+        return statuses
 
     async def _letter_summaries(self, ids: list[str]) -> list[DeadLetter | None]:
         async with self._redis.pipeline(transaction=False) as pipe:

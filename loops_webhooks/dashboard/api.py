@@ -52,6 +52,7 @@ def _event_item(event: EventSummary) -> dict[str, Any]:
         "received_at": iso_time(event.received_at_ms),
         "finished_at": iso_time(event.finished_at_ms),
         "outcome": event.outcome,
+        "handler_statuses": dict(event.handlers),
     }
 
 

@@ -10,6 +10,7 @@ assets included, carries ``SECURITY_HEADERS``.
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ import aiohttp_jinja2
 import jinja2
 import structlog
 from aiohttp import web
+from markupsafe import Markup, escape
 
 from loops_webhooks.dashboard import api, pages
 from loops_webhooks.dashboard.app_keys import (
@@ -89,6 +91,8 @@ def create_app(settings: Settings, redis_url: str, *, token: str | None) -> web.
     )
     environment.filters["time"] = _time
     environment.filters["path"] = lambda value: quote(str(value), safe="")
+    environment.filters["function_name"] = _function_name
+    environment.filters["breakable"] = _breakable
     app.cleanup_ctx.append(_redis_context)
     app.on_response_prepare.append(_add_security_headers)
     pages.add_routes(app)
@@ -102,6 +106,22 @@ def _time(ms: int | None) -> str:
         return "\u2013"
     moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+SEAMS = re.compile(r"(?<=[._:/?&=,-])")
+
+
+def _breakable(value: object) -> Markup:
+    """Escaped text with a line-break opportunity (``<wbr>``) after each ``. _ : / ? & = , -``,
+    so long ids, handler names and URLs wrap at their seams; the CSS breaks anywhere else
+    only if a piece is still wider than its column."""
+    return Markup("<wbr>").join(escape(piece) for piece in SEAMS.split(str(value)))
+
+
+def _function_name(handler: str) -> str:
+    """``myshop.webhooks:award_points`` as ``award_points``, for narrow columns (the full
+    name is in the element's title)."""
+    return handler.rpartition(":")[2] or handler
 
 
 async def _page_context(request: web.Request) -> dict[str, object]:

@@ -279,3 +279,22 @@ def test_dead_letter_ids_stay_distinct_whatever_colons_the_event_id_holds() -> N
     assert len(ids) == len(pairs)
     assert keys.dead_letter_id("evt_1", "myshop.webhooks:fulfil") == "evt_1:myshop.webhooks:fulfil"
     assert keys.unparseable_dead_letter_id("ab12").startswith(":")  # event ids are never empty
+
+
+async def test_listed_events_say_where_each_of_their_handlers_stands(
+    redis: FakeAsyncRedis, api: OperatorApi
+) -> None:
+    now = int(time.time() * 1000)
+    await receive(redis, "evt_mixed", now)
+    await dead_letter(
+        redis, "evt_mixed", ["myshop.webhooks:send_email"], now=now + 1, done=("award_points",)
+    )
+    await receive(redis, "evt_new", now + 2)
+
+    fresh, mixed = (await api.list_events()).items
+
+    assert mixed.handlers == {
+        "award_points": HandlerStatus.DONE,
+        "myshop.webhooks:send_email": HandlerStatus.DEAD,
+    }
+    assert fresh.handlers == {}
