@@ -177,7 +177,8 @@ async def login(request: web.Request) -> web.Response:
         await guesses.check(request)
     except TooManyWrongTokens as refused:
         log.warning("dashboard login refused: too many wrong tokens", remote=request.remote)
-        context = {"next": target, "error": f"Too many wrong tokens from your address: {refused}."}
+        wait = f"try again in {refused.retry_after} s"
+        context = {"next": target, "error": f"Too many wrong tokens from your address; {wait}."}
         page = aiohttp_jinja2.render_template("login.html", request, context, status=429)
         page.headers["Retry-After"] = str(refused.retry_after)
         return page
