@@ -521,7 +521,7 @@ def _parser() -> argparse.ArgumentParser:
         "dashboard",
         dashboard,
         "Run the dashboard: a web page and JSON API for events and dead letters, behind "
-        "LOOPS_DASHBOARD_TOKEN, on its own port.",
+        "LOOPS_DASHBOARD_TOKEN (at least 32 characters), on its own port.",
     )
     dashboard_parser.add_argument(
         "--host", default=DEFAULT_HOST, help="address to bind (%(default)s)"
