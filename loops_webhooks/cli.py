@@ -122,10 +122,14 @@ def handlers(args: argparse.Namespace, settings: Settings) -> int:
     else:
         for handler in router.handlers:
             attempts = handler.max_attempts or f"{settings.max_attempts} (default)"
-            timeout = handler.timeout or f"{settings.handler_timeout_seconds:g} (default)"
+            timeout = (
+                f"{handler.timeout:g} s"
+                if handler.timeout
+                else f"{settings.handler_timeout_seconds:g} s (default)"
+            )
             kind = "async" if handler.is_async else "def, in a thread"
             print(f"{handler.name}  pattern {handler.pattern!r}")
-            print(f"  max_attempts {attempts}, timeout {timeout} s, {kind}")
+            print(f"  max_attempts {attempts}, timeout {timeout}, {kind}")
             matched = ", ".join(handler.known_event_types) or "no known Loops event type"
             print(f"  matches: {matched}")
         if not listed:
