@@ -31,6 +31,12 @@ DAY_SECONDS = 24 * 60 * 60
 MIN_DASHBOARD_TOKEN_LENGTH = 32
 """Characters: a shorter token is refused at start (guessing it online must stay hopeless)."""
 
+RECEIVER_METRICS_PORT, WORKER_METRICS_PORT = 8082, 8083
+"""The metrics ports when ``LOOPS_METRICS_PORT`` is unset: one per role, so that ``serve``
+and ``worker`` on one host do not collide, beside the webhook port (8080) and the
+dashboard's (8081), and outside 9100-9999, the range Prometheus hands out to exporters
+(9100 is node_exporter's)."""
+
 
 class ConfigurationError(Exception):
     """A setting that a command needs is missing or unusable; the message says which and how."""
@@ -101,11 +107,12 @@ class Settings(BaseSettings):
         min_length=1,
         description="Where /metrics listens; 0.0.0.0 in a container, for Prometheus to reach.",
     )
-    metrics_port: int = Field(
-        default=9100,
+    metrics_port: int | None = Field(
+        default=None,
         ge=0,
         le=65535,
-        description="/metrics and /healthz of the receiver or worker; 0 turns them off.",
+        description=f"/metrics and /healthz of the receiver (unset: {RECEIVER_METRICS_PORT}) "
+        f"or a worker (unset: {WORKER_METRICS_PORT}); 0 turns them off.",
     )
     dashboard_token: SecretStr | None = Field(
         default=None,
@@ -158,6 +165,16 @@ class Settings(BaseSettings):
             return []
         raw = self.webhook_secret.get_secret_value()
         return [part.strip().encode() for part in raw.split(",") if part.strip()]
+
+    @property
+    def receiver_metrics_port(self) -> int:
+        """The receiver's metrics port; 0: none."""
+        return RECEIVER_METRICS_PORT if self.metrics_port is None else self.metrics_port
+
+    @property
+    def worker_metrics_port(self) -> int:
+        """A worker's metrics port; 0: none."""
+        return WORKER_METRICS_PORT if self.metrics_port is None else self.metrics_port
 
     @property
     def sentinel_password(self) -> str | None:

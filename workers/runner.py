@@ -276,10 +276,10 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
         )
         reconciler.start()
         ctx[RECONCILER] = reconciler
-        if settings.metrics_port:
+        if settings.worker_metrics_port:
             metrics_server = MetricsServer(
                 host=settings.metrics_host,
-                port=settings.metrics_port,
+                port=settings.worker_metrics_port,
                 refresh=functools.partial(
                     refresh_queue_gauges, redis, queue_name=settings.queue_name
                 ),

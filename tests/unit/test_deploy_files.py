@@ -25,7 +25,7 @@ import yaml
 from pydantic import AliasChoices
 
 from loops_webhooks.redis_url import REDIS_URL_FORMS, sentinel_address
-from loops_webhooks.settings import Settings
+from loops_webhooks.settings import RECEIVER_METRICS_PORT, WORKER_METRICS_PORT, Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"
@@ -453,7 +453,7 @@ def test_every_compose_service_restarts_unless_stopped():
 
 def test_compose_checks_workers_health_on_their_metrics_port():
     for worker in compose_workers().values():
-        port = compose_environment(worker).get("LOOPS_METRICS_PORT", "9100")
+        port = compose_environment(worker)["LOOPS_METRICS_PORT"]
         url = healthcheck_url(worker["healthcheck"]["test"])
         assert url == f"http://127.0.0.1:{port}/healthz"
 
@@ -590,6 +590,19 @@ def test_worker_termination_grace_exceeds_its_shutdown_grace():
     worker = k8s_object("Deployment", WORKER)
     grace = pod_spec(worker)["terminationGracePeriodSeconds"]
     assert grace > shutdown_grace_seconds(literal_env(the_container("Deployment", WORKER)))
+
+
+def test_every_deployed_process_serves_metrics_on_its_roles_default_port():
+    expected = {"serve": RECEIVER_METRICS_PORT, "worker": WORKER_METRICS_PORT}
+    for service in compose_app_services().values():
+        port = compose_environment(service)["LOOPS_METRICS_PORT"]
+        assert int(port) == expected[service["command"][0]]
+    for name, port in ((RECEIVER, RECEIVER_METRICS_PORT), (WORKER, WORKER_METRICS_PORT)):
+        assert int(literal_env(the_container("Deployment", name))["LOOPS_METRICS_PORT"]) == port
+    exposed = {
+        int(port) for ports in arguments_of(final_stage(), "EXPOSE") for port in ports.split()
+    }
+    assert {RECEIVER_METRICS_PORT, WORKER_METRICS_PORT} <= exposed
 
 
 def test_pods_are_scraped_by_prometheus_on_their_metrics_ports():
