@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import shlex
 import shutil
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from redis.exceptions import RedisError
 from loops_webhooks import operator_commands
 from loops_webhooks.embedded_redis import EmbeddedRedisError, ensure_embedded_redis
 from loops_webhooks.event_loop import new_event_loop
-from loops_webhooks.logs import configure_logging
+from loops_webhooks.logs import LogFormat, configure_logging
 from loops_webhooks.operator_commands import RedisUnreachable, UsageError
 from loops_webhooks.redis_url import redacted_url
 from loops_webhooks.settings import (
@@ -49,8 +50,10 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
-LONG_RUNNING = ("serve", "worker")
-"""Commands that log their effective settings at info level; the others at debug."""
+LONG_RUNNING = ("serve", "worker", "dashboard", "dev")
+"""Commands that log their effective settings at info level (but not as children of ``dev``,
+which logged them once for all), and a line when they listen and when they stop; the other
+commands log the settings at debug."""
 
 LETTER_OR_EVENT_IDS = "dead letter ids, or event ids (every dead letter of that event)"
 
@@ -147,35 +150,47 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_webhook_secrets()
     app = create_app(settings, redis_url_for(settings))
     keep_large_buffers_returnable()
-    url = f"http://{args.host}:{args.port}{settings.webhook_path}"
-
-    def listening(_aiohttp_banner: str) -> None:
-        _log().info("receiver listening", url=url)
-
     # aiohttp closes a connection whose request headers are not complete within its
     # keep-alive timeout (counted from the connection's start or its last response).
     _run_app(
+        "receiver",
         app,
         args,
-        print=listening,
+        path=settings.webhook_path,
         keepalive_timeout=settings.read_timeout_seconds,
-        loop=new_event_loop(),
     )
     return EXIT_OK
 
 
-def _run_app(app: web.Application, args: argparse.Namespace, **options: Any) -> None:
-    """Serve ``app`` on ``--host``/``--port`` until a signal; a port that cannot be bound is
-    a one-line failure, not a traceback (nor a Redis error)."""
+def _run_app(
+    name: str, app: web.Application, args: argparse.Namespace, *, path: str, **options: Any
+) -> None:
+    """Serve ``app`` on ``--host``/``--port`` until SIGINT or SIGTERM, logging
+    "``name`` listening" (its URL: ``path`` on that address), "``name`` stopping" (which
+    signal) and "``name`` stopped". A port that cannot be bound is a one-line failure, not a
+    traceback (nor a Redis error)."""
     from aiohttp import web
 
+    loop = new_event_loop()
+
+    def listening(_aiohttp_banner: str) -> None:
+        _log().info(f"{name} listening", url=f"http://{args.host}:{args.port}{path}")
+
+    def stopping(signum: signal.Signals) -> None:
+        _log().info(f"{name} stopping", signal=signum.name)
+        raise web.GracefulExit  # as aiohttp's own handler does; run_app then cleans up
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping, signum)
     try:
-        web.run_app(app, host=args.host, port=args.port, access_log=None, **options)
+        web.run_app(app, host=args.host, port=args.port, access_log=None, print=listening,
+                    handle_signals=False, loop=loop, **options)  # fmt: skip
     except OSError as error:
         reason = error.strerror or str(error)
         raise operator_commands.CommandFailed(
             f"cannot listen on {args.host}:{args.port}: {reason}"
         ) from None
+    _log().info(f"{name} stopped")
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -191,22 +206,19 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
         build_worker(settings, redis_url_for(settings), router).run()
     except (RedisError, OSError) as error:
         raise RedisUnreachable(str(error)) from None
+    _log().info("worker stopped")
     return EXIT_OK
 
 
 def dev(args: argparse.Namespace, settings: Settings) -> int:
-    from loops_webhooks.dev import run_dev
+    from loops_webhooks.dev import run_dev, watched_directories
 
     if settings.dashboard_token is not None:
         settings.require_dashboard_token()  # a short one stops dev here, not its dashboard
     settings = _worker_settings(args, settings)
-    _load_handlers(args, settings)
-    worker_options = [
-        "--handlers",
-        settings.handlers,
-        "--app-dir",
-        str(Path(args.app_dir).resolve()),
-    ]
+    router = _load_handlers(args, settings)
+    project_dir = Path(args.app_dir).resolve()
+    worker_options = ["--handlers", settings.handlers, "--app-dir", str(project_dir)]
     worker_options += ["--concurrency", str(settings.worker_concurrency)]
     return run_dev(
         redis_url=redis_url_for(settings),
@@ -219,6 +231,9 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
         worker_options=worker_options,
         dashboard_port=args.dashboard_port,
         dashboard_token_configured=settings.dashboard_token is not None,
+        log_format=_log_format(args, settings),
+        child_command=[sys.executable, "-m", "loops_webhooks.cli", "--dev-child"],
+        watched=watched_directories(project_dir, router),
     )
 
 
@@ -269,7 +284,7 @@ def dashboard(args: argparse.Namespace, settings: Settings) -> int:
     else:
         token = settings.require_dashboard_token()
     app = create_app(settings, redis_url_for(settings), token=token)
-    _run_app(app, args, print=None)
+    _run_app("dashboard", app, args, path="/")
     return EXIT_OK
 
 
@@ -367,6 +382,8 @@ def _parser() -> argparse.ArgumentParser:
         "README); without REDIS_URL an embedded development Redis is started in "
         "LOOPS_DATA_DIR.",
     )
+    # How ``dev`` starts its children: they leave the settings line to ``dev``.
+    parser.add_argument("--dev-child", action="store_true", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, run: Command, help_text: str) -> argparse.ArgumentParser:
@@ -406,7 +423,8 @@ def _parser() -> argparse.ArgumentParser:
     dev_parser = command(
         "dev",
         dev,
-        "Run the receiver, a worker and the dashboard together, for development (Ctrl-C stops).",
+        "Run the receiver, a worker and the dashboard together, for development; the worker "
+        "restarts when a Python file under --app-dir changes (Ctrl-C stops).",
     )
     network_options(dev_parser)
     worker_options(dev_parser)
@@ -547,6 +565,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_format(args: argparse.Namespace, settings: Settings) -> LogFormat:
+    """``LOOPS_LOG_FORMAT``; unset, ``dev`` and its children log for a person, on the console."""
+    if args.command == "dev" and "log_format" not in settings.model_fields_set:
+        return "console"
+    return settings.log_format
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -554,9 +579,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as error:
         print(f"loops-webhooks: {error}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(_log_format(args, settings), settings.log_level)
     log = _log()
-    report = log.info if args.command in LONG_RUNNING else log.debug
+    report = log.info if args.command in LONG_RUNNING and not args.dev_child else log.debug
     report("effective settings", settings=effective_settings(settings))
     if unread:
         log.debug("LOOPS_ variables that no setting reads, left to your code", names=unread)

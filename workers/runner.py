@@ -103,12 +103,18 @@ class EventWorker(Worker):
         await super().main()
 
     def handle_sig(self, signum: Signals) -> None:
-        self.shutting_down = True
+        self._stopping(signum)
         super().handle_sig(signum)
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
-        self.shutting_down = True
+        self._stopping(signum)
         super().handle_sig_wait_for_completion(signum)
+
+    def _stopping(self, signum: Signals) -> None:
+        """The worker's "stopping" line, once (arq's own is at info on a logger we quiet)."""
+        if not self.shutting_down:
+            log.info("worker stopping", signal=Signals(signum).name, running=len(self.tasks))
+        self.shutting_down = True
 
     async def _poll_iteration(self) -> None:
         pause = self.redis_health.backoff_seconds()

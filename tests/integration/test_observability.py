@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from loops_webhooks.embedded_redis import stop_embedded_redis
 from loops_webhooks.ingest.app import create_app
 from loops_webhooks.settings import RECEIVER_METRICS_PORT, WORKER_METRICS_PORT, Settings
 from tests.conftest import WEBHOOK_SECRET, LoopsSender
@@ -464,3 +465,76 @@ async def test_a_second_worker_on_a_busy_metrics_port_runs_on_and_says_which_set
     assert str(metrics_port) in complaint
     assert await metrics_answer(f"http://127.0.0.1:{metrics_port}/metrics") is not None
     assert "cannot serve metrics" not in first.output()
+
+
+def test_dev_logs_for_the_console_with_one_settings_line_and_says_when_each_process_stops(
+    tmp_path: Path, start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
+) -> None:
+    secrets = {
+        "LOOPS_WEBHOOK_SECRET": "whsec_never_in_the_log",
+        "LOOPS_DASHBOARD_TOKEN": "dashboard-token-never-in-the-log",
+        "LOOPS_REDIS_SENTINEL_PASSWORD": "sentinel-password-never-in-the-log",
+    }
+    env = {**secrets, "LOOPS_DATA_DIR": str(tmp_path / "data")}  # the embedded Redis
+    port = free_port()
+    try:
+        dev = start_loops_webhooks("dev", "--port", str(port), "--dashboard-port",
+                                   str(free_port()), env=env, port=port)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while "worker started" not in dev.output() or "dashboard listening" not in dev.output():
+            assert time.monotonic() < deadline, dev.output()
+            time.sleep(0.1)
+        assert dev.stop() == 0
+    finally:
+        stop_embedded_redis(tmp_path / "data")
+
+    lines = dev.output().splitlines()
+    assert not [line for line in lines if line.lstrip().startswith("{")], dev.output()
+    [settings] = [line for line in lines if "effective settings" in line]
+    assert "LOOPS_WEBHOOK_SECRET': '***'" in settings
+    assert not [value for value in secrets.values() if value in dev.output()]
+    [embedded] = [line for line in lines if "started the embedded Redis" in line]
+    assert "[warning" in embedded
+    for process in ("receiver", "dashboard", "worker"):
+        assert any(f"{process} stopping" in line and "SIGTERM" in line for line in lines)
+        assert any(f"{process} stopped" in line for line in lines)
+    assert any("dev stopping" in line and "signal=SIGTERM" in line for line in lines)
+    assert "dev stopped" in lines[-1]
+
+
+@pytest.mark.parametrize("command", ["serve", "worker", "dashboard"])
+def test_each_long_running_command_logs_its_settings_once_where_it_listens_and_why_it_stops(
+    command: str,
+    redis_url: str,
+    start_loops_webhooks: StartLoopsWebhooks,
+    free_port: Callable[[], int],
+) -> None:
+    port = free_port()
+    env = {
+        "REDIS_URL": redis_url,
+        "LOOPS_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "LOOPS_DASHBOARD_TOKEN": "a-dashboard-token-of-some-length",
+        "LOOPS_LOG_FORMAT": "json",
+    }
+    if command == "worker":  # it listens on its metrics port only
+        env["LOOPS_METRICS_PORT"] = str(port)
+    arguments = [] if command == "worker" else ["--port", str(port)]
+    process = start_loops_webhooks(command, *arguments, env=env, port=port)
+    role = {"serve": "receiver"}.get(command, command)
+    started = "worker started" if command == "worker" else f"{role} listening"
+    deadline = time.monotonic() + 30
+    while started not in process.output():
+        assert time.monotonic() < deadline, process.output()
+        time.sleep(0.1)
+
+    assert process.stop() == 0
+
+    lines = [orjson.loads(line) for line in process.output().splitlines()]
+    events = [line["event"] for line in lines]
+    assert events.count("effective settings") == 1
+    assert events[-2:] == [f"{role} stopping", f"{role} stopped"]
+    assert lines[-2]["signal"] == "SIGTERM"
+    if command != "worker":
+        [listening] = [line for line in lines if line["event"] == started]
+        expected = {"serve": "/webhooks/loops", "dashboard": "/"}[command]
+        assert listening["url"] == f"http://127.0.0.1:{port}{expected}"
