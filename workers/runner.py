@@ -117,6 +117,11 @@ class EventWorker(Worker):
         self.shutting_down = True
 
     async def _poll_iteration(self) -> None:
+        if self.shutting_down and all(task.done() for task in self.tasks.values()):
+            # Stopping, and no job left to wait for: what arq's waiter does by cancelling
+            # this task, whose cancel was seen lost to a signal that came during start-up
+            # (the worker then polled on for good, picking nothing).
+            raise asyncio.CancelledError
         pause = self.redis_health.backoff_seconds()
         if pause:
             await asyncio.sleep(pause)
