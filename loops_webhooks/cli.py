@@ -291,7 +291,7 @@ def dashboard(args: argparse.Namespace, settings: Settings) -> int:
 def _signing_secret(settings: Settings) -> str:
     """What ``send`` signs with unless ``--secret`` says: ``LOOPS_WEBHOOK_SECRET``, else the
     development secret ``dev`` keeps in the data directory (so a send to ``dev`` needs none)."""
-    from loops_webhooks.dev import dev_secret_file, kept_dev_secret
+    from loops_webhooks.dev_secret import dev_secret_file, kept_dev_secret
 
     configured = settings.webhook_secrets
     if configured:

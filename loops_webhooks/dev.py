@@ -34,16 +34,16 @@ from types import FrameType
 import structlog
 import watchfiles
 
+from loops_webhooks.dev_secret import dev_secret, dev_secret_file
 from loops_webhooks.handlers import Router
 
-__all__ = ["dev_secret_file", "kept_dev_secret", "run_dev", "watched_directories"]
+__all__ = ["run_dev", "watched_directories"]
 
 log = structlog.get_logger(logger_name="loops_webhooks.dev")
 
 STOP_TIMEOUT_SECONDS = 30.0
 CHECK_CHILDREN_MILLISECONDS = 200
 """How often the wait for file changes stops to check that the children still run."""
-SECRET_FILE = "dev-webhook-secret"
 
 
 def watched_directories(project_dir: Path, router: Router) -> list[Path]:
@@ -93,7 +93,7 @@ def run_dev(
         print(f"  try: {send}", flush=True)
     else:
         secret_file = dev_secret_file(data_dir)
-        generated = _dev_secret(secret_file)
+        generated = dev_secret(secret_file)
         env["LOOPS_WEBHOOK_SECRET"] = generated
         print(f"  no LOOPS_WEBHOOK_SECRET set; using the development secret in {secret_file}")
         print(f"  try: {send} --secret {generated}", flush=True)
@@ -180,33 +180,6 @@ def _shown(changes: Iterable[tuple[watchfiles.Change, str]], watched: Sequence[P
         base = next((root for root in watched if path.is_relative_to(root)), None)
         shown.add(str(path.relative_to(base)) if base is not None else changed)
     return sorted(shown)
-
-
-def dev_secret_file(data_dir: Path) -> Path:
-    """Where ``dev`` keeps its generated signing secret: ``send`` reads it from there too."""
-    return data_dir / SECRET_FILE
-
-
-def kept_dev_secret(path: Path) -> str | None:
-    """The development signing secret kept at ``path``, if ``dev`` made one."""
-    try:
-        return path.read_text().strip() or None
-    except FileNotFoundError:
-        return None
-
-
-def _dev_secret(path: Path) -> str:
-    """The development signing secret kept at ``path``, created (mode 0600) on first use."""
-    kept = kept_dev_secret(path)
-    if kept:
-        return kept
-    path.parent.mkdir(parents=True, exist_ok=True)
-    generated = "whsec_dev_" + secrets.token_hex(16)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as secret_file:
-        secret_file.write(generated + "\n")
-    path.chmod(0o600)
-    return generated
 
 
 def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
