@@ -26,8 +26,8 @@ from loops_webhooks.handlers import Router
 from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
-from loops_webhooks.workers.connection import open_redis
-from loops_webhooks.workers.dispatch import REDIS_FAILURES, Dispatcher, slowest_handler_timeout
+from loops_webhooks.workers.connection import REDIS_FAILURES, open_redis
+from loops_webhooks.workers.dispatch import Dispatcher, slowest_handler_timeout
 from loops_webhooks.workers.event_store import EventStore
 from loops_webhooks.workers.health import RedisHealth
 from loops_webhooks.workers.in_progress import InProgressKeeper

@@ -241,6 +241,8 @@ async def _answer_and_log(request: web.Request, handler: Handler) -> web.StreamR
         if known is None:
             log.exception("unexpected error", path=request.path)
             known = (500, "internal_error", "unexpected error; see the dashboard's log")
+        elif known[0] == 503:
+            log.warning("redis unavailable", path=request.path, error=type(error).__name__)
         elif known[0] == 429:
             log.warning(
                 "dashboard token refused: too many wrong tokens from this client",

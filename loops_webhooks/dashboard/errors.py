@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from loops_webhooks.workers.connection import REDIS_FAILURES
 from loops_webhooks.workers.operator_api import InvalidCursor, NotFound
 
 __all__ = [
@@ -68,6 +69,8 @@ def status_for(error: Exception) -> tuple[int, str, str] | None:
         return 429, "too_many_wrong_tokens", str(error)
     if isinstance(error, NotFound):
         return 404, "not_found", str(error.args[0])
+    if isinstance(error, REDIS_FAILURES):
+        return 503, "redis_unavailable", "Redis did not answer; try again shortly"
     return None
 
 

@@ -213,3 +213,20 @@ async def test_a_session_cookie_used_after_its_logout_is_401(dashboard: Dashboar
         await log_in(browser)  # a new session works
         async with browser.get("/api/stats") as fresh:
             assert fresh.status == 200
+
+
+async def test_while_redis_is_unreachable_login_pages_and_the_api_answer_503_not_500(
+    start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
+) -> None:
+    nothing_listens = f"redis://127.0.0.1:{free_port()}/0"
+    dashboard = Dashboard(start_loops_webhooks, free_port(), nothing_listens)
+    async with dashboard.client() as anonymous, dashboard.client(bearer=TOKEN) as bearer:
+        async with anonymous.post("/login", data={"token": TOKEN}) as login:
+            login_status = login.status
+        async with bearer.get("/api/stats") as stats:
+            stats_status, stats_body = stats.status, await stats.json()
+        async with bearer.get("/events") as page:
+            page_status = page.status
+
+    assert (login_status, stats_status, page_status) == (503, 503, 503)
+    assert stats_body["error"] == "redis_unavailable"
