@@ -30,7 +30,7 @@ from processes import free_port, pinned_process, wait_for_port
 from loops_webhooks.embedded_redis import find_redis_server
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-TOKEN = "bench-dashboard-token"
+TOKEN = "bench-dashboard-token-6c0e2f9b41d7a358"
 EVENT_TYPE = "checkout.session.completed"
 TARGETS = [
     ("page: overview", "/"),

@@ -156,7 +156,7 @@ in_receiver() { compose exec -T receiver "$@"; }
 
 scrape() { # scrape CONTAINER: its /metrics, from inside it (the metrics port is not published)
     engine exec "$1" python -c \
-        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9100/metrics', timeout=5).read().decode())"
+        "import os, urllib.request; print(urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"LOOPS_METRICS_PORT\"]}/metrics', timeout=5).read().decode())"
 }
 
 containers_of() { # containers_of SERVICE: the names of its running containers

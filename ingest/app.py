@@ -35,8 +35,8 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     """Build the receiver. Raises ConfigurationError when no signing secret is configured.
 
     Its port serves the webhook path, ``/healthz`` and ``/readyz``, nothing else: ``/metrics``
-    is served on ``LOOPS_METRICS_HOST``:``LOOPS_METRICS_PORT`` (unless that port is 0), out of
-    reach of whoever can reach the webhook.
+    is served on ``LOOPS_METRICS_HOST``:``settings.receiver_metrics_port`` (unless that port
+    is 0), out of reach of whoever can reach the webhook.
     """
     verifier = SignatureVerifier(settings.require_webhook_secrets())
     app = web.Application(
@@ -49,7 +49,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app[VERIFIER] = verifier
     app[BODY_SLOTS] = asyncio.Semaphore(settings.max_concurrent_bodies)
     app.cleanup_ctx.append(_redis_context)
-    if settings.metrics_port:
+    if settings.receiver_metrics_port:
         app.cleanup_ctx.append(_metrics_server_context)
     app.router.add_post(
         settings.webhook_path, views.receive_webhook, expect_handler=views.expect_continue
@@ -96,7 +96,7 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
 
 async def _metrics_server_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    server = MetricsServer(host=settings.metrics_host, port=settings.metrics_port)
+    server = MetricsServer(host=settings.metrics_host, port=settings.receiver_metrics_port)
     await server.start()
     yield
     await server.stop()

@@ -12,7 +12,6 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_urldispatcher import _default_expect_handler
-from redis.exceptions import RedisError
 
 from loops_webhooks.ingest.answers import answer_for_error, answered
 from loops_webhooks.ingest.app_keys import BODY_SLOTS, INTAKE, REDIS, SETTINGS, VERIFIER
@@ -28,6 +27,7 @@ from loops_webhooks.ingest.errors import (
 from loops_webhooks.ingest.metrics import RECEIVER_METRICS
 from loops_webhooks.ingest.signature import SIGNATURE_HEADER
 from loops_webhooks.settings import Settings
+from loops_webhooks.workers.connection import REDIS_FAILURES
 from loops_webhooks.workers.intake import ReceivedEvent
 from loops_webhooks.workers.search import search_terms
 
@@ -37,7 +37,6 @@ log = structlog.get_logger(logger_name="loops_webhooks.ingest")
 
 MAX_EVENT_ID_LENGTH = 255
 _KEPT_HEADERS = frozenset((b"content-type", b"user-agent"))
-_REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 T = TypeVar("T")
 
 
@@ -202,7 +201,7 @@ async def _acknowledged(write: Awaitable[T]) -> T:
     """
     try:
         return await write
-    except _REDIS_FAILURES as error:
+    except REDIS_FAILURES as error:
         log.warning("event store unavailable", error=type(error).__name__, detail=str(error))
         raise ReceiverUnavailable(
             "the event store did not acknowledge the event in time; retry later"

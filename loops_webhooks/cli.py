@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import shlex
 import shutil
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -22,10 +23,10 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
-from loops_webhooks import operator_commands as operations
+from loops_webhooks import operator_commands
 from loops_webhooks.embedded_redis import EmbeddedRedisError, ensure_embedded_redis
 from loops_webhooks.event_loop import new_event_loop
-from loops_webhooks.logs import configure_logging
+from loops_webhooks.logs import LogFormat, configure_logging
 from loops_webhooks.operator_commands import RedisUnreachable, UsageError
 from loops_webhooks.redis_url import redacted_url
 from loops_webhooks.settings import (
@@ -49,8 +50,12 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
-LONG_RUNNING = ("serve", "worker")
-"""Commands that log their effective settings at info level; the others at debug."""
+LONG_RUNNING = ("serve", "worker", "dashboard", "dev")
+"""Commands that log their effective settings at info level (but not as children of ``dev``,
+which logged them once for all), and a line when they listen and when they stop; the other
+commands log the settings at debug."""
+
+LETTER_OR_EVENT_IDS = "dead letter ids, or event ids (every dead letter of that event)"
 
 
 def _log() -> structlog.typing.FilteringBoundLogger:
@@ -120,10 +125,14 @@ def handlers(args: argparse.Namespace, settings: Settings) -> int:
     else:
         for handler in router.handlers:
             attempts = handler.max_attempts or f"{settings.max_attempts} (default)"
-            timeout = handler.timeout or f"{settings.handler_timeout_seconds:g} (default)"
+            timeout = (
+                f"{handler.timeout:g} s"
+                if handler.timeout
+                else f"{settings.handler_timeout_seconds:g} s (default)"
+            )
             kind = "async" if handler.is_async else "def, in a thread"
             print(f"{handler.name}  pattern {handler.pattern!r}")
-            print(f"  max_attempts {attempts}, timeout {timeout} s, {kind}")
+            print(f"  max_attempts {attempts}, timeout {timeout}, {kind}")
             matched = ", ".join(handler.known_event_types) or "no known Loops event type"
             print(f"  matches: {matched}")
         if not listed:
@@ -141,35 +150,47 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_webhook_secrets()
     app = create_app(settings, redis_url_for(settings))
     keep_large_buffers_returnable()
-    url = f"http://{args.host}:{args.port}{settings.webhook_path}"
-
-    def listening(_aiohttp_banner: str) -> None:
-        _log().info("receiver listening", url=url)
-
     # aiohttp closes a connection whose request headers are not complete within its
     # keep-alive timeout (counted from the connection's start or its last response).
     _run_app(
+        "receiver",
         app,
         args,
-        print=listening,
+        path=settings.webhook_path,
         keepalive_timeout=settings.read_timeout_seconds,
-        loop=new_event_loop(),
     )
     return EXIT_OK
 
 
-def _run_app(app: web.Application, args: argparse.Namespace, **options: Any) -> None:
-    """Serve ``app`` on ``--host``/``--port`` until a signal; a port that cannot be bound is
-    a one-line failure, not a traceback (nor a Redis error)."""
+def _run_app(
+    name: str, app: web.Application, args: argparse.Namespace, *, path: str, **options: Any
+) -> None:
+    """Serve ``app`` on ``--host``/``--port`` until SIGINT or SIGTERM, logging
+    "``name`` listening" (its URL: ``path`` on that address), "``name`` stopping" (which
+    signal) and "``name`` stopped". A port that cannot be bound is a one-line failure, not a
+    traceback (nor a Redis error)."""
     from aiohttp import web
 
+    loop = new_event_loop()
+
+    def listening(_aiohttp_banner: str) -> None:
+        _log().info(f"{name} listening", url=f"http://{args.host}:{args.port}{path}")
+
+    def stopping(signum: signal.Signals) -> None:
+        _log().info(f"{name} stopping", signal=signum.name)
+        raise web.GracefulExit  # as aiohttp's own handler does; run_app then cleans up
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping, signum)
     try:
-        web.run_app(app, host=args.host, port=args.port, access_log=None, **options)
+        web.run_app(app, host=args.host, port=args.port, access_log=None, print=listening,
+                    handle_signals=False, loop=loop, **options)  # fmt: skip
     except OSError as error:
         reason = error.strerror or str(error)
-        raise operations.CommandFailed(
+        raise operator_commands.CommandFailed(
             f"cannot listen on {args.host}:{args.port}: {reason}"
         ) from None
+    _log().info(f"{name} stopped")
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -185,20 +206,19 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
         build_worker(settings, redis_url_for(settings), router).run()
     except (RedisError, OSError) as error:
         raise RedisUnreachable(str(error)) from None
+    _log().info("worker stopped")
     return EXIT_OK
 
 
 def dev(args: argparse.Namespace, settings: Settings) -> int:
-    from loops_webhooks.dev import run_dev
+    from loops_webhooks.dev import run_dev, watched_directories
 
+    if settings.dashboard_token is not None:
+        settings.require_dashboard_token()  # a short one stops dev here, not its dashboard
     settings = _worker_settings(args, settings)
-    _load_handlers(args, settings)
-    worker_options = [
-        "--handlers",
-        settings.handlers,
-        "--app-dir",
-        str(Path(args.app_dir).resolve()),
-    ]
+    router = _load_handlers(args, settings)
+    project_dir = Path(args.app_dir).resolve()
+    worker_options = ["--handlers", settings.handlers, "--app-dir", str(project_dir)]
     worker_options += ["--concurrency", str(settings.worker_concurrency)]
     return run_dev(
         redis_url=redis_url_for(settings),
@@ -211,6 +231,9 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
         worker_options=worker_options,
         dashboard_port=args.dashboard_port,
         dashboard_token_configured=settings.dashboard_token is not None,
+        log_format=_log_format(args, settings),
+        child_command=[sys.executable, "-m", "loops_webhooks.cli", "--dev-child"],
+        watched=watched_directories(project_dir, router),
     )
 
 
@@ -261,8 +284,26 @@ def dashboard(args: argparse.Namespace, settings: Settings) -> int:
     else:
         token = settings.require_dashboard_token()
     app = create_app(settings, redis_url_for(settings), token=token)
-    _run_app(app, args, print=None)
+    _run_app("dashboard", app, args, path="/")
     return EXIT_OK
+
+
+def _signing_secret(settings: Settings) -> str:
+    """What ``send`` signs with unless ``--secret`` says: ``LOOPS_WEBHOOK_SECRET``, else the
+    development secret ``dev`` keeps in the data directory (so a send to ``dev`` needs none)."""
+    from loops_webhooks.dev_secret import dev_secret_file, kept_dev_secret
+
+    configured = settings.webhook_secrets
+    if configured:
+        return configured[0].decode()
+    secret_file = dev_secret_file(settings.data_dir)
+    kept = kept_dev_secret(secret_file)
+    if kept is None:
+        raise UsageError(
+            "no signing secret: LOOPS_WEBHOOK_SECRET is not set, and there is no development "
+            f"secret in {secret_file} (LOOPS_DATA_DIR; `dev` keeps one there); pass --secret"
+        )
+    return kept
 
 
 def send(args: argparse.Namespace, settings: Settings) -> int:
@@ -272,12 +313,7 @@ def send(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--count must be at least 1")
     if args.id is not None and args.count > 1:
         raise UsageError("--id names one event; it cannot be combined with --count > 1")
-    secret: str | None = args.secret or None
-    if secret is None:
-        configured = settings.webhook_secrets
-        if not configured:
-            raise UsageError("no signing secret: pass --secret or set LOOPS_WEBHOOK_SECRET")
-        secret = configured[0].decode()
+    secret = args.secret or _signing_secret(settings)
     url = args.url or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}{settings.webhook_path}"
     data = _data_overrides(args.data)
     try:
@@ -286,7 +322,7 @@ def send(args: argparse.Namespace, settings: Settings) -> int:
         )
     except (aiohttp.ClientError, TimeoutError) as error:
         reason = str(error) or type(error).__name__
-        raise operations.CommandFailed(f"cannot reach {url}: {reason}") from None
+        raise operator_commands.CommandFailed(f"cannot reach {url}: {reason}") from None
     accepted = sum(delivery.accepted for delivery in deliveries)
     if args.json:
         sent = [
@@ -329,9 +365,11 @@ def _data_overrides(text: str | None) -> dict[str, Any] | None:
     return data
 
 
-def _operation(operation: operations.Operation) -> Command:
+def _operator_command(command: operator_commands.OperatorCommand) -> Command:
     def run(args: argparse.Namespace, settings: Settings) -> int:
-        return operations.run_operation(operation, redis_url_for(settings), args, settings)
+        return operator_commands.run_operator_command(
+            command, redis_url_for(settings), args, settings
+        )
 
     return run
 
@@ -344,6 +382,8 @@ def _parser() -> argparse.ArgumentParser:
         "README); without REDIS_URL an embedded development Redis is started in "
         "LOOPS_DATA_DIR.",
     )
+    # How ``dev`` starts its children: they leave the settings line to ``dev``.
+    parser.add_argument("--dev-child", action="store_true", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, run: Command, help_text: str) -> argparse.ArgumentParser:
@@ -383,7 +423,8 @@ def _parser() -> argparse.ArgumentParser:
     dev_parser = command(
         "dev",
         dev,
-        "Run the receiver, a worker and the dashboard together, for development (Ctrl-C stops).",
+        "Run the receiver, a worker and the dashboard together, for development; the worker "
+        "restarts when a Python file under --app-dir changes (Ctrl-C stops).",
     )
     network_options(dev_parser)
     worker_options(dev_parser)
@@ -409,7 +450,11 @@ def _parser() -> argparse.ArgumentParser:
     send_parser.add_argument(
         "--url", help=f"receiver URL (default http://{DEFAULT_HOST}:{DEFAULT_PORT}<path>)"
     )
-    send_parser.add_argument("--secret", help="signing secret (default: LOOPS_WEBHOOK_SECRET)")
+    send_parser.add_argument(
+        "--secret",
+        help="signing secret (default: LOOPS_WEBHOOK_SECRET, else the development secret "
+        "that dev keeps in LOOPS_DATA_DIR)",
+    )
     send_parser.add_argument(
         "--data", help="JSON object (or @file) whose fields override the event's data"
     )
@@ -423,7 +468,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--metadata",
             action="append",
-            type=operations.parse_metadata,
+            type=operator_commands.parse_metadata,
             default=[],
             metavar="KEY=VALUE",
             help="whose data.metadata holds KEY=VALUE (repeatable; KEY one of "
@@ -437,14 +482,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("event_id")
     show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(run=_operation(operations.show_event))
+    show.set_defaults(run=_operator_command(operator_commands.show_event))
     events_list = events_commands.add_parser("list", help="Stored events, newest first.")
     events_list.add_argument("--type", help="only events of this type")
     events_list.add_argument(
         "--status", choices=["pending", "done", "dead"], help="only events with this status"
     )
     events_list.add_argument(
-        "--since", type=operations.parse_since, help="received since: ISO time or 15m, 2d, ..."
+        "--since",
+        type=operator_commands.parse_since,
+        help="received since: ISO time or 15m, 2d, ...",
     )
     search_options(events_list)
     events_list.add_argument("--limit", type=int, default=50, help="at most (%(default)s)")
@@ -452,7 +499,7 @@ def _parser() -> argparse.ArgumentParser:
         "--cursor", help="the next page: the cursor the previous page printed (stderr)"
     )
     events_list.add_argument("--json", action="store_true", help="print JSON")
-    events_list.set_defaults(run=_operation(operations.list_events))
+    events_list.set_defaults(run=_operator_command(operator_commands.list_events))
     erase = events_commands.add_parser(
         "erase",
         help="Erase a customer's personal data: the raw bodies and kept headers of their "
@@ -461,7 +508,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     erase.add_argument("--customer", required=True, help="the customer (data.externalCustomerId)")
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    erase.set_defaults(run=_operation(operations.erase_customer))
+    erase.set_defaults(run=_operator_command(operator_commands.erase_customer))
 
     dlq_parser = commands.add_parser("dlq", help="Inspect, replay and purge dead letters.")
     dlq_commands = dlq_parser.add_subparsers(dest="dlq_command", required=True)
@@ -475,7 +522,9 @@ def _parser() -> argparse.ArgumentParser:
             help="only dead letters of this reason",
         )
         sub.add_argument(
-            "--since", type=operations.parse_since, help="ISO time or a duration ago (15m, 2d)"
+            "--since",
+            type=operator_commands.parse_since,
+            help="ISO time or a duration ago (15m, 2d)",
         )
         search_options(sub)
 
@@ -486,34 +535,34 @@ def _parser() -> argparse.ArgumentParser:
         "--cursor", help="the next page: the cursor the previous page printed (stderr)"
     )
     dlq_list.add_argument("--json", action="store_true", help="print JSON")
-    dlq_list.set_defaults(run=_operation(operations.list_letters), ids=None)
+    dlq_list.set_defaults(run=_operator_command(operator_commands.list_letters), ids=None)
 
     dlq_show = dlq_commands.add_parser(
         "show",
         help="One dead letter, traceback and raw event; given an event id, that event's letters.",
     )
-    dlq_show.add_argument("id", help="a dead letter id, or an event id")
+    dlq_show.add_argument("id", help="a dead letter id, or an event id (its letters)")
     dlq_show.add_argument("--json", action="store_true", help="print JSON")
-    dlq_show.set_defaults(run=_operation(operations.show_letter))
+    dlq_show.set_defaults(run=_operator_command(operator_commands.show_letter))
 
     replay = dlq_commands.add_parser(
         "replay",
         help="Put dead letters back on the queue with fresh attempts; handlers that already "
         "succeeded for the event are skipped unless --force.",
     )
-    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("ids", nargs="*", metavar="ID", help=LETTER_OR_EVENT_IDS)
     replay.add_argument("--all", action="store_true", help="every dead letter")
     filters(replay)
     replay.add_argument("--dry-run", action="store_true", help="print what would be replayed")
     replay.add_argument("--force", action="store_true", help="re-run succeeded handlers too")
-    replay.set_defaults(run=_operation(operations.replay_letters))
+    replay.set_defaults(run=_operator_command(operator_commands.replay_letters))
 
     purge = dlq_commands.add_parser("purge", help="Delete dead letters for good.")
-    purge.add_argument("ids", nargs="*", metavar="ID")
+    purge.add_argument("ids", nargs="*", metavar="ID", help=LETTER_OR_EVENT_IDS)
     purge.add_argument("--all", action="store_true", help="every dead letter")
     filters(purge)
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    purge.set_defaults(run=_operation(operations.purge_letters))
+    purge.set_defaults(run=_operator_command(operator_commands.purge_letters))
 
     command(
         "stop-redis",
@@ -524,7 +573,7 @@ def _parser() -> argparse.ArgumentParser:
         "dashboard",
         dashboard,
         "Run the dashboard: a web page and JSON API for events and dead letters, behind "
-        "LOOPS_DASHBOARD_TOKEN, on its own port.",
+        "LOOPS_DASHBOARD_TOKEN (at least 32 characters), on its own port.",
     )
     dashboard_parser.add_argument(
         "--host", default=DEFAULT_HOST, help="address to bind (%(default)s)"
@@ -540,15 +589,24 @@ def _parser() -> argparse.ArgumentParser:
 
     command(
         "reindex",
-        _operation(operations.reindex),
+        _operator_command(operator_commands.reindex),
         "Make events stored before search existed findable by session, customer and "
         "LOOPS_SEARCH_METADATA_KEYS; safe to interrupt and run again (it passes over what is "
         "done).",
     )
-    stats = command("stats", _operation(operations.show_stats), "Queue and dead-letter figures.")
+    stats = command(
+        "stats", _operator_command(operator_commands.show_stats), "Queue and dead-letter figures."
+    )
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
     return parser
+
+
+def _log_format(args: argparse.Namespace, settings: Settings) -> LogFormat:
+    """``LOOPS_LOG_FORMAT``; unset, ``dev`` and its children log for a person, on the console."""
+    if args.command == "dev" and "log_format" not in settings.model_fields_set:
+        return "console"
+    return settings.log_format
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -558,9 +616,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as error:
         print(f"loops-webhooks: {error}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(_log_format(args, settings), settings.log_level)
     log = _log()
-    report = log.info if args.command in LONG_RUNNING else log.debug
+    report = log.info if args.command in LONG_RUNNING and not args.dev_child else log.debug
     report("effective settings", settings=effective_settings(settings))
     if unread:
         log.debug("LOOPS_ variables that no setting reads, left to your code", names=unread)
@@ -579,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = redacted_url(settings.redis_url) if settings.redis_url else "the embedded Redis"
         print(f"loops-webhooks: cannot reach Redis at {where}: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except (EmbeddedRedisError, operations.CommandFailed) as error:
+    except (EmbeddedRedisError, operator_commands.CommandFailed) as error:
         print(f"loops-webhooks: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

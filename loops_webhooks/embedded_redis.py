@@ -30,7 +30,7 @@ __all__ = [
     "stop_embedded_redis",
 ]
 
-log = structlog.get_logger(logger_name="embedded_redis")
+log = structlog.get_logger(logger_name="loops_webhooks.embedded_redis")
 
 STARTUP_TIMEOUT_SECONDS = 15.0
 

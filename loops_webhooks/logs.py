@@ -197,5 +197,6 @@ def configure_logging(log_format: LogFormat = "auto", level: str = "info") -> No
     root.handlers[:] = [handler]
     root.setLevel(level_number)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # `dev` logs what changed
     if level_number > logging.DEBUG:
         logging.getLogger("arq.worker").setLevel(logging.WARNING)

@@ -1,15 +1,16 @@
 """The operator's commands: ``events show|list``, ``dlq list|show|replay|purge``, ``reindex``
 and ``stats``.
 
-Each parses nothing and decides nothing: it calls ``loops_webhooks.workers.operations`` and
+Each parses nothing and decides nothing: it calls ``loops_webhooks.workers.operator_api`` and
 prints the result for a person, or JSON with ``--json``. Redis errors are caught around the
-operation only (``run_operation``), so they are never confused with other failures.
+command only (``run_operator_command``), so they are never confused with other failures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -21,15 +22,15 @@ import structlog
 from redis.exceptions import RedisError
 
 from loops_webhooks.settings import Settings
-from loops_webhooks.workers import operations as operations_api
+from loops_webhooks.workers import operator_api
 from loops_webhooks.workers.connection import open_redis
 from loops_webhooks.workers.dead_letters import DeadLetter
 from loops_webhooks.workers.event_store import EventStatus
-from loops_webhooks.workers.operations import (
+from loops_webhooks.workers.operator_api import (
     DeadLetterFilter,
     EventFilter,
     NotFound,
-    Operations,
+    OperatorApi,
     Page,
     ReindexReport,
     UnsearchableKey,
@@ -41,7 +42,7 @@ __all__ = [
     "UsageError",
     "parse_metadata",
     "parse_since",
-    "run_operation",
+    "run_operator_command",
 ]
 
 log = structlog.get_logger(logger_name="loops_webhooks.operator_commands")
@@ -60,8 +61,10 @@ SHOWN_FIELDS = (
     "received_at",
 )
 WATCH_INTERVAL_SECONDS = 2.0
+ERROR_MIN_WIDTH = 40
+"""Characters of the error ``dlq list`` keeps, however little room the terminal leaves."""
 
-Operation = Callable[[Operations, argparse.Namespace], Awaitable[int]]
+OperatorCommand = Callable[[OperatorApi, argparse.Namespace], Awaitable[int]]
 
 
 class CommandFailed(Exception):
@@ -73,13 +76,13 @@ class UsageError(Exception):
 
 
 class RedisUnreachable(Exception):
-    """Redis refused or did not answer an operation's call: exit code 1."""
+    """Redis refused or did not answer a command's call: exit code 1."""
 
 
 def parse_since(text: str) -> int:
-    """``--since``: see ``workers.operations.parse_since``; a bad value is a usage error."""
+    """``--since``: see ``workers.operator_api.parse_since``; a bad value is a usage error."""
     try:
-        return operations_api.parse_since(text)
+        return operator_api.parse_since(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"invalid time {error}") from None
 
@@ -92,8 +95,8 @@ def parse_metadata(text: str) -> tuple[str, str]:
     return name, value
 
 
-def run_operation(
-    operation: Operation, redis_url: str, args: argparse.Namespace, settings: Settings
+def run_operator_command(
+    command: OperatorCommand, redis_url: str, args: argparse.Namespace, settings: Settings
 ) -> int:
     async def run() -> int:
         redis = open_redis(
@@ -102,7 +105,7 @@ def run_operation(
             socket_timeout=10,
             socket_connect_timeout=5,
         )
-        operations = Operations(
+        api = OperatorApi(
             redis,
             queue_name=settings.queue_name,
             dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
@@ -110,7 +113,7 @@ def run_operation(
             search_metadata_keys=settings.search_metadata_keys,
         )
         try:
-            return await operation(operations, args)
+            return await command(api, args)
         except NotFound as error:
             raise CommandFailed(str(error.args[0])) from None
         except UnsearchableKey as error:
@@ -146,8 +149,8 @@ def _letter_json(letter: DeadLetter, *, full: bool) -> dict[str, Any]:
     return data
 
 
-async def show_event(operations: Operations, args: argparse.Namespace) -> int:
-    event = await operations.get_event(args.event_id)
+async def show_event(api: OperatorApi, args: argparse.Namespace) -> int:
+    event = await api.get_event(args.event_id)
     handlers = {
         name: {
             "status": state.status,
@@ -211,7 +214,7 @@ async def show_event(operations: Operations, args: argparse.Namespace) -> int:
     return 0
 
 
-async def list_events(operations: Operations, args: argparse.Namespace) -> int:
+async def list_events(api: OperatorApi, args: argparse.Namespace) -> int:
     status = EventStatus(args.status) if args.status else None
     where = EventFilter(
         event_type=args.type,
@@ -221,7 +224,7 @@ async def list_events(operations: Operations, args: argparse.Namespace) -> int:
         customer_id=args.customer,
         metadata=tuple(args.metadata),
     )
-    page = await operations.list_events(where, limit=args.limit, cursor=args.cursor)
+    page = await api.list_events(where, limit=args.limit, cursor=args.cursor)
     rows: list[dict[str, Any]] = []
     for event in page.items:
         found_by = event.business_keys
@@ -278,40 +281,47 @@ def _filter(args: argparse.Namespace) -> DeadLetterFilter:
     )
 
 
-async def _select(operations: Operations, args: argparse.Namespace) -> list[DeadLetter]:
+async def _select(api: OperatorApi, args: argparse.Namespace) -> list[DeadLetter]:
     """Dead letters by id, or by the filters, newest first."""
-    return await operations.select_dead_letters(getattr(args, "ids", None) or (), _filter(args))
+    return await api.select_dead_letters(getattr(args, "ids", None) or (), _filter(args))
 
 
-async def list_letters(operations: Operations, args: argparse.Namespace) -> int:
-    page = await operations.list_dead_letters(_filter(args), limit=args.limit, cursor=args.cursor)
+async def list_letters(api: OperatorApi, args: argparse.Namespace) -> int:
+    page = await api.list_dead_letters(_filter(args), limit=args.limit, cursor=args.cursor)
     letters = page.items
     if args.json:
         _print_json([_letter_json(letter, full=False) for letter in letters])
     elif not letters:
         print("no dead letters")
+    columns = shutil.get_terminal_size().columns
     for letter in [] if args.json else letters:
-        print(
+        line = (
             f"{letter.id}  {letter.event_type or '-'}  {letter.handler or '-'}  {letter.reason}  "
-            f"{letter.attempts} attempt(s)  {_time(letter.dead_lettered_at)}"
+            f"{letter.attempts} attempt(s)  {_time(letter.dead_lettered_at)}  "
         )
+        room = max(ERROR_MIN_WIDTH, columns - len(line))
+        print(line + _shortened(_error_of(letter), room))
     _print_next_page(page)
     return 0
 
 
-async def show_letter(operations: Operations, args: argparse.Namespace) -> int:
+def _error_of(letter: DeadLetter) -> str:
+    if letter.error_type and letter.error_message:
+        return f"{letter.error_type}: {letter.error_message}"
+    return letter.error_type or letter.error_message or "-"
+
+
+def _shortened(text: str, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis if it is longer."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+async def show_letter(api: OperatorApi, args: argparse.Namespace) -> int:
     """One dead letter by its id; given an event id instead, every letter of that event (JSON:
     a list)."""
-    try:
-        letters = [await operations.get_dead_letter(args.id)]
-        one = True
-    except NotFound:
-        letters = await operations.dead_letters_of_event(args.id)
-        one = False
-        if not letters:
-            raise NotFound(
-                f"no dead letter {args.id!r}, and no event {args.id!r} with dead letters"
-            ) from None
+    letters = await api.dead_letters_named(args.id)
+    one = [letter.id for letter in letters] == [args.id]
     if args.json:
         shown = [_letter_json(letter, full=True) for letter in letters]
         _print_json(shown[0] if one else shown)
@@ -329,7 +339,7 @@ def _print_letter(letter: DeadLetter) -> None:
         print(f"{name}: {data[name]}")
     if letter.erased_at:
         print(f"erased: {data['erased_at']} (raw body and headers removed)")
-    print(f"error: {letter.error_type}: {letter.error_message}")
+    print(f"error: {_error_of(letter)}")
     if letter.traceback:
         print("traceback:\n" + letter.traceback.rstrip())
     print("headers: " + orjson.dumps(data["headers"]).decode())
@@ -350,10 +360,10 @@ def _has_selection(args: argparse.Namespace) -> bool:
     )
 
 
-async def replay_letters(operations: Operations, args: argparse.Namespace) -> int:
+async def replay_letters(api: OperatorApi, args: argparse.Namespace) -> int:
     if not _has_selection(args):
         raise UsageError("say what to replay: dead letter ids, --all, or a filter")
-    letters = await _select(operations, args)
+    letters = await _select(api, args)
     if args.dry_run:
         for letter in letters:
             print(f"would replay {letter.id}  ({letter.reason}, {letter.handler or '-'})")
@@ -364,9 +374,15 @@ async def replay_letters(operations: Operations, args: argparse.Namespace) -> in
         if total > PROGRESS_EVERY and done % PROGRESS_EVERY == 0:
             print(f"... {done}/{total}", file=sys.stderr)
 
-    report = await operations.replay_dead_letters(letters, force=args.force, on_progress=progress)
-    for letter_id in report.skipped:
+    report = await api.replay_dead_letters(letters, force=args.force, on_progress=progress)
+    for letter_id in report.no_event:
         print(f"skipped {letter_id}: it holds no event to replay (a body that was not one)")
+    for letter_id in report.needs_force:
+        print(
+            f"skipped {letter_id}: an invalid_payload letter (its stored event did not fit the "
+            "handler's model), which would fail the same way again; fix the model, then "
+            "replay it with --force"
+        )
     for letter_id in report.erased:
         print(f"refused {letter_id}: its personal data was erased, no body is left to replay")
     print(
@@ -378,10 +394,10 @@ async def replay_letters(operations: Operations, args: argparse.Namespace) -> in
     return 0
 
 
-async def purge_letters(operations: Operations, args: argparse.Namespace) -> int:
+async def purge_letters(api: OperatorApi, args: argparse.Namespace) -> int:
     if not _has_selection(args):
         raise UsageError("say what to purge: dead letter ids, --all, or a filter")
-    letters = await _select(operations, args)
+    letters = await _select(api, args)
     if not letters:
         print("no dead letters match")
         return 0
@@ -389,7 +405,7 @@ async def purge_letters(operations: Operations, args: argparse.Namespace) -> int
         answer = _ask(f"permanently delete {len(letters)} dead letter(s)? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             raise CommandFailed("aborted; nothing was deleted (pass --yes to skip this question)")
-    purged = await operations.purge_dead_letters(letters)
+    purged = await api.purge_dead_letters(letters)
     print(f"purged {purged} dead letter(s)")
     return 0
 
@@ -402,8 +418,8 @@ def _ask(question: str) -> str:
     return line
 
 
-async def erase_customer(operations: Operations, args: argparse.Namespace) -> int:
-    count = await operations.count_customer_events(args.customer)
+async def erase_customer(api: OperatorApi, args: argparse.Namespace) -> int:
+    count = await api.count_customer_events(args.customer)
     if not count:
         print("no stored event of that customer (events stored before search: run reindex)")
         return 0
@@ -416,7 +432,7 @@ async def erase_customer(operations: Operations, args: argparse.Namespace) -> in
             raise UsageError("no answer on stdin: pass --yes to erase without asking")
         if answer.strip().lower() not in ("y", "yes"):
             raise CommandFailed("aborted; nothing was erased")
-    report = await operations.erase_customer(args.customer)
+    report = await api.erase_customer(args.customer)
     log.info(
         "customer data erased",
         events=report.events,
@@ -432,14 +448,14 @@ async def erase_customer(operations: Operations, args: argparse.Namespace) -> in
     return 0
 
 
-async def reindex(operations: Operations, args: argparse.Namespace) -> int:
+async def reindex(api: OperatorApi, args: argparse.Namespace) -> int:
     def progress(report: ReindexReport, total: int) -> None:
         print(
             f"... {report.looked_at}/{total} events looked at, {report.indexed} indexed",
             file=sys.stderr,
         )
 
-    report = await operations.reindex_events(on_progress=progress)
+    report = await api.reindex_events(on_progress=progress)
     print(
         f"looked at {report.looked_at} event(s): indexed {report.indexed}, "
         f"already indexed {report.already_indexed}"
@@ -447,9 +463,9 @@ async def reindex(operations: Operations, args: argparse.Namespace) -> int:
     return 0
 
 
-async def show_stats(operations: Operations, args: argparse.Namespace) -> int:
+async def show_stats(api: OperatorApi, args: argparse.Namespace) -> int:
     while True:
-        stats = await operations.stats()
+        stats = await api.stats()
         if args.json:
             _print_json(asdict(stats))
         else:

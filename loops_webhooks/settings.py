@@ -7,6 +7,7 @@ that hosting platforms already use.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,14 @@ __all__ = [
 
 MIB = 1024 * 1024
 DAY_SECONDS = 24 * 60 * 60
+MIN_DASHBOARD_TOKEN_LENGTH = 32
+"""Characters: a shorter token is refused at start (guessing it online must stay hopeless)."""
+
+RECEIVER_METRICS_PORT, WORKER_METRICS_PORT = 8082, 8083
+"""The metrics ports when ``LOOPS_METRICS_PORT`` is unset: one per role, so that ``serve``
+and ``worker`` on one host do not collide, beside the webhook port (8080) and the
+dashboard's (8081), and outside 9100-9999, the range Prometheus hands out to exporters
+(9100 is node_exporter's)."""
 
 
 class ConfigurationError(Exception):
@@ -115,11 +124,12 @@ class Settings(BaseSettings):
         min_length=1,
         description="Where /metrics listens; 0.0.0.0 in a container, for Prometheus to reach.",
     )
-    metrics_port: int = Field(
-        default=9100,
+    metrics_port: int | None = Field(
+        default=None,
         ge=0,
         le=65535,
-        description="/metrics and /healthz of the receiver or worker; 0 turns them off.",
+        description=f"/metrics and /healthz of the receiver (unset: {RECEIVER_METRICS_PORT}) "
+        f"or a worker (unset: {WORKER_METRICS_PORT}); 0 turns them off.",
     )
     dashboard_token: SecretStr | None = Field(
         default=None,
@@ -127,6 +137,11 @@ class Settings(BaseSettings):
     )
     dashboard_read_only: bool = Field(
         default=False, description="The dashboard refuses replay and purge (403)."
+    )
+    dashboard_trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses or CIDRs of the proxies in front of the "
+        "dashboard: from those peers only, the client address is read from X-Forwarded-For.",
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -154,6 +169,23 @@ class Settings(BaseSettings):
     def _redis_url_has_an_accepted_form(cls, value: str | None) -> str | None:
         return check_redis_url(value) if value else value
 
+    @field_validator("dashboard_trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                try:
+                    ipaddress.ip_network(part.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{part.strip()!r} is not an IP address or CIDR") from None
+        return value
+
+    @property
+    def trusted_proxies(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """``LOOPS_DASHBOARD_TRUSTED_PROXIES`` as networks (an address is a /32 or /128)."""
+        parts = (part.strip() for part in self.dashboard_trusted_proxies.split(","))
+        return [ipaddress.ip_network(part, strict=False) for part in parts if part]
+
     @property
     def webhook_secrets(self) -> list[bytes]:
         """The configured secrets in order; the first one signs, any one verifies."""
@@ -161,6 +193,16 @@ class Settings(BaseSettings):
             return []
         raw = self.webhook_secret.get_secret_value()
         return [part.strip().encode() for part in raw.split(",") if part.strip()]
+
+    @property
+    def receiver_metrics_port(self) -> int:
+        """The receiver's metrics port; 0: none."""
+        return RECEIVER_METRICS_PORT if self.metrics_port is None else self.metrics_port
+
+    @property
+    def worker_metrics_port(self) -> int:
+        """A worker's metrics port; 0: none."""
+        return WORKER_METRICS_PORT if self.metrics_port is None else self.metrics_port
 
     @property
     def sentinel_password(self) -> str | None:
@@ -183,12 +225,18 @@ class Settings(BaseSettings):
     def require_dashboard_token(self) -> str:
         """The dashboard's token, or a ConfigurationError that tells the user how to set one."""
         token = self.dashboard_token.get_secret_value() if self.dashboard_token else ""
+        make_one = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
         if not token.strip():
             raise ConfigurationError(
                 "LOOPS_DASHBOARD_TOKEN is not set: set it to a long random value (for example "
-                "`openssl rand -hex 32`); the dashboard's login form and its API's "
+                f"`{make_one}`); the dashboard's login form and its API's "
                 "`Authorization: Bearer` header take it. `--no-auth` starts without one, on "
                 "a loopback host only."
+            )
+        if len(token.strip()) < MIN_DASHBOARD_TOKEN_LENGTH:
+            raise ConfigurationError(
+                f"LOOPS_DASHBOARD_TOKEN is too short ({len(token.strip())} characters): it "
+                f"must have at least {MIN_DASHBOARD_TOKEN_LENGTH}; make one with `{make_one}`."
             )
         return token.strip()
 

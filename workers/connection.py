@@ -27,10 +27,15 @@ import redis.sentinel
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import RedisError
 
 from loops_webhooks.redis_url import SentinelAddress, sentinel_address
 
-__all__ = ["open_blocking_redis", "open_redis"]
+__all__ = ["REDIS_FAILURES", "open_blocking_redis", "open_redis"]
+
+REDIS_FAILURES = (RedisError, OSError)
+"""What a Redis call raises when Redis is down, full, restarting or too slow: redis-py's errors,
+and the socket's own (``TimeoutError``, which ``asyncio.timeout`` raises, is an ``OSError``)."""
 
 
 class _LeanHandout:

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import pydantic
 import structlog
-from redis.exceptions import RedisError
 
 from loops_webhooks.handlers import HandlerContext, Router
 from loops_webhooks.handlers.context import idempotency_key
@@ -35,6 +34,7 @@ from loops_webhooks.handlers.outcomes import (
 from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.handlers.router import Handler
 from loops_webhooks.workers import metrics
+from loops_webhooks.workers.connection import REDIS_FAILURES
 from loops_webhooks.workers.dead_letters import DeadLetter, build_dead_letter
 from loops_webhooks.workers.event_store import (
     Action,
@@ -52,10 +52,7 @@ from loops_webhooks.workers.outcomes import (
     unknown_handler,
 )
 
-__all__ = ["REDIS_FAILURES", "Dispatcher", "slowest_handler_timeout"]
-
-REDIS_FAILURES = (RedisError, OSError)
-"""What a Redis call raises when Redis is down, full, restarting or too slow."""
+__all__ = ["Dispatcher", "slowest_handler_timeout"]
 
 WRITE_RETRY_FIRST_SECONDS = 0.05
 WRITE_RETRY_MAX_SECONDS = 2.0

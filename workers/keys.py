@@ -34,6 +34,8 @@ __all__ = [
     "arq_job_key",
     "arq_retry_key",
     "customer_term",
+    "dashboard_revoked_session_key",
+    "dashboard_wrong_tokens_key",
     "dead_letter_id",
     "dead_letter_key",
     "event_dead_letters_key",
@@ -160,6 +162,18 @@ def unparseable_dead_letter_id(body_sha256: str) -> str:
     """A signed body that is not a usable event has no event id: its letter's id is ``:``
     and the body's hash, an empty event part that no event's letter can have."""
     return ":" + body_sha256
+
+
+def dashboard_wrong_tokens_key(client: str) -> str:
+    """Counter of the wrong dashboard tokens one client address sent in its current window;
+    it expires when the window ends."""
+    return f"{PREFIX}dashboard:wrong-tokens:{client}"
+
+
+def dashboard_revoked_session_key(session: str) -> str:
+    """Present while a logged-out dashboard session (its cookie's nonce) would otherwise
+    still be valid; it expires when the session would have."""
+    return f"{PREFIX}dashboard:revoked-session:{session}"
 
 
 JOB_ID_PREFIX = "event:"

@@ -1,8 +1,9 @@
 """``/metrics`` and ``/healthz`` on their own port, apart from any public one.
 
-The receiver and each worker run one, on ``LOOPS_METRICS_HOST``:``LOOPS_METRICS_PORT``. It
-holds no metrics of its own: it exposes whatever this process registered with
-``prometheus_client``, so a receiver shows only the receiver's and a worker only a worker's.
+The receiver and each worker run one, on ``LOOPS_METRICS_HOST``:``LOOPS_METRICS_PORT`` (by
+default one port for receivers and another for workers). It holds no metrics of its own: it
+exposes whatever this process registered with ``prometheus_client``, so a receiver shows
+only the receiver's and a worker only a worker's.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class MetricsServer:
     ``REFRESH_SECONDS`` in the background so that a scrape never waits on it (a worker's queue
     gauges come from Redis that way).
 
-    A port that cannot be bound is logged, not raised: the process goes on without metrics.
+    A port that cannot be bound (a second worker on the host, say) is logged with the
+    setting that moves it, not raised: the process goes on without metrics.
     """
 
     def __init__(
@@ -61,9 +63,16 @@ class MetricsServer:
             await web.TCPSite(runner, self._host, self._port).start()
         except OSError as error:
             await runner.cleanup()
-            log.error("cannot serve metrics", host=self._host, port=self._port, error=str(error))
+            log.error(
+                "cannot serve metrics; going on without them. Give each receiver and worker "
+                "on this host its own LOOPS_METRICS_PORT (0 turns metrics off)",
+                host=self._host,
+                port=self._port,
+                error=error.strerror or str(error),
+            )
             return
         self._runner = runner
+        log.info("metrics listening", url=f"http://{self._host}:{self._port}/metrics")
 
     async def stop(self) -> None:
         if self._refresher is not None:

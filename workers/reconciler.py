@@ -7,9 +7,10 @@ The job then decides per handler: run, wait, or dead-letter when attempts are sp
 
 It also keeps Redis's memory bounded: once per interval, one worker (``keys.TRIM_LOCK``)
 removes the dead letters older than their retention, then the index and search entries of
-every event whose record is gone or due to expire. A pass goes on until it has looked at every entry old
-enough, so the trimming keeps up with intake whatever its rate; its cost is the entries that
-expired since the last pass, plus the events kept without an expiry (pending and dead ones).
+every event whose record is gone or due to expire. A pass goes on until it has looked at
+every entry old enough, so the trimming keeps up with intake whatever its rate; its cost is
+the entries that expired since the last pass, plus the events kept without an expiry
+(pending and dead ones).
 """
 
 from __future__ import annotations

@@ -25,10 +25,14 @@ ERASED_MEANWHILE = 2
 
 class ReplayResult(StrEnum):
     REPLAYED = "replayed"
-    SKIPPED = "skipped"
+    NO_EVENT = "no_event"
     """The letter holds no event to replay: a signed body that was not a usable event."""
     ERASED = "erased"
     """The letter's personal data was erased: there is no body left to run a handler on."""
+    NEEDS_FORCE = "needs_force"
+    """An ``invalid_payload`` letter replayed without ``force``: its event is stored, but it
+    did not fit the handler's model and would fail the same way again until the model is
+    fixed; ``force`` replays it."""
     GONE = "gone"
     """The letter was replayed or purged since it was read, or dead-lettered anew (another
     replay running at the same time got there first): nothing done, nothing failed."""
@@ -47,19 +51,19 @@ async def replay_dead_letter(
     The handler states it replaces join the event's history, of which the newest
     ``history_limit`` per handler are kept (``LOOPS_REPLAY_HISTORY_LIMIT``).
 
-    ERASED if its personal data was erased (nothing is left to replay). SKIPPED if it holds
-    no stored event (a body the receiver could not parse), or if its
-    payload did not fit a handler's model (``invalid_payload``) and ``force`` is not given:
-    replaying that is useful only after the model was fixed. GONE if the letter is gone or
-    was dead-lettered anew since it was read: another replay (or a purge) took it, and
-    replaying it again would run its handler one more round.
+    ERASED if its personal data was erased (nothing is left to replay). NO_EVENT if it holds
+    no stored event (a body the receiver could not parse); NEEDS_FORCE if its payload did not
+    fit a handler's model (``invalid_payload``) and ``force`` is not given: replaying that is
+    useful only after the model was fixed. GONE if the letter is gone or was dead-lettered
+    anew since it was read: another replay (or a purge) took it, and replaying it again
+    would run its handler one more round.
     """
     if letter.erased_at:
         return ReplayResult.ERASED
     if not letter.event_id:
-        return ReplayResult.SKIPPED
+        return ReplayResult.NO_EVENT
     if letter.reason == DeadLetterReason.INVALID_PAYLOAD and not force:
-        return ReplayResult.SKIPPED
+        return ReplayResult.NEEDS_FORCE
     now_ms = int(time.time() * 1000)
     job_id = keys.job_id_for_event(letter.event_id)
     replayed = await register_script(redis, "replay")(

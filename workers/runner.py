@@ -26,8 +26,8 @@ from loops_webhooks.handlers import Router
 from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
-from loops_webhooks.workers.connection import open_redis
-from loops_webhooks.workers.dispatch import REDIS_FAILURES, Dispatcher, slowest_handler_timeout
+from loops_webhooks.workers.connection import REDIS_FAILURES, open_redis
+from loops_webhooks.workers.dispatch import Dispatcher, slowest_handler_timeout
 from loops_webhooks.workers.event_store import EventStore
 from loops_webhooks.workers.health import RedisHealth
 from loops_webhooks.workers.in_progress import InProgressKeeper
@@ -103,14 +103,25 @@ class EventWorker(Worker):
         await super().main()
 
     def handle_sig(self, signum: Signals) -> None:
-        self.shutting_down = True
+        self._stopping(signum)
         super().handle_sig(signum)
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
-        self.shutting_down = True
+        self._stopping(signum)
         super().handle_sig_wait_for_completion(signum)
 
+    def _stopping(self, signum: Signals) -> None:
+        """The worker's "stopping" line, once (arq's own is at info on a logger we quiet)."""
+        if not self.shutting_down:
+            log.info("worker stopping", signal=Signals(signum).name, running=len(self.tasks))
+        self.shutting_down = True
+
     async def _poll_iteration(self) -> None:
+        if self.shutting_down and all(task.done() for task in self.tasks.values()):
+            # Stopping, and no job left to wait for: what arq's waiter does by cancelling
+            # this task, whose cancel was seen lost to a signal that came during start-up
+            # (the worker then polled on for good, picking nothing).
+            raise asyncio.CancelledError
         pause = self.redis_health.backoff_seconds()
         if pause:
             await asyncio.sleep(pause)
@@ -277,10 +288,10 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
         )
         reconciler.start()
         ctx[RECONCILER] = reconciler
-        if settings.metrics_port:
+        if settings.worker_metrics_port:
             metrics_server = MetricsServer(
                 host=settings.metrics_host,
-                port=settings.metrics_port,
+                port=settings.worker_metrics_port,
                 refresh=functools.partial(
                     refresh_queue_gauges, redis, queue_name=settings.queue_name
                 ),

@@ -17,11 +17,11 @@ import structlog
 from aiohttp import web
 
 from loops_webhooks.dashboard import queries
-from loops_webhooks.dashboard.app_keys import IDENTITY, OPERATIONS, READ_ONLY
+from loops_webhooks.dashboard.app_keys import IDENTITY, OPERATOR_API, READ_ONLY
 from loops_webhooks.dashboard.errors import BadRequest, Forbidden, json_response
 from loops_webhooks.workers.dead_letters import DeadLetter
 from loops_webhooks.workers.event_store import HandlerState, StoredEvent
-from loops_webhooks.workers.operations import DeadLetterFilter, EventSummary
+from loops_webhooks.workers.operator_api import DeadLetterFilter, EventSummary
 from loops_webhooks.workers.search import BusinessKeys
 
 __all__ = ["add_routes", "iso_time", "pretty_body"]
@@ -57,6 +57,8 @@ def _event_item(event: EventSummary) -> dict[str, Any]:
         "session": found_by.session_id,
         "customer": found_by.customer_id,
         "metadata": found_by.metadata,
+        "erased_at": iso_time(event.erased_at_ms),
+        "handler_statuses": dict(event.handlers),
     }
 
 
@@ -112,11 +114,11 @@ def _letter(letter: DeadLetter, *, full: bool) -> dict[str, Any]:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return json_response(asdict(await request.app[OPERATIONS].stats()))
+    return json_response(asdict(await request.app[OPERATOR_API].stats()))
 
 
 async def list_events(request: web.Request) -> web.Response:
-    page = await request.app[OPERATIONS].list_events(
+    page = await request.app[OPERATOR_API].list_events(
         queries.event_filter(request.query),
         limit=queries.limit_of(request.query),
         cursor=request.query.get("cursor") or None,
@@ -127,14 +129,14 @@ async def list_events(request: web.Request) -> web.Response:
 
 
 async def get_event(request: web.Request) -> web.Response:
-    operations = request.app[OPERATIONS]
+    api = request.app[OPERATOR_API]
     event_id = request.match_info["event_id"]
-    event = await operations.get_event(event_id)
-    return json_response(_event(event, await operations.dead_letters_of_event(event_id)))
+    event = await api.get_event(event_id)
+    return json_response(_event(event, await api.dead_letters_of_event(event_id)))
 
 
 async def list_dead_letters(request: web.Request) -> web.Response:
-    page = await request.app[OPERATIONS].list_dead_letters(
+    page = await request.app[OPERATOR_API].list_dead_letters(
         queries.dead_letter_filter(request.query),
         limit=queries.limit_of(request.query),
         cursor=request.query.get("cursor") or None,
@@ -148,7 +150,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 
 
 async def get_dead_letter(request: web.Request) -> web.Response:
-    letter = await request.app[OPERATIONS].get_dead_letter(request.match_info["letter_id"])
+    letter = await request.app[OPERATOR_API].get_dead_letter(request.match_info["letter_id"])
     return json_response(_letter(letter, full=True))
 
 
@@ -188,10 +190,10 @@ async def _selection(request: web.Request) -> tuple[list[str], DeadLetterFilter 
 async def _count(request: web.Request, ids: list[str], where: DeadLetterFilter | None) -> int:
     """What a dry run answers: how many letters the selection holds (NotFound for a named
     letter that is not stored, so the page says so before anyone confirms)."""
-    operations = request.app[OPERATIONS]
+    api = request.app[OPERATOR_API]
     if ids:
-        return len(await operations.select_dead_letters(ids))
-    return await operations.count_dead_letters(where or DeadLetterFilter())
+        return len(await api.select_dead_letters(ids))
+    return await api.count_dead_letters(where or DeadLetterFilter())
 
 
 async def _selected(
@@ -203,7 +205,7 @@ async def _selected(
     if dry_run:
         return json_response({"dry_run": True, "matched": await _count(request, ids, where)})
     _refuse_if_read_only(request, action)
-    return await request.app[OPERATIONS].select_dead_letters(ids, where), where
+    return await request.app[OPERATOR_API].select_dead_letters(ids, where), where
 
 
 def _refuse_if_read_only(request: web.Request, action: str) -> None:
@@ -226,7 +228,7 @@ async def replay(request: web.Request) -> web.Response:
     if isinstance(selected, web.Response):
         return selected
     letters, where = selected
-    report = await request.app[OPERATIONS].replay_dead_letters(letters)
+    report = await request.app[OPERATOR_API].replay_dead_letters(letters)
     log.info(
         "dead letters replayed",
         filter=asdict(where) if where else None,
@@ -254,7 +256,7 @@ async def purge(request: web.Request) -> web.Response:
     if isinstance(selected, web.Response):
         return selected
     letters, where = selected
-    purged = await request.app[OPERATIONS].purge_dead_letters(letters)
+    purged = await request.app[OPERATOR_API].purge_dead_letters(letters)
     log.info(
         "dead letters purged",
         filter=asdict(where) if where else None,

@@ -2,11 +2,15 @@
 
 Two middlewares: the outer one answers every error in one shape (JSON under ``/api/``, an
 HTML page elsewhere) and logs one line per request; the inner one is the gate: who is asking
-(``auth.Gate``), and whether a state-changing request carries its CSRF token.
+(``auth.Gate``, less logged-out sessions and clients shut out for guessing), and whether a
+state-changing request carries its CSRF token. Every response the app prepares, errors and
+assets included, carries ``SECURITY_HEADERS``.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,23 +21,36 @@ import aiohttp_jinja2
 import jinja2
 import structlog
 from aiohttp import web
+from markupsafe import Markup, escape
 
 from loops_webhooks.dashboard import api, pages
 from loops_webhooks.dashboard.app_keys import (
     GATE,
     IDENTITY,
-    OPERATIONS,
+    OPERATOR_API,
     READ_ONLY,
     REDIS_URL,
+    REVOKED_SESSIONS,
     SETTINGS,
+    TOKEN_GUESSES,
 )
-from loops_webhooks.dashboard.auth import CSRF_HEADER, Gate
-from loops_webhooks.dashboard.errors import Forbidden, Unauthenticated, api_error, status_for
+from loops_webhooks.dashboard.auth import CSRF_HEADER, Credential, Gate
+from loops_webhooks.dashboard.errors import (
+    Forbidden,
+    ForeignHost,
+    TooManyWrongTokens,
+    Unauthenticated,
+    WrongToken,
+    api_error,
+    status_for,
+)
+from loops_webhooks.dashboard.revoked_sessions import RevokedSessions
+from loops_webhooks.dashboard.token_guesses import TokenGuesses
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers.connection import open_redis
-from loops_webhooks.workers.operations import Operations
+from loops_webhooks.workers.operator_api import OperatorApi
 
-__all__ = ["create_app"]
+__all__ = ["SECURITY_HEADERS", "create_app"]
 
 log = structlog.get_logger(logger_name="loops_webhooks.dashboard")
 
@@ -43,6 +60,18 @@ HERE = Path(__file__).parent
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_PATHS = frozenset({"/login"})
 REDIS_TIMEOUT_SECONDS = 10.0
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+"""No framing (clickjacking), no script or style but our own files, no sniffing, no URL sent
+to other sites, nothing kept in caches: the pages show payloads and personal data."""
 
 
 def create_app(settings: Settings, redis_url: str, *, token: str | None) -> web.Application:
@@ -62,7 +91,10 @@ def create_app(settings: Settings, redis_url: str, *, token: str | None) -> web.
     )
     environment.filters["time"] = _time
     environment.filters["path"] = lambda value: quote(str(value), safe="")
+    environment.filters["function_name"] = _function_name
+    environment.filters["breakable"] = _breakable
     app.cleanup_ctx.append(_redis_context)
+    app.on_response_prepare.append(_add_security_headers)
     pages.add_routes(app)
     api.add_routes(app)
     app.router.add_static("/static/", HERE / "static")
@@ -76,7 +108,29 @@ def _time(ms: int | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+SEAMS = re.compile(r"(?<=[._:/?&=,-])")
+
+
+def _breakable(value: object) -> Markup:
+    """Escaped text with a line-break opportunity (``<wbr>``) after each ``. _ : / ? & = , -``,
+    so long ids, handler names and URLs wrap at their seams; the CSS breaks anywhere else
+    only if a piece is still wider than its column."""
+    return Markup("<wbr>").join(escape(piece) for piece in SEAMS.split(str(value)))
+
+
+def _function_name(handler: str) -> str:
+    """``myshop.webhooks:award_points`` as ``award_points``, for narrow columns (the full
+    name is in the element's title)."""
+    return handler.rpartition(":")[2] or handler
+
+
 async def _page_context(request: web.Request) -> dict[str, object]:
+    return _page_values(request)
+
+
+def _page_values(request: web.Request) -> dict[str, object]:
+    """What ``base.html`` needs; the error page passes it itself, since an error raised before
+    aiohttp-jinja2's context middleware ran (by the gate) leaves no context behind."""
     identity = request.get(IDENTITY)
     return {
         "csrf_token": identity.csrf_token if identity is not None else "",
@@ -95,13 +149,15 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
         health_check_interval=30,
     )
     settings = app[SETTINGS]
-    app[OPERATIONS] = Operations(
+    app[OPERATOR_API] = OperatorApi(
         redis,
         queue_name=settings.queue_name,
         dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
         replay_history_limit=settings.replay_history_limit,
         search_metadata_keys=settings.search_metadata_keys,
     )
+    app[TOKEN_GUESSES] = TokenGuesses(redis, settings.trusted_proxies)
+    app[REVOKED_SESSIONS] = RevokedSessions(redis)
     yield
     await redis.aclose()
 
@@ -110,11 +166,50 @@ def _is_api(request: web.Request) -> bool:
     return request.path.startswith("/api/")
 
 
+async def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+
+
+def _is_loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine's loopback: ``localhost``, 127.0.0.0/8 or
+    ``[::1]``, with any port."""
+    if host.startswith("["):
+        name, bracket, _ = host[1:].partition("]")
+        if not bracket:
+            return False
+    else:
+        name = host.rpartition(":")[0] if ":" in host else host
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 @web.middleware
 async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    gate = request.app[GATE]
+    if gate.open and not _is_loopback_host(request.headers.get("Host", "")):
+        raise ForeignHost(
+            "this dashboard runs without authentication (--no-auth) and answers only requests "
+            "for a loopback host (localhost, 127.0.0.1, [::1]); open it by one of those names"
+        )
     if request.path in PUBLIC_PATHS or request.path.startswith("/static/"):
         return await handler(request)
-    identity = request.app[GATE].identify(request)
+    try:
+        identity = gate.identify(request)
+    except WrongToken:
+        await request.app[TOKEN_GUESSES].wrong(request)
+        raise
+    if identity is not None and identity.credential is Credential.BEARER:
+        await request.app[TOKEN_GUESSES].check(request)
+    if (
+        identity is not None
+        and identity.session is not None
+        and await request.app[REVOKED_SESSIONS].is_revoked(identity.session)
+    ):
+        identity = None  # logged out: as if it sent no cookie
     if identity is None:
         if _is_api(request) or request.method not in SAFE_METHODS:
             raise Unauthenticated(
@@ -150,6 +245,15 @@ async def _answer_and_log(request: web.Request, handler: Handler) -> web.StreamR
         if known is None:
             log.exception("unexpected error", path=request.path)
             known = (500, "internal_error", "unexpected error; see the dashboard's log")
+        elif known[0] == 503:
+            log.warning("redis unavailable", path=request.path, error=type(error).__name__)
+        elif known[0] == 429:
+            log.warning(
+                "dashboard token refused: too many wrong tokens from this client",
+                method=request.method,
+                path=request.path,
+                remote=request.remote,
+            )
         elif known[0] == 401:
             log.warning(
                 "dashboard request unauthenticated",
@@ -159,6 +263,8 @@ async def _answer_and_log(request: web.Request, handler: Handler) -> web.StreamR
                 remote=request.remote,
             )
         response = _error(request, *known)
+        if isinstance(error, TooManyWrongTokens):
+            response.headers["Retry-After"] = str(error.retry_after)
     _log_request(request, response.status, started)
     return response
 
@@ -176,5 +282,5 @@ def _log_request(request: web.Request, status: int, started: float) -> None:
 def _error(request: web.Request, status: int, code: str, detail: str) -> web.Response:
     if _is_api(request) or request.method not in SAFE_METHODS:
         return api_error(status, code, detail)
-    context = {"status": status, "code": code, "detail": detail}
+    context = {**_page_values(request), "status": status, "code": code, "detail": detail}
     return aiohttp_jinja2.render_template("error.html", request, context, status=status)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from loops_webhooks.workers.operations import InvalidCursor, NotFound, UnsearchableKey
+from loops_webhooks.workers.connection import REDIS_FAILURES
+from loops_webhooks.workers.operator_api import InvalidCursor, NotFound, UnsearchableKey
 
 __all__ = [
     "BadRequest",
     "Forbidden",
+    "ForeignHost",
+    "TooManyWrongTokens",
     "Unauthenticated",
+    "WrongToken",
     "api_error",
     "json_response",
     "status_for",
@@ -23,6 +27,24 @@ class BadRequest(ValueError):
 
 class Unauthenticated(Exception):
     """No credentials, or a wrong token. The message never holds the token."""
+
+
+class WrongToken(Unauthenticated):
+    """A token was presented and it is not the dashboard's: a guess, counted per client."""
+
+
+class TooManyWrongTokens(Exception):
+    """This client sent too many wrong tokens lately; ``retry_after`` seconds until it may
+    try again."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many wrong tokens from this address; try again in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class ForeignHost(Exception):
+    """A ``--no-auth`` dashboard was asked for by a Host that is not this machine's loopback
+    (a DNS-rebinding page would send its own name)."""
 
 
 class Forbidden(Exception):
@@ -41,8 +63,14 @@ def status_for(error: Exception) -> tuple[int, str, str] | None:
         return 401, "unauthenticated", str(error)
     if isinstance(error, Forbidden):
         return 403, error.code, str(error)
+    if isinstance(error, ForeignHost):
+        return 421, "misdirected_request", str(error)
+    if isinstance(error, TooManyWrongTokens):
+        return 429, "too_many_wrong_tokens", str(error)
     if isinstance(error, NotFound):
         return 404, "not_found", str(error.args[0])
+    if isinstance(error, REDIS_FAILURES):
+        return 503, "redis_unavailable", "Redis did not answer; try again shortly"
     return None
 
 

@@ -1,4 +1,4 @@
-"""The dashboard's pages, rendered on the server from the operations API (aiohttp-jinja2).
+"""The dashboard's pages, rendered on the server from the operator API (aiohttp-jinja2).
 
 Reading needs no script at all; the replay, purge and logout buttons call the JSON API with
 a few lines of ``static/dashboard.js``.
@@ -17,12 +17,20 @@ from yarl import URL
 
 from loops_webhooks.dashboard import queries
 from loops_webhooks.dashboard.api import pretty_body
-from loops_webhooks.dashboard.app_keys import GATE, OPERATIONS, SETTINGS
+from loops_webhooks.dashboard.app_keys import (
+    GATE,
+    IDENTITY,
+    OPERATOR_API,
+    REVOKED_SESSIONS,
+    SETTINGS,
+    TOKEN_GUESSES,
+)
 from loops_webhooks.dashboard.auth import SESSION_COOKIE, SESSION_MAX_AGE_SECONDS
 from loops_webhooks.dashboard.chart import OUTCOMES, outcome_chart
+from loops_webhooks.dashboard.errors import TooManyWrongTokens
 from loops_webhooks.workers.dead_letters import DeadLetterReason
 from loops_webhooks.workers.event_store import EventStatus
-from loops_webhooks.workers.operations import NotFound
+from loops_webhooks.workers.operator_api import NotFound
 from loops_webhooks.workers.search import BusinessKeys
 
 __all__ = ["add_routes", "is_https"]
@@ -65,7 +73,7 @@ def _first_page(request: web.Request) -> str | None:
 
 
 async def overview(request: web.Request) -> web.Response:
-    stats = await request.app[OPERATIONS].stats()
+    stats = await request.app[OPERATOR_API].stats()
     context = {
         "stats": stats,
         "chart": outcome_chart(stats.per_minute),
@@ -78,16 +86,16 @@ async def overview(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.Response:
     """The events, filtered; the search box's value (``q``) opens the event of that id, or
     lists the events of that session, customer or searchable metadata value."""
-    operations = request.app[OPERATIONS]
+    api = request.app[OPERATOR_API]
     wanted = request.query.get("q", "").strip()
     if wanted and "cursor" not in request.query:
         try:
-            await operations.get_event(wanted)
+            await api.get_event(wanted)
         except NotFound:
             pass
         else:
             raise web.HTTPFound(f"/events/{quote(wanted, safe='')}")
-    page = await operations.list_events(
+    page = await api.list_events(
         queries.event_filter(request.query),
         limit=queries.limit_of(request.query),
         cursor=request.query.get("cursor") or None,
@@ -105,13 +113,13 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def event(request: web.Request) -> web.Response:
-    operations = request.app[OPERATIONS]
+    api = request.app[OPERATOR_API]
     event_id = request.match_info["event_id"]
-    stored = await operations.get_event(event_id)
+    stored = await api.get_event(event_id)
     context = {
         "event": stored,
         "found_by": BusinessKeys.of(stored.search_terms),
-        "letters": await operations.dead_letters_of_event(event_id),
+        "letters": await api.dead_letters_of_event(event_id),
         "body": pretty_body(stored.raw),
     }
     return aiohttp_jinja2.render_template("event.html", request, context)
@@ -119,7 +127,7 @@ async def event(request: web.Request) -> web.Response:
 
 async def dead_letters(request: web.Request) -> web.Response:
     where = queries.dead_letter_filter(request.query)
-    page = await request.app[OPERATIONS].list_dead_letters(
+    page = await request.app[OPERATOR_API].list_dead_letters(
         where, limit=queries.limit_of(request.query), cursor=request.query.get("cursor") or None
     )
     selected_filter = {
@@ -140,7 +148,7 @@ async def dead_letters(request: web.Request) -> web.Response:
 
 
 async def dead_letter(request: web.Request) -> web.Response:
-    letter = await request.app[OPERATIONS].get_dead_letter(request.match_info["letter_id"])
+    letter = await request.app[OPERATOR_API].get_dead_letter(request.match_info["letter_id"])
     context = {
         "letter": letter,
         "headers": orjson.loads(letter.headers or "{}"),
@@ -163,11 +171,22 @@ async def login(request: web.Request) -> web.Response:
     form = await request.post()
     token = form.get("token")
     target = _local_path(str(form.get("next", "/")))
-    if not isinstance(token, str) or not gate.token_matches(token.strip()):
-        reason = "wrong token" if token else "no token"
-        log.warning("dashboard login refused", reason=reason, remote=request.remote)
-        context = {"next": target, "error": "That token is not the dashboard's token."}
-        return aiohttp_jinja2.render_template("login.html", request, context, status=401)
+    guesses = request.app[TOKEN_GUESSES]
+    try:
+        if not isinstance(token, str) or not gate.token_matches(token.strip()):
+            reason = "wrong token" if token else "no token"
+            log.warning("dashboard login refused", reason=reason, remote=request.remote)
+            await guesses.wrong(request)
+            context = {"next": target, "error": "That token is not the dashboard's token."}
+            return aiohttp_jinja2.render_template("login.html", request, context, status=401)
+        await guesses.check(request)
+    except TooManyWrongTokens as refused:
+        log.warning("dashboard login refused: too many wrong tokens", remote=request.remote)
+        wait = f"try again in {refused.retry_after} s"
+        context = {"next": target, "error": f"Too many wrong tokens from your address; {wait}."}
+        page = aiohttp_jinja2.render_template("login.html", request, context, status=429)
+        page.headers["Retry-After"] = str(refused.retry_after)
+        return page
     log.info("dashboard login", remote=request.remote)
     response = web.HTTPSeeOther(target)
     response.set_cookie(
@@ -183,6 +202,10 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    """Revokes the session, so its cookie no longer works even if it was copied."""
+    identity = request.get(IDENTITY)
+    if identity is not None and identity.session is not None:
+        await request.app[REVOKED_SESSIONS].revoke(identity.session)
     response = web.Response(status=204)
     response.del_cookie(SESSION_COOKIE, path="/")
     return response

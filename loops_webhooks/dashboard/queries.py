@@ -1,4 +1,4 @@
-"""What a page's query string or an API body asks for, as the operations API's typed filters.
+"""What a page's query string or an API body asks for, as the operator API's typed filters.
 
 Every value is checked here, so a bad one is a 400 that names the parameter, and the pages
 and the API read their filters the same way.
@@ -11,7 +11,7 @@ from typing import Any
 
 from loops_webhooks.dashboard.errors import BadRequest
 from loops_webhooks.workers.event_store import EventStatus
-from loops_webhooks.workers.operations import (
+from loops_webhooks.workers.operator_api import (
     MAX_PAGE_SIZE,
     DeadLetterFilter,
     EventFilter,

@@ -62,7 +62,6 @@ __all__ = [
 
 LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
 HANDLERS_FILE = Path(__file__).with_name("fault_handlers.py")
-HANDLERS_MODULE = HANDLERS_FILE.stem
 WEBHOOK_PATH = "/webhooks/loops"
 
 COMPLETED = "checkout.session.completed"
@@ -556,7 +555,9 @@ class Harness:
     With ``sentinel``, the event store is a ``SentinelGroup`` instead of one server: the
     services get its ``redis+sentinel://`` URL and ``LOOPS_REDIS_MIN_REPLICAS=1``.
     ``settings`` override the suite's ``LOOPS_*`` settings (names without the prefix). Each
-    worker serves ``/healthz`` on its own port, ``worker_metrics_ports[slot]``.
+    worker serves ``/healthz`` on its own port, ``worker_metrics_ports[slot]``. ``handlers``
+    is the handler module the services load (its ``router``); ``handlers_env`` is what that
+    module reads from the environment beside the suite's ``FAULTS_*``.
     """
 
     def __init__(
@@ -566,10 +567,14 @@ class Harness:
         settings: dict[str, str] | None = None,
         *,
         sentinel: bool = False,
+        handlers: Path = HANDLERS_FILE,
+        handlers_env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.sender = sender
         self.settings = settings or {}
+        self.handlers = handlers
+        self.handlers_env = handlers_env or {}
         self.worker_metrics_ports = [free_port(), free_port()]
         self.sentinel_group = SentinelGroup(root / "redis-ha") if sentinel else None
         self.redis = (
@@ -608,7 +613,7 @@ class Harness:
                 else {"REDIS_URL": self.redis.url}
             ),
             "LOOPS_WEBHOOK_SECRET": self.sender.secret,
-            "LOOPS_HANDLERS": f"{HANDLERS_MODULE}:router",
+            "LOOPS_HANDLERS": f"{self.handlers.stem}:router",
             "LOOPS_LOG_FORMAT": "json",
             "LOOPS_METRICS_PORT": "0",
             "LOOPS_HANDLER_TIMEOUT_SECONDS": str(HANDLER_TIMEOUT_SECONDS),
@@ -620,11 +625,12 @@ class Harness:
             "FAULTS_EFFECTS_URL": self.effects_redis.url,
             "FAULTS_FIXED_FLAG": str(self.fixed_flag),
             **{f"LOOPS_{name.upper()}": value for name, value in self.settings.items()},
+            **self.handlers_env,
         }
 
     async def start(self) -> None:
         self._started = time.monotonic()
-        shutil.copy(HANDLERS_FILE, self.root / HANDLERS_FILE.name)
+        shutil.copy(self.handlers, self.root / self.handlers.name)
         await asyncio.to_thread(self.effects_redis.start)
         await asyncio.to_thread(
             self.sentinel_group.start if self.sentinel_group else self.redis.start

@@ -7,6 +7,7 @@ receiver's producer API and become dead letters the way they do in production.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ __all__ = [
     "log_in",
 ]
 
-TOKEN = "dashboard-test-token-3f9a1c7e"
+TOKEN = "dashboard-test-token-3f9a1c7e-5b20d84e6a"
 FAILING_HANDLER = "shop_handlers:notify"
 
 HANDLERS = """
@@ -81,8 +82,9 @@ class Dashboard:
         read_only: bool = False,
         token: str | None = TOKEN,
         extra: tuple[str, ...] = (),
+        settings: Mapping[str, str] | None = None,
     ) -> None:
-        env = {"REDIS_URL": redis_url, "LOOPS_LOG_FORMAT": "json"}
+        env = {"REDIS_URL": redis_url, "LOOPS_LOG_FORMAT": "json", **(settings or {})}
         if token is not None:
             env["LOOPS_DASHBOARD_TOKEN"] = token
         if read_only:

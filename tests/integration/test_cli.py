@@ -192,25 +192,59 @@ def test_send_json_lists_every_event_sent_and_events_list_shows_them_newest_firs
     assert dead.stdout.strip() == "no events"
 
 
-def test_dev_without_a_secret_prints_one_that_signs_accepted_events(
-    workspace: Workspace,
-    start_loops_webhooks: StartLoopsWebhooks,
-    free_port: Callable[[], int],
-) -> None:
+@pytest.fixture
+def dev_without_a_secret(
+    workspace: Workspace, start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
+) -> tuple[str, dict[str, str], str]:
+    """A running ``dev`` given no signing secret: its webhook URL, the environment (the same
+    data directory for the commands a test runs next) and what it printed."""
     env = {k: v for k, v in workspace.env.items() if k != "LOOPS_WEBHOOK_SECRET"}
+    env["LOOPS_DATA_DIR"] = str(workspace.root / "data")
     port = free_port()
     dev = start_loops_webhooks(
         "dev", "--port", str(port), "--dashboard-port", str(free_port()), env=env, port=port
     )
-    printed = [word for word in dev.output().split() if word.startswith("whsec_dev_")]
-    assert printed, dev.output()
+    return f"http://127.0.0.1:{port}/webhooks/loops", env, dev.output()
 
-    url = f"http://127.0.0.1:{port}/webhooks/loops"
+
+def test_dev_without_a_secret_prints_one_that_signs_accepted_events(
+    workspace: Workspace, dev_without_a_secret: tuple[str, dict[str, str], str]
+) -> None:
+    url, env, output = dev_without_a_secret
+    printed = [word for word in output.split() if word.startswith("whsec_dev_")]
+    assert printed, output
+
     sent = run_cli("send", "checkout.session.completed", "--url", url, "--secret", printed[0],
                    "--id", "evt_generated_secret", env=env)  # fmt: skip
 
     assert sent.returncode == 0, sent.stderr
     wait_until(lambda: workspace.effects_of("fulfil", "evt_generated_secret") == 1, "handler")
+
+
+def test_send_without_a_secret_signs_with_the_development_secret_dev_keeps(
+    workspace: Workspace, dev_without_a_secret: tuple[str, dict[str, str], str]
+) -> None:
+    url, env, _ = dev_without_a_secret
+
+    sent = run_cli("send", "checkout.session.completed", "--url", url, "--id", "evt_kept_secret",
+                   env=env)  # fmt: skip
+
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("evt_kept_secret 200 ")
+    wait_until(lambda: workspace.effects_of("fulfil", "evt_kept_secret") == 1, "handler")
+
+
+def test_send_with_no_secret_anywhere_exits_2_naming_both_places(workspace: Workspace) -> None:
+    env = {k: v for k, v in workspace.env.items() if k != "LOOPS_WEBHOOK_SECRET"}
+    env["LOOPS_DATA_DIR"] = str(workspace.root / "empty")
+
+    sent = run_cli("send", "checkout.session.completed", env=env)
+
+    assert sent.returncode == 2, sent.stdout
+    assert "LOOPS_WEBHOOK_SECRET is not set" in sent.stderr
+    assert f"no development secret in {workspace.root / 'empty' / 'dev-webhook-secret'}" in (
+        sent.stderr
+    )
 
 
 def test_dev_on_the_embedded_redis_processes_after_a_restart_what_was_received_before(
@@ -312,6 +346,33 @@ def test_dlq_list_and_show_describe_the_dead_letter(
     assert '"id":"evt_cli_dead"' in shown.stdout
 
 
+def test_dlq_list_shows_each_letters_error(workspace: Workspace, dead_lettered: str) -> None:
+    listed = run_cli("dlq", "list", env={**workspace.env, "COLUMNS": "200"})
+
+    assert listed.returncode == 0, listed.stderr
+    [line] = listed.stdout.splitlines()
+    assert line.startswith(f"{dead_lettered}  checkout.session.completed  notify  max_attempts  ")
+    assert line.endswith("  RuntimeError: mail server said no")
+
+
+def test_dlq_list_cuts_a_long_error_to_the_terminal_width_on_one_line(
+    workspace: Workspace, dev: str, redis_url: str
+) -> None:
+    send(workspace, dev, "--id", "evt_cli_long", "--data", '{"status": 5}')
+    letters = ["evt_cli_long:fulfil", "evt_cli_long:notify"]
+    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+
+    narrow = run_cli("dlq", "list", env={**workspace.env, "COLUMNS": "180"}).stdout.splitlines()
+    wide = run_cli("dlq", "list", env={**workspace.env, "COLUMNS": "1000"}).stdout.splitlines()
+
+    assert len(narrow) == len(wide) == 2
+    for line in narrow:
+        assert len(line) == 180
+        assert "  ValidationError: 1 validation error for " in line and line.endswith("…")
+    for line in wide:
+        assert "data.status Input should be a valid string" in line
+
+
 def test_dlq_show_with_the_event_id_shows_that_events_letters(
     workspace: Workspace, dead_lettered: str
 ) -> None:
@@ -355,6 +416,69 @@ def test_a_dead_letter_replayed_after_the_fix_ends_handled_without_rerunning_wha
     assert workspace.effects_of("notify", "evt_cli_dead") == 1
     assert workspace.effects_of("fulfil", "evt_cli_dead") == 1
     assert dead_letter_ids(redis_url) == []
+
+
+def test_dlq_replay_with_the_event_id_replays_that_events_letters(
+    workspace: Workspace, dead_lettered: str, redis_url: str
+) -> None:
+    workspace.broken.unlink()
+
+    replayed = run_cli("dlq", "replay", "evt_cli_dead", env=workspace.env)
+
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1, skipped 0, already gone 0" in replayed.stdout
+    wait_until(lambda: event_status(redis_url, "evt_cli_dead") == "done", "the replayed event")
+    assert workspace.effects_of("notify", "evt_cli_dead") == 1
+    assert dead_letter_ids(redis_url) == []
+
+
+def test_dlq_purge_with_the_event_id_deletes_that_events_letters(
+    workspace: Workspace, dead_lettered: str, redis_url: str
+) -> None:
+    purged = run_cli("dlq", "purge", "evt_cli_dead", "--yes", env=workspace.env)
+
+    assert purged.returncode == 0, purged.stderr
+    assert "purged 1 dead letter(s)" in purged.stdout
+    assert dead_letter_ids(redis_url) == []
+
+
+@pytest.mark.parametrize("command", [("replay",), ("purge", "--yes")])
+def test_dlq_replay_or_purge_of_an_id_naming_no_letter_and_no_event_exits_1(
+    command: tuple[str, ...], workspace: Workspace, dead_lettered: str, redis_url: str
+) -> None:
+    result = run_cli("dlq", *command, dead_lettered, "evt_never_sent", env=workspace.env)
+
+    assert result.returncode == 1, result.stdout
+    assert "no dead letter 'evt_never_sent', and no event 'evt_never_sent'" in result.stderr
+    assert dead_letter_ids(redis_url) == [dead_lettered]
+
+
+def test_dlq_replay_and_purge_help_say_an_id_may_be_an_event_id(workspace: Workspace) -> None:
+    for command in ("replay", "purge"):
+        shown = run_cli("dlq", command, "--help", env=workspace.env)
+        assert "event ids (every dead letter of that event)" in " ".join(shown.stdout.split())
+
+
+def test_replaying_an_invalid_payload_letter_without_force_says_it_would_fail_the_same_way(
+    workspace: Workspace, dev: str, redis_url: str
+) -> None:
+    sent = send(workspace, dev, "--id", "evt_cli_invalid", "--data", '{"status": 5}')
+    assert sent.returncode == 0, sent.stderr
+    letters = ["evt_cli_invalid:fulfil", "evt_cli_invalid:notify"]
+    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+
+    replayed = run_cli("dlq", "replay", "evt_cli_invalid", env=workspace.env)
+
+    assert replayed.returncode == 0, replayed.stderr
+    for letter_id in letters:
+        assert (
+            f"skipped {letter_id}: an invalid_payload letter (its stored event did not fit the "
+            "handler's model), which would fail the same way again; fix the model, then replay "
+            "it with --force"
+        ) in replayed.stdout
+    assert "holds no event" not in replayed.stdout
+    assert "replayed 0, skipped 2, already gone 0" in replayed.stdout
+    assert dead_letter_ids(redis_url) == letters
 
 
 def test_a_forced_replay_reruns_the_handlers_that_had_succeeded(

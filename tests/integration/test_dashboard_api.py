@@ -166,6 +166,7 @@ async def test_filters_and_one_event_and_one_dead_letter_as_json(
         async with client.get("/api/events", params={"status": "dead"}) as response:
             [item] = (await response.json())["items"]
         assert {"id", "type", "status", "received_at"} <= set(item)
+        assert item["handler_statuses"] == {FAILING_HANDLER: "dead", "shop_handlers:fulfil": "done"}
         async with client.get(f"/api/events/{event_id}") as response:
             event = await response.json()
         assert event["handlers"][FAILING_HANDLER]["status"] == "dead"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,10 +23,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from loops_webhooks.embedded_redis import stop_embedded_redis
 from loops_webhooks.ingest.app import create_app
-from loops_webhooks.settings import Settings
+from loops_webhooks.settings import RECEIVER_METRICS_PORT, WORKER_METRICS_PORT, Settings
 from tests.conftest import WEBHOOK_SECRET, LoopsSender
 from tests.integration.conftest import StartLoopsWebhooks
+from tests.integration.worker_harness import eventually
 
 LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
 WEBHOOK_PATH = "/webhooks/loops"
@@ -391,3 +394,147 @@ def test_the_dashboard_and_the_alert_rules_query_only_metrics_the_service_export
             "loops_webhooks_redis_write_duration_seconds_bucket"} <= board  # fmt: skip
     assert unknown(board) == set()
     assert unknown(rules) == REDIS_EXPORTER_METRICS
+
+
+async def metrics_answer(url: str) -> str | None:
+    """The text of ``url`` if it answers 200 now, else None."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return await response.text() if response.status == 200 else None
+    except aiohttp.ClientError:
+        return None
+
+
+def test_serve_and_a_worker_on_one_host_serve_metrics_on_their_own_default_ports(
+    tmp_path: Path, redis_url: str, free_port: Callable[[], int]
+) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LOOPS_")},
+        "REDIS_URL": redis_url,
+        "LOOPS_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "PYTHONUNBUFFERED": "1",
+    }  # LOOPS_METRICS_PORT unset: the defaults, as in two terminals after the quick start
+    logs = {"serve": tmp_path / "serve.log", "worker": tmp_path / "worker.log"}
+    commands = {"serve": ["serve", "--port", str(free_port())], "worker": ["worker"]}
+    processes = []
+    for name, arguments in commands.items():
+        with logs[name].open("wb") as log_file:
+            process = subprocess.Popen(
+                [LOOPS_WEBHOOKS, *arguments], env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
+            processes.append(process)
+    urls = [
+        f"http://127.0.0.1:{RECEIVER_METRICS_PORT}/metrics",
+        f"http://127.0.0.1:{WORKER_METRICS_PORT}/metrics",
+    ]
+    deadline = time.monotonic() + 30
+    try:
+        while None in (texts := [asyncio.run(metrics_answer(url)) for url in urls]):
+            assert time.monotonic() < deadline, [path.read_text() for path in logs.values()]
+            time.sleep(0.2)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+
+    receiver_text, worker_text = texts
+    assert "loops_webhooks_requests_total" in str(receiver_text)
+    assert "loops_webhooks_queue_depth" in str(worker_text)
+    assert not any("cannot serve metrics" in path.read_text() for path in logs.values())
+    assert not {RECEIVER_METRICS_PORT, WORKER_METRICS_PORT} & set(range(9100, 10000))
+
+
+async def test_a_second_worker_on_a_busy_metrics_port_runs_on_and_says_which_setting_to_change(
+    redis_url: str, start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
+) -> None:
+    metrics_port = free_port()
+    env = {"REDIS_URL": redis_url, "LOOPS_METRICS_PORT": str(metrics_port)}
+    first = start_loops_webhooks("worker", env=env, port=metrics_port)
+    second = start_loops_webhooks("worker", env=env)
+
+    async def started() -> bool:
+        return "worker started" in second.output()
+
+    await eventually(started, within=30, what="the second worker started", details=second.output)
+    await asyncio.sleep(1.0)
+
+    assert second.process.poll() is None, second.output()
+    [complaint] = [line for line in second.output().splitlines() if "cannot serve metrics" in line]
+    assert "LOOPS_METRICS_PORT" in complaint
+    assert str(metrics_port) in complaint
+    assert await metrics_answer(f"http://127.0.0.1:{metrics_port}/metrics") is not None
+    assert "cannot serve metrics" not in first.output()
+
+
+def test_dev_logs_for_the_console_with_one_settings_line_and_says_when_each_process_stops(
+    tmp_path: Path, start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
+) -> None:
+    secrets = {
+        "LOOPS_WEBHOOK_SECRET": "whsec_never_in_the_log",
+        "LOOPS_DASHBOARD_TOKEN": "dashboard-token-never-in-the-log",
+        "LOOPS_REDIS_SENTINEL_PASSWORD": "sentinel-password-never-in-the-log",
+    }
+    env = {**secrets, "LOOPS_DATA_DIR": str(tmp_path / "data")}  # the embedded Redis
+    port = free_port()
+    try:
+        dev = start_loops_webhooks("dev", "--port", str(port), "--dashboard-port",
+                                   str(free_port()), env=env, port=port)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while "worker started" not in dev.output() or "dashboard listening" not in dev.output():
+            assert time.monotonic() < deadline, dev.output()
+            time.sleep(0.1)
+        assert dev.stop() == 0
+    finally:
+        stop_embedded_redis(tmp_path / "data")
+
+    lines = dev.output().splitlines()
+    assert not [line for line in lines if line.lstrip().startswith("{")], dev.output()
+    [settings] = [line for line in lines if "effective settings" in line]
+    assert "LOOPS_WEBHOOK_SECRET': '***'" in settings
+    assert not [value for value in secrets.values() if value in dev.output()]
+    [embedded] = [line for line in lines if "started the embedded Redis" in line]
+    assert "[warning" in embedded
+    for process in ("receiver", "dashboard", "worker"):
+        assert any(f"{process} stopping" in line and "SIGTERM" in line for line in lines)
+        assert any(f"{process} stopped" in line for line in lines)
+    assert any("dev stopping" in line and "signal=SIGTERM" in line for line in lines)
+    assert "dev stopped" in lines[-1]
+
+
+@pytest.mark.parametrize("command", ["serve", "worker", "dashboard"])
+def test_each_long_running_command_logs_its_settings_once_where_it_listens_and_why_it_stops(
+    command: str,
+    redis_url: str,
+    start_loops_webhooks: StartLoopsWebhooks,
+    free_port: Callable[[], int],
+) -> None:
+    port = free_port()
+    env = {
+        "REDIS_URL": redis_url,
+        "LOOPS_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "LOOPS_DASHBOARD_TOKEN": "a-dashboard-token-of-some-length",
+        "LOOPS_LOG_FORMAT": "json",
+    }
+    if command == "worker":  # it listens on its metrics port only
+        env["LOOPS_METRICS_PORT"] = str(port)
+    arguments = [] if command == "worker" else ["--port", str(port)]
+    process = start_loops_webhooks(command, *arguments, env=env, port=port)
+    role = {"serve": "receiver"}.get(command, command)
+    started = "worker started" if command == "worker" else f"{role} listening"
+    deadline = time.monotonic() + 30
+    while started not in process.output():
+        assert time.monotonic() < deadline, process.output()
+        time.sleep(0.1)
+
+    assert process.stop() == 0
+
+    lines = [orjson.loads(line) for line in process.output().splitlines()]
+    events = [line["event"] for line in lines]
+    assert events.count("effective settings") == 1
+    assert events[-2:] == [f"{role} stopping", f"{role} stopped"]
+    assert lines[-2]["signal"] == "SIGTERM"
+    if command != "worker":
+        [listening] = [line for line in lines if line["event"] == started]
+        expected = {"serve": "/webhooks/loops", "dashboard": "/"}[command]
+        assert listening["url"] == f"http://127.0.0.1:{port}{expected}"

@@ -3,6 +3,7 @@ giving a command to paste that works as printed, with a secret that survives res
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import stat
@@ -134,3 +135,98 @@ def test_dev_prints_a_send_command_that_works_as_printed_and_keeps_its_secret(
     port = free_port()
     again = start_loops_webhooks("dev", "--port", str(port), env=env, port=port)
     assert f"--secret {secret}" in again.output()
+
+
+BROKEN_HANDLER = """\
+import os
+
+from loops_webhooks import HandlerContext, Router
+from loops_webhooks.events import CheckoutSessionEvent
+
+router = Router()
+
+
+@router.on("checkout.session.completed")
+async def fulfil(event: CheckoutSessionEvent, ctx: HandlerContext) -> None:
+    order = event.data.metadata["order"]  # KeyError: the metadata says orderId
+    with open(os.environ["EFFECTS_FILE"], "a") as effects:
+        effects.write(f"{event.id} {order}\\n")
+"""
+
+
+def save(path: Path, text: str) -> None:
+    """Write ``path`` as editors do: a temporary file renamed over the old one."""
+    temporary = path.with_name(f".{path.name}.saving")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+async def test_dev_reloads_the_worker_when_a_handler_is_edited_so_a_replay_runs_the_fix(
+    tmp_path: Path,
+    redis: Redis,
+    redis_url: str,
+    start_loops_webhooks: StartLoopsWebhooks,
+    free_port: Callable[[], int],
+) -> None:
+    write_shop(tmp_path)
+    module = tmp_path / "myshop" / "webhooks.py"
+    save(module, BROKEN_HANDLER)
+    effects = tmp_path / "effects.txt"
+    env = {
+        "REDIS_URL": redis_url,
+        "LOOPS_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "LOOPS_HANDLERS": "myshop.webhooks:router",
+        "LOOPS_MAX_ATTEMPTS": "1",
+        "LOOPS_DATA_DIR": "data",
+        "EFFECTS_FILE": str(effects),
+    }
+    port = free_port()
+    dev = start_loops_webhooks("dev", "--port", str(port), "--dashboard-port", str(free_port()),
+                               env=env, port=port)  # fmt: skip
+    store = EventStore(redis, dedupe_ttl_seconds=3600)
+
+    def reloads() -> int:
+        return dev.output().count("reloaded the worker")
+
+    async def started(count: int) -> bool:
+        return dev.output().count("worker started") == count
+
+    await eventually(lambda: started(1), within=30, what="the worker started", details=dev.output)
+    url = f"http://127.0.0.1:{port}/webhooks/loops"
+    sent = cli("send", "checkout.session.completed", "--id", "evt_reload", "--url", url,
+               env=env, cwd=tmp_path)  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+
+    async def dead() -> bool:
+        event = await store.get("evt_reload")
+        return event is not None and event.status == "dead"
+
+    await eventually(dead, within=20, what="the KeyError dead-lettered", details=dev.output)
+
+    save(module, BROKEN_HANDLER.replace("async def fulfil(", "async def fulfil(:"))
+
+    async def worker_exited() -> bool:
+        return "the worker exited" in dev.output()
+
+    await eventually(worker_exited, within=20, what="a syntax error logged", details=dev.output)
+    assert "SyntaxError" in dev.output()
+    assert dev.process.poll() is None, dev.output()
+
+    save(module, BROKEN_HANDLER.replace('metadata["order"]', 'metadata["orderId"]'))
+
+    await eventually(lambda: started(2), within=30, what="the fixed worker", details=dev.output)
+    assert reloads() == 2
+    [line] = [line for line in dev.output().splitlines() if "reloaded the worker" in line][-1:]
+    assert "myshop/webhooks.py" in line
+    replayed = cli("dlq", "replay", "--all", env=env, cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stderr
+
+    async def done() -> bool:
+        event = await store.get("evt_reload")
+        return event is not None and event.status == "done"
+
+    await eventually(done, within=20, what="the replay ran the fixed code", details=dev.output)
+    [effect] = effects.read_text().splitlines()
+    assert effect.startswith("evt_reload ")
+    await asyncio.sleep(1.5)
+    assert reloads() == 2  # the log and the effects, written in the project, restart nothing

@@ -155,10 +155,12 @@ class Workbench:
             for index, worker in enumerate(self._workers)
         )
 
-    async def submit(self, event_type: str = "checkout.session.completed") -> str:
+    async def submit(
+        self, event_type: str = "checkout.session.completed", *, event_id: str | None = None
+    ) -> str:
         """Record and enqueue a new event through the receiver's own producer API."""
         self._count += 1
-        event_id = f"evt_{self._count:04d}_{time.time_ns()}"
+        event_id = event_id or f"evt_{self._count:04d}_{time.time_ns()}"
         body = self._loops.event(event_id, event_type)
         event = ReceivedEvent(
             event_id, event_type, body, self._loops.headers(body), int(time.time() * 1000)

@@ -34,6 +34,11 @@ def test_a_sentinel_url_names_every_sentinel_the_master_and_the_database():
     )
 
 
+def test_a_plain_url_password_is_percent_decoded_as_for_a_sentinel_url():
+    client = open_redis("redis://:pa%40ss%3A%2F%25@redis:6379/0")
+    assert client.connection_pool.connection_kwargs["password"] == "pa@ss:/%"
+
+
 def test_a_sentinel_url_without_a_database_means_database_zero_and_takes_a_user():
     address = sentinel_address("rediss+sentinel://app:pw@sentinel/loops")
     assert address is not None

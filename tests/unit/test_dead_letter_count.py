@@ -7,12 +7,12 @@ import time
 from fakeredis import FakeAsyncRedis
 
 from loops_webhooks.workers import keys
-from loops_webhooks.workers.operations import DeadLetterFilter, Operations
+from loops_webhooks.workers.operator_api import DeadLetterFilter, OperatorApi
 from tests.unit.test_replay import DAY, QUEUE, event_with_dead_handlers
 
 
-def operations(redis: FakeAsyncRedis) -> Operations:
-    return Operations(
+def operator_api(redis: FakeAsyncRedis) -> OperatorApi:
+    return OperatorApi(
         redis,
         queue_name=QUEUE,
         dedupe_ttl_seconds=DAY,
@@ -25,7 +25,7 @@ async def test_the_count_of_a_filter_is_what_a_replay_of_it_would_select(
     redis: FakeAsyncRedis,
 ) -> None:
     await event_with_dead_handlers(redis, "a", "b", "c")
-    ops = operations(redis)
+    api = operator_api(redis)
 
     for where in (
         DeadLetterFilter(),
@@ -34,9 +34,9 @@ async def test_the_count_of_a_filter_is_what_a_replay_of_it_would_select(
         DeadLetterFilter(reason="max_attempts"),
         DeadLetterFilter(since_ms=int(time.time() * 1000) + 60_000),
     ):
-        assert await ops.count_dead_letters(where) == len(await ops.select_dead_letters((), where))
-    assert await ops.count_dead_letters() == 3
-    assert await ops.count_dead_letters(DeadLetterFilter(handler="b")) == 1
+        assert await api.count_dead_letters(where) == len(await api.select_dead_letters((), where))
+    assert await api.count_dead_letters() == 3
+    assert await api.count_dead_letters(DeadLetterFilter(handler="b")) == 1
 
 
 async def test_stats_give_the_last_hour_per_minute_oldest_first(redis: FakeAsyncRedis) -> None:
@@ -44,7 +44,7 @@ async def test_stats_give_the_last_hour_per_minute_oldest_first(redis: FakeAsync
     await redis.hset(keys.outcome_counts_key(now_ms), mapping={"done": 3, "retry": 1})
     await redis.hset(keys.outcome_counts_key(now_ms - 5 * 60_000), mapping={"done": 2})
 
-    stats = await operations(redis).stats()
+    stats = await operator_api(redis).stats()
 
     assert len(stats.per_minute) == 60
     assert stats.per_minute[-1] == {"done": 3, "retry": 1}

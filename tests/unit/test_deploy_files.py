@@ -24,8 +24,8 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
-from loops_webhooks.redis_url import sentinel_address
-from loops_webhooks.settings import Settings
+from loops_webhooks.redis_url import REDIS_URL_FORMS, sentinel_address
+from loops_webhooks.settings import RECEIVER_METRICS_PORT, WORKER_METRICS_PORT, Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"
@@ -47,8 +47,14 @@ GRAFANA_BOARD = DEPLOY / "grafana" / "loops-webhooks.json"
 
 RECEIVER, WORKER, REDIS = "loops-webhooks-receiver", "loops-webhooks-worker", "loops-webhooks-redis"
 DASHBOARD = "loops-webhooks-dashboard"
-SECRET_VARIABLES = {"LOOPS_WEBHOOK_SECRET", "REDIS_URL", "REDIS_PASSWORD", "REDISCLI_AUTH",
-                    "LOOPS_DASHBOARD_TOKEN"}  # fmt: skip
+SECRET_VARIABLES = {
+    "LOOPS_WEBHOOK_SECRET",
+    "LOOPS_REDIS_SENTINEL_PASSWORD",
+    "REDIS_URL",
+    "REDIS_PASSWORD",
+    "REDISCLI_AUTH",
+    "LOOPS_DASHBOARD_TOKEN",
+}
 
 BINARY_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30}
 
@@ -447,7 +453,7 @@ def test_every_compose_service_restarts_unless_stopped():
 
 def test_compose_checks_workers_health_on_their_metrics_port():
     for worker in compose_workers().values():
-        port = compose_environment(worker).get("LOOPS_METRICS_PORT", "9100")
+        port = compose_environment(worker)["LOOPS_METRICS_PORT"]
         url = healthcheck_url(worker["healthcheck"]["test"])
         assert url == f"http://127.0.0.1:{port}/healthz"
 
@@ -584,6 +590,20 @@ def test_worker_termination_grace_exceeds_its_shutdown_grace():
     worker = k8s_object("Deployment", WORKER)
     grace = pod_spec(worker)["terminationGracePeriodSeconds"]
     assert grace > shutdown_grace_seconds(literal_env(the_container("Deployment", WORKER)))
+
+
+def test_every_deployed_process_serves_metrics_on_its_roles_default_port():
+    expected = {"serve": RECEIVER_METRICS_PORT, "worker": WORKER_METRICS_PORT}
+    for service in compose_app_services().values():
+        if service["command"][0] in expected:  # the dashboard serves no metrics
+            port = compose_environment(service)["LOOPS_METRICS_PORT"]
+            assert int(port) == expected[service["command"][0]]
+    for name, port in ((RECEIVER, RECEIVER_METRICS_PORT), (WORKER, WORKER_METRICS_PORT)):
+        assert int(literal_env(the_container("Deployment", name))["LOOPS_METRICS_PORT"]) == port
+    exposed = {
+        int(port) for ports in arguments_of(final_stage(), "EXPOSE") for port in ports.split()
+    }
+    assert {RECEIVER_METRICS_PORT, WORKER_METRICS_PORT} <= exposed
 
 
 def test_pods_are_scraped_by_prometheus_on_their_metrics_ports():
@@ -860,6 +880,115 @@ def test_every_deploy_file_the_readme_names_exists():
     named = set(re.findall(r"`(deploy/[^`*]+?)`", README.read_text())) - {"deploy/.env"}
     assert ENV_EXAMPLE.relative_to(DEPLOY.parent).as_posix() in named
     assert [name for name in sorted(named) if not (DEPLOY.parent / name).exists()] == []
+
+
+# --- the deploy READMEs say what the code and the manifests do ----------------------------
+
+DEPLOY_READMES = sorted(DEPLOY.rglob("README.md"))
+K8S_README = K8S / "README.md"
+PATH_SUFFIXES = (".md", ".yaml", ".conf", ".sh", ".py", ".toml", ".example", "Dockerfile")
+
+
+def readme_sentences() -> Iterator[tuple[str, str]]:
+    """Every sentence (or table row) of every deploy README, with its file, on one line."""
+    for path in DEPLOY_READMES:
+        text = " ".join(path.read_text().split())
+        for sentence in re.split(r"(?<=[.:;|])\s+(?=[A-Z`|*-])", text):
+            yield str(path.relative_to(DEPLOY)), sentence
+
+
+def readme_prose(path: Path) -> str:
+    """A README without its code blocks: what it says rather than what it runs."""
+    return re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+
+
+def test_no_deploy_readme_says_sentinel_urls_are_unsupported():
+    unsupported = re.compile(r"not supported|unsupported|not yet|cannot|no sentinel", re.I)
+    wrong = [
+        (where, sentence)
+        for where, sentence in readme_sentences()
+        if "sentinel" in sentence.lower() and unsupported.search(sentence)
+    ]
+    assert wrong == []
+
+
+def test_the_k8s_readme_names_every_redis_url_form_the_code_accepts():
+    schemes = set(re.findall(r"([a-z+]+)://", REDIS_URL_FORMS))
+    assert {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"} <= schemes
+    named = set(re.findall(r"`([a-z+]+)://", K8S_README.read_text()))
+    assert schemes - named == set()
+
+
+def test_no_deploy_readme_says_a_worker_exits_on_a_redis_failure():
+    wrong = [
+        (where, clause)
+        for where, sentence in readme_sentences()
+        for clause in re.split(r"[,;:()]", sentence)
+        if re.search(r"\bworkers?\b", clause)
+        and re.search(r"\bexit", clause)
+        and not re.search(r"\b(no|none|never|not|instead of)\b", clause)
+    ]
+    assert wrong == []
+
+
+def test_no_deploy_readme_says_the_password_is_not_percent_decoded():
+    wrong = [
+        (where, sentence)
+        for where, sentence in readme_sentences()
+        if re.search(r"(not|never|n't) (percent-)?decode", sentence)
+    ]
+    assert wrong == []
+    assert "percent-decodes the password" in K8S_README.read_text()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "workload"), [("receiver.yaml", RECEIVER), ("worker.yaml", WORKER)]
+)
+def test_the_k8s_readme_calls_each_probe_what_the_manifest_makes_it(manifest: str, workload: str):
+    (row,) = [line for line in K8S_README.read_text().splitlines() if f"| `{manifest}` |" in line]
+    container = the_container("Deployment", workload)
+    named = {kind for kind in ("liveness", "readiness") if re.search(rf"\b{kind} `", row)}
+    probes = {kind for kind in ("liveness", "readiness") if f"{kind}Probe" in container}
+    assert named == probes
+
+
+def test_every_secret_key_a_deploy_readme_creates_is_read_by_a_manifest():
+    created = set()
+    for path in DEPLOY_READMES:
+        for command in path.read_text().replace("\\\n", " ").splitlines():
+            secret = re.search(r"kubectl create secret generic ([\w-]+)", command)
+            if secret:
+                keys = re.findall(r"--from-literal=([\w-]+)=", command)
+                created |= {(secret[1], key) for key in keys}
+    read = {
+        (entry["valueFrom"]["secretKeyRef"]["name"], entry["valueFrom"]["secretKeyRef"]["key"])
+        for _, container in containers()
+        for entry in container.get("env", [])
+        if "secretKeyRef" in entry.get("valueFrom", {})
+    }
+    assert ("loops-webhooks-redis", "sentinel-password") in created
+    assert created - read == set()
+
+
+def test_every_path_a_deploy_readme_names_is_in_the_repository():
+    named = {
+        (path, name)
+        for path in DEPLOY_READMES
+        for quoted, linked in re.findall(r"`([^`\s]+)`|\]\(([^)\s]+)\)", readme_prose(path))
+        for name in (quoted or linked,)
+        if ":" not in name
+        and not re.search(r"[*<>]", name)
+        and ("/" in name or name.endswith(PATH_SUFFIXES))
+        and (not name.startswith("/") or name.endswith(".md"))
+    }
+    assert (DEPLOY / "README.md", "smoke.sh") in named
+    missing = [
+        f"{path.relative_to(DEPLOY)}: {name}"
+        for path, name in sorted(named)
+        if name.startswith("/")
+        or not ((path.parent / name).exists() or (DEPLOY.parent / name).exists())
+    ]
+    assert missing == []
 
 
 # --- compose.sentinel.yaml: replicas and Sentinel ------------------------------------------

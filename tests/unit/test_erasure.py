@@ -6,12 +6,12 @@ import time
 
 import orjson
 from fakeredis import FakeAsyncRedis
+from loops_webhooks.workers.operator_api import OperatorApi
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
 from loops_webhooks.workers.event_store import EventStore, HandlerState, HandlerStatus
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
-from loops_webhooks.workers.operations import Operations
 from loops_webhooks.workers.replay import ReplayResult, replay_dead_letter
 
 QUEUE = "loops:queue"
@@ -19,8 +19,8 @@ TYPE = "checkout.session.completed"
 TERMS = ("session:cs_1", "customer:cus_1")
 
 
-def operations(redis: FakeAsyncRedis) -> Operations:
-    return Operations(
+def operator_api(redis: FakeAsyncRedis) -> OperatorApi:
+    return OperatorApi(
         redis,
         queue_name=QUEUE,
         dedupe_ttl_seconds=3600,
@@ -42,7 +42,7 @@ async def test_an_event_still_being_processed_is_left_whole_and_reported(
 ) -> None:
     await receive(redis, "evt_pending")
 
-    report = await operations(redis).erase_customer("cus_1")
+    report = await operator_api(redis).erase_customer("cus_1")
 
     assert (report.events, report.pending) == (0, ["evt_pending"])
     assert (await redis.hget(keys.event_key("evt_pending"), "raw")).startswith(b"{")
@@ -66,7 +66,7 @@ async def test_a_letter_erased_after_a_replay_read_it_is_not_replayed(
     read_before_the_erasure = await get_dead_letter(redis, letter.id)
     assert read_before_the_erasure is not None
 
-    await operations(redis).erase_customer("cus_1")
+    await operator_api(redis).erase_customer("cus_1")
     result = await replay_dead_letter(
         redis, read_before_the_erasure, queue_name=QUEUE, history_limit=10
     )

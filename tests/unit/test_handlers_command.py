@@ -72,10 +72,10 @@ def test_the_handlers_are_listed_from_the_current_directory(
     package = spec.split(".")[0]
     assert out.splitlines() == [
         f"{package}.webhooks:fulfil  pattern 'checkout.session.completed'",
-        "  max_attempts 3, timeout 30 (default) s, async",
+        "  max_attempts 3, timeout 30 s (default), async",
         "  matches: checkout.session.completed",
         "typo  pattern 'checkout.session.complete'",
-        "  max_attempts 8 (default), timeout 5.0 s, def, in a thread",
+        "  max_attempts 8 (default), timeout 5 s, def, in a thread",
         "  matches: no known Loops event type",
     ]
     assert err == (

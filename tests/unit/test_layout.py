@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,12 @@ PACKAGE_FOLDERS = {
 LEAVES = {"loops_webhooks.settings", "loops_webhooks.logs", "loops_webhooks.redis_url"}
 USER_CODE = {"loops_webhooks.handlers.examples"}
 """Written as a shop's handler module is: against the public names only."""
-PUBLIC_API = {"loops_webhooks", "loops_webhooks.events", "loops_webhooks.testing"}
+PUBLIC_API = {
+    "loops_webhooks",
+    "loops_webhooks.effects",
+    "loops_webhooks.events",
+    "loops_webhooks.testing",
+}
 EDGES = ("loops_webhooks.ingest", "loops_webhooks.dashboard")
 
 ALLOWED: dict[str, set[str]] = {
@@ -129,6 +135,53 @@ def test_every_import_points_down_the_layers() -> None:
                 wrong.append(f"{module} imports another edge, {target}")
 
     assert wrong == []
+
+
+def readme_tree() -> dict[str, str]:
+    """The README's package tree: the text it gives each package, by dotted name. A line
+    ``name/`` at the left opens a package, ``  name/`` one of its subpackages; deeper
+    indented lines continue the entry above them."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    (block,) = re.findall(r"^```\n(loops_webhooks/.*?)^```", readme, re.DOTALL | re.MULTILINE)
+    sections: dict[str, list[str]] = {}
+    top = current = ""
+    for line in block.splitlines():
+        if folder := re.match(r"(\w+)/", line):
+            top = current = ".".join(dict.fromkeys(["loops_webhooks", folder[1]]))
+        elif subpackage := re.match(r"  (\w+)/", line):
+            sections.setdefault(top, []).append(f"  {subpackage[1]}/")
+            current = f"{top}.{subpackage[1]}"
+        elif re.match(r"  \S", line):
+            current = top
+        sections.setdefault(current, []).append(line)
+    return {package: "\n".join(lines) for package, lines in sections.items()}
+
+
+def test_the_readme_tree_names_every_module_in_its_package() -> None:
+    tree = readme_tree()
+    missing = []
+    for module, path in sorted(project_modules().items()):
+        package, _, name = module.rpartition(".")
+        if path.name == "__init__.py":
+            if package and module not in tree:
+                missing.append(f"{module}/ has no entry")
+        elif not re.search(rf"\b{name}\b", tree.get(package, "")):
+            missing.append(module)
+
+    assert missing == []
+
+
+def test_every_file_the_readme_tree_names_is_in_its_package() -> None:
+    modules = project_modules()
+    named = [
+        f"{package}.{name}"
+        for package, text in readme_tree().items()
+        for name in re.findall(r"\b(\w+)\.py\b", text)
+        if name != "__init__"
+    ]
+
+    assert "loops_webhooks.workers.keys" in named
+    assert [module for module in named if module not in modules] == []
 
 
 def test_nothing_of_ours_is_importable_under_a_name_a_shop_may_use() -> None:

@@ -132,7 +132,7 @@ async def test_an_invalid_payload_letter_with_its_event_stored_is_replayed_only_
     unforced = await replay_dead_letter(redis, letter, queue_name=QUEUE, history_limit=10)
     forced = await replay_dead_letter(redis, letter, queue_name=QUEUE, history_limit=10, force=True)
 
-    assert (unforced, forced) == (ReplayResult.SKIPPED, ReplayResult.REPLAYED)
+    assert (unforced, forced) == (ReplayResult.NEEDS_FORCE, ReplayResult.REPLAYED)
     stored = await EventStore(redis, dedupe_ttl_seconds=DAY).get("evt_1")
     assert stored is not None and stored.status == "pending"
 
@@ -146,10 +146,8 @@ async def test_a_body_the_receiver_could_not_parse_is_skipped_even_with_force(
     letter = await get_dead_letter(redis, letter_id)
     assert letter is not None
 
-    assert (
-        await replay_dead_letter(redis, letter, queue_name=QUEUE, history_limit=10, force=True)
-        == "skipped"
-    )
+    result = await replay_dead_letter(redis, letter, queue_name=QUEUE, history_limit=10, force=True)
+    assert result is ReplayResult.NO_EVENT
 
 
 async def test_replays_keep_only_the_newest_handler_states_up_to_the_history_limit(

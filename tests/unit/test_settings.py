@@ -99,6 +99,7 @@ def test_the_secret_never_appears_in_the_settings_repr(monkeypatch):
         ("LOOPS_MAX_BODY_BYTES", "0"),
         ("LOOPS_DEDUPE_TTL_SECONDS", "-1"),
         ("LOOPS_REDIS_TIMEOUT_SECONDS", "0"),
+        ("LOOPS_DASHBOARD_TRUSTED_PROXIES", "10.0.0.0/8, proxy.internal"),
     ],
 )
 def test_an_unusable_value_is_refused(monkeypatch, name, value):
@@ -120,3 +121,13 @@ def test_the_sentinel_password_is_read_but_never_shown(monkeypatch):
     settings = Settings()
     assert settings.sentinel_password == "s3ntinel"
     assert "s3ntinel" not in repr(settings)
+
+
+def test_trusted_proxies_are_addresses_and_networks(monkeypatch):
+    assert Settings().trusted_proxies == []
+    monkeypatch.setenv("LOOPS_DASHBOARD_TRUSTED_PROXIES", " 10.0.0.0/8, 192.0.2.7 ,::1")
+    assert [str(network) for network in Settings().trusted_proxies] == [
+        "10.0.0.0/8",
+        "192.0.2.7/32",
+        "::1/128",
+    ]

@@ -23,7 +23,13 @@ from redis.commands.core import AsyncScript
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
-from loops_webhooks.workers.event_store import EventStatus, EventStore, StoredEvent
+from loops_webhooks.workers.event_store import (
+    EventStatus,
+    EventStore,
+    HandlerState,
+    HandlerStatus,
+    StoredEvent,
+)
 from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
 from loops_webhooks.workers.scripts import register_script
 from loops_webhooks.workers.search import (
@@ -43,7 +49,7 @@ __all__ = [
     "EventSummary",
     "InvalidCursor",
     "NotFound",
-    "Operations",
+    "OperatorApi",
     "Page",
     "ReindexReport",
     "ReplayReport",
@@ -117,6 +123,8 @@ class EventSummary:
     received_at_ms: int
     finished_at_ms: int | None
     outcome: str | None
+    handlers: dict[str, HandlerStatus]
+    """Where each handler that matched the event stands (done, dead, retry, ...), by name."""
     search_terms: tuple[str, ...] = ()
     erased_at_ms: int | None = None
     """When its personal data was erased (``events erase``); None: never."""
@@ -177,12 +185,20 @@ class ReindexReport:
 @dataclass(frozen=True, slots=True)
 class ReplayReport:
     replayed: list[str]
-    skipped: list[str]
+    no_event: list[str]
     """Letters that hold no event to replay (a signed body that was not a usable event)."""
+    needs_force: list[str]
+    """``invalid_payload`` letters of a stored event, not replayed without ``force``: they
+    would fail the same way again until the handler's model is fixed."""
     gone: list[str]
     """Letters replayed or purged by someone else since they were selected: not failures."""
     erased: list[str]
     """Letters whose personal data was erased: refused, nothing is left to replay."""
+
+    @property
+    def skipped(self) -> list[str]:
+        """Letters not replayed, for either reason above."""
+        return self.no_event + self.needs_force
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +210,7 @@ class ErasureReport:
     """Events still being processed, left as they are: erase again once they finished."""
 
 
-class Operations:
+class OperatorApi:
     """The operator's API over one Redis; ``queue_name`` and ``dedupe_ttl_seconds`` must be
     the receivers' and workers' own (``LOOPS_QUEUE_NAME``, ``LOOPS_DEDUPE_TTL_SECONDS``),
     ``replay_history_limit`` is ``LOOPS_REPLAY_HISTORY_LIMIT``, ``search_metadata_keys``
@@ -302,13 +318,28 @@ class Operations:
 
         return await _search_page(self._redis, search, None, load, limit, cursor)
 
+    async def dead_letters_named(self, name: str) -> list[DeadLetter]:
+        """The dead letter whose id is ``name``, else every letter of the event whose id it
+        is: people copy whichever id they see. NotFound if it names neither."""
+        try:
+            return [await self.get_dead_letter(name)]
+        except NotFound:
+            letters = await self.dead_letters_of_event(name)
+        if not letters:
+            raise NotFound(f"no dead letter {name!r}, and no event {name!r} with dead letters")
+        return letters
+
     async def select_dead_letters(
         self, ids: Sequence[str] = (), where: DeadLetterFilter | None = None
     ) -> list[DeadLetter]:
-        """The letters a bulk replay or purge acts on: those named (NotFound if one is not
-        stored), else every letter matching ``where``, newest first."""
+        """The letters a bulk replay or purge acts on: those named, by letter or event id
+        (``dead_letters_named``; each letter once), else every letter matching ``where``,
+        newest first."""
         if ids:
-            return [await self.get_dead_letter(letter_id) for letter_id in ids]
+            named: dict[str, DeadLetter] = {}
+            for name in ids:
+                named |= {letter.id: letter for letter in await self.dead_letters_named(name)}
+            return list(named.values())
         selected: list[DeadLetter] = []
         cursor: str | None = None
         while True:
@@ -352,7 +383,8 @@ class Operations:
                 on_progress(done, len(letters))
         return ReplayReport(
             replayed=outcomes[ReplayResult.REPLAYED],
-            skipped=outcomes[ReplayResult.SKIPPED],
+            no_event=outcomes[ReplayResult.NO_EVENT],
+            needs_force=outcomes[ReplayResult.NEEDS_FORCE],
             gone=outcomes[ReplayResult.GONE],
             erased=outcomes[ReplayResult.ERASED],
         )
@@ -465,6 +497,7 @@ class Operations:
                 pipe.hmget(keys.event_key(event_id), _EVENT_SUMMARY_FIELDS)
                 pipe.hget(keys.SEARCH_TERMS, event_id)
             rows = await pipe.execute()
+        handlers = await self._handler_statuses(ids)
         summaries: list[EventSummary | None] = []
         for event_id, row, terms in zip(ids, rows[0::2], rows[1::2], strict=True):
             _, event_type, status, received_at, finished_at, outcome, erased_at = row
@@ -481,9 +514,35 @@ class Operations:
                     outcome=outcome.decode() if outcome else None,
                     search_terms=unpack_terms(terms) if terms else (),
                     erased_at_ms=int(erased_at) if erased_at else None,
+                    handlers=handlers[event_id],
                 )
             )
         return summaries
+
+    async def _handler_statuses(self, ids: list[str]) -> dict[str, dict[str, HandlerStatus]]:
+        """Per event, its handlers' statuses: the names of its hash's handler fields first,
+        then those fields alone (the hash also holds the raw body, not read for a list)."""
+        prefix = keys.HANDLER_FIELD_PREFIX.encode()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_id in ids:
+                pipe.hkeys(keys.event_key(event_id))
+            names = await pipe.execute()
+        fields_of = {
+            event_id: sorted(field for field in fields if field.startswith(prefix))
+            for event_id, fields in zip(ids, names, strict=True)
+        }
+        wanted = [event_id for event_id in ids if fields_of[event_id]]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_id in wanted:
+                pipe.hmget(keys.event_key(event_id), fields_of[event_id])
+            values = await pipe.execute()
+        statuses: dict[str, dict[str, HandlerStatus]] = {event_id: {} for event_id in ids}
+        for event_id, states in zip(wanted, values, strict=True):
+            for field, state in zip(fields_of[event_id], states, strict=True):
+                if state is not None:
+                    name = field[len(prefix) :].decode()
+                    statuses[event_id][name] = HandlerState.from_json(state).status
+        return statuses
 
     async def _letter_summaries(self, ids: list[str]) -> list[DeadLetter | None]:
         async with self._redis.pipeline(transaction=False) as pipe:

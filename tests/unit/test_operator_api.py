@@ -12,12 +12,12 @@ from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason
 from loops_webhooks.workers.event_store import EventStatus, EventStore, HandlerState, HandlerStatus
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
-from loops_webhooks.workers.operations import (
+from loops_webhooks.workers.operator_api import (
     DeadLetterFilter,
     EventFilter,
     InvalidCursor,
     NotFound,
-    Operations,
+    OperatorApi,
 )
 
 QUEUE = "loops:queue"
@@ -26,8 +26,8 @@ DAY = 86_400
 
 
 @pytest.fixture
-def operations(redis: FakeAsyncRedis) -> Operations:
-    return Operations(
+def api(redis: FakeAsyncRedis) -> OperatorApi:
+    return OperatorApi(
         redis,
         queue_name=QUEUE,
         dedupe_ttl_seconds=DAY,
@@ -72,11 +72,11 @@ async def dead_letter(
     await store.finish(stored, states, [*done, *handlers], letters, now_ms=now)
 
 
-async def every_page(operations: Operations, where: DeadLetterFilter, limit: int) -> list[str]:
+async def every_page(api: OperatorApi, where: DeadLetterFilter, limit: int) -> list[str]:
     ids: list[str] = []
     cursor = None
     while True:
-        page = await operations.list_dead_letters(where, limit=limit, cursor=cursor)
+        page = await api.list_dead_letters(where, limit=limit, cursor=cursor)
         ids += [letter.id for letter in page.items]
         if page.next_cursor is None:
             return ids
@@ -84,7 +84,7 @@ async def every_page(operations: Operations, where: DeadLetterFilter, limit: int
 
 
 async def test_pages_of_dead_letters_cover_each_once_newest_first_even_when_times_tie(
-    redis: FakeAsyncRedis, operations: Operations
+    redis: FakeAsyncRedis, api: OperatorApi
 ) -> None:
     await receive(redis, "evt_tied", 1_000)
     await dead_letter(redis, "evt_tied", [f"h{n:02}" for n in range(10)], now=5_000)
@@ -92,38 +92,38 @@ async def test_pages_of_dead_letters_cover_each_once_newest_first_even_when_time
         await receive(redis, f"evt_{n}", 2_000 + n)
         await dead_letter(redis, f"evt_{n}", ["solo"], now=6_000 + n)
 
-    ids = await every_page(operations, DeadLetterFilter(), limit=4)
+    ids = await every_page(api, DeadLetterFilter(), limit=4)
 
     everything = await redis.zrevrange(keys.DEAD_LETTER_INDEX, 0, -1)
     assert ids == [member.decode() for member in everything]
     assert len(ids) == len(set(ids)) == 15
 
 
-async def test_a_filter_applies_across_pages(redis: FakeAsyncRedis, operations: Operations) -> None:
+async def test_a_filter_applies_across_pages(redis: FakeAsyncRedis, api: OperatorApi) -> None:
     for n in range(7):
         await receive(redis, f"evt_{n}", 1_000 + n)
         await dead_letter(redis, f"evt_{n}", ["fulfil", "audit"], now=2_000 + n)
 
-    ids = await every_page(operations, DeadLetterFilter(handler="audit"), limit=3)
+    ids = await every_page(api, DeadLetterFilter(handler="audit"), limit=3)
 
     assert ids == [keys.dead_letter_id(f"evt_{n}", "audit") for n in reversed(range(7))]
 
 
 async def test_since_keeps_only_letters_dead_lettered_from_then(
-    redis: FakeAsyncRedis, operations: Operations
+    redis: FakeAsyncRedis, api: OperatorApi
 ) -> None:
     for n in range(4):
         await receive(redis, f"evt_{n}", 1_000 + n)
         await dead_letter(redis, f"evt_{n}", ["fulfil"], now=2_000 + n)
 
-    page = await operations.list_dead_letters(DeadLetterFilter(since_ms=2_002))
+    page = await api.list_dead_letters(DeadLetterFilter(since_ms=2_002))
 
     assert [letter.event_id for letter in page.items] == ["evt_3", "evt_2"]
     assert page.next_cursor is None
 
 
 async def test_events_are_listed_newest_first_by_status_and_expired_ones_are_skipped(
-    redis: FakeAsyncRedis, operations: Operations
+    redis: FakeAsyncRedis, api: OperatorApi
 ) -> None:
     now = int(time.time() * 1000)
     for n in range(4):
@@ -131,66 +131,84 @@ async def test_events_are_listed_newest_first_by_status_and_expired_ones_are_ski
     await dead_letter(redis, "evt_1", ["fulfil"], now=now + 10)
     await redis.delete(keys.event_key("evt_2"))
 
-    everything = await operations.list_events()
-    pending = await operations.list_events(EventFilter(status=EventStatus.PENDING))
+    everything = await api.list_events()
+    pending = await api.list_events(EventFilter(status=EventStatus.PENDING))
 
     assert [event.id for event in everything.items] == ["evt_3", "evt_1", "evt_0"]
     assert [event.id for event in pending.items] == ["evt_3", "evt_0"]
     assert everything.items[1].status is EventStatus.DEAD
 
 
-async def test_a_cursor_not_made_by_the_api_is_refused(operations: Operations) -> None:
+async def test_a_cursor_not_made_by_the_api_is_refused(api: OperatorApi) -> None:
     with pytest.raises(InvalidCursor):
-        await operations.list_events(cursor="not a cursor")
+        await api.list_events(cursor="not a cursor")
 
 
-async def test_an_unknown_event_or_letter_is_not_found(operations: Operations) -> None:
+async def test_an_unknown_event_or_letter_is_not_found(api: OperatorApi) -> None:
     with pytest.raises(NotFound):
-        await operations.get_event("evt_missing")
+        await api.get_event("evt_missing")
     with pytest.raises(NotFound):
-        await operations.select_dead_letters(["evt_missing:fulfil"])
+        await api.select_dead_letters(["evt_missing:fulfil"])
+
+
+async def test_an_event_id_selects_every_letter_of_that_event_once(
+    redis: FakeAsyncRedis, api: OperatorApi
+) -> None:
+    await receive(redis, "evt_1", 1_000)
+    await dead_letter(redis, "evt_1", ["fulfil", "audit"], now=2_000)
+    await receive(redis, "evt_2", 1_000)
+    await dead_letter(redis, "evt_2", ["fulfil"], now=2_000)
+    fulfil_1 = keys.dead_letter_id("evt_1", "fulfil")
+
+    selected = await api.select_dead_letters(["evt_1", fulfil_1])
+
+    assert sorted(letter.id for letter in selected) == sorted(
+        [keys.dead_letter_id("evt_1", "audit"), fulfil_1]
+    )
+    with pytest.raises(NotFound, match="no event 'evt_3' with dead letters"):
+        await api.select_dead_letters(["evt_2", "evt_3"])
 
 
 async def test_a_letter_replayed_by_a_concurrent_run_is_reported_gone_not_failed(
-    redis: FakeAsyncRedis, operations: Operations
+    redis: FakeAsyncRedis, api: OperatorApi
 ) -> None:
     await receive(redis, "evt_1", 1_000)
     await dead_letter(redis, "evt_1", ["fulfil"], now=2_000)
-    letters = await operations.select_dead_letters(where=DeadLetterFilter())
+    letters = await api.select_dead_letters(where=DeadLetterFilter())
 
-    first = await operations.replay_dead_letters(letters)
-    second = await operations.replay_dead_letters(letters)
+    first = await api.replay_dead_letters(letters)
+    second = await api.replay_dead_letters(letters)
 
     assert first.replayed == [keys.dead_letter_id("evt_1", "fulfil")] and first.gone == []
     assert second.replayed == [] and second.gone == first.replayed
 
 
 async def test_a_letter_dead_lettered_again_since_it_was_read_is_not_replayed_twice(
-    redis: FakeAsyncRedis, operations: Operations
+    redis: FakeAsyncRedis, api: OperatorApi
 ) -> None:
     await receive(redis, "evt_1", 1_000)
     await dead_letter(redis, "evt_1", ["fulfil"], now=2_000)
-    read_before = await operations.select_dead_letters(where=DeadLetterFilter())
-    await operations.replay_dead_letters(read_before)
+    read_before = await api.select_dead_letters(where=DeadLetterFilter())
+    await api.replay_dead_letters(read_before)
     await dead_letter(redis, "evt_1", ["fulfil"], now=3_000)
 
-    stale = await operations.replay_dead_letters(read_before)
+    stale = await api.replay_dead_letters(read_before)
 
     assert stale.gone == [read_before[0].id]
-    assert [
-        letter.dead_lettered_at for letter in await operations.dead_letters_of_event("evt_1")
-    ] == [3_000]
+    assert [letter.dead_lettered_at for letter in await api.dead_letters_of_event("evt_1")] == [
+        3_000
+    ]
 
 
 async def test_a_replay_keeps_the_replaced_attempts_in_the_events_history(
-    redis: FakeAsyncRedis, operations: Operations
+    redis: FakeAsyncRedis, api: OperatorApi
 ) -> None:
     await receive(redis, "evt_1", 1_000)
     await dead_letter(redis, "evt_1", ["fulfil"], done=("audit",), now=2_000)
 
-    await operations.replay_dead_letters(await operations.dead_letters_of_event("evt_1"))
+    await api.replay_dead_letters(await api.dead_letters_of_event("evt_1"))
 
-    event = await operations.get_event("evt_1")
+    event = await api.get_event("evt_1")
     assert event.status is EventStatus.PENDING
     assert event.handlers["fulfil"] == HandlerState(), "a fresh pending state, owed a run"
     assert event.handlers["audit"].status is HandlerStatus.DONE
@@ -200,21 +218,21 @@ async def test_a_replay_keeps_the_replaced_attempts_in_the_events_history(
 
 
 async def test_purge_lets_a_dead_event_expire_only_once_its_last_letter_is_gone(
-    redis: FakeAsyncRedis, operations: Operations
+    redis: FakeAsyncRedis, api: OperatorApi
 ) -> None:
     await receive(redis, "evt_1", 1_000)
     await dead_letter(redis, "evt_1", ["fulfil", "audit"], now=2_000)
-    fulfil, audit = sorted(await operations.dead_letters_of_event("evt_1"), key=lambda x: x.handler)
+    fulfil, audit = sorted(await api.dead_letters_of_event("evt_1"), key=lambda x: x.handler)
 
-    assert await operations.purge_dead_letters([audit]) == 1
+    assert await api.purge_dead_letters([audit]) == 1
     assert await redis.ttl(keys.event_key("evt_1")) == -1
-    assert await operations.purge_dead_letters([fulfil, fulfil]) == 1
+    assert await api.purge_dead_letters([fulfil, fulfil]) == 1
     assert 0 < await redis.ttl(keys.event_key("evt_1")) <= DAY
-    assert await operations.dead_letters_of_event("evt_1") == []
+    assert await api.dead_letters_of_event("evt_1") == []
 
 
 async def test_dead_letters_by_reason_are_counted_as_letters_come_and_go(
-    redis: FakeAsyncRedis, operations: Operations
+    redis: FakeAsyncRedis, api: OperatorApi
 ) -> None:
     for n in range(3):
         await receive(redis, f"evt_{n}", 1_000 + n)
@@ -222,42 +240,40 @@ async def test_dead_letters_by_reason_are_counted_as_letters_come_and_go(
     await dead_letter(redis, "evt_0", ["fulfil"], now=3_000)  # replaces its letter
     await EventIntake(redis, queue_name=QUEUE).dead_letter_unparseable(b"[]", {}, 4_000, "no")
 
-    letters = await operations.select_dead_letters(where=DeadLetterFilter(handler="audit"))
-    await operations.replay_dead_letters(letters[:2])
-    await operations.purge_dead_letters(letters[2:])
-    stats = await operations.stats()
+    letters = await api.select_dead_letters(where=DeadLetterFilter(handler="audit"))
+    await api.replay_dead_letters(letters[:2])
+    await api.purge_dead_letters(letters[2:])
+    stats = await api.stats()
 
     assert stats.dead_letters_by_reason == {"max_attempts": 3, "invalid_payload": 1}
     assert await redis.hget(keys.DEAD_LETTER_REASON_COUNTS, "max_attempts") == b"3"
 
 
 async def test_letters_stored_before_the_counts_were_kept_are_still_counted(
-    redis: FakeAsyncRedis, operations: Operations
+    redis: FakeAsyncRedis, api: OperatorApi
 ) -> None:
     await receive(redis, "evt_1", 1_000)
     await dead_letter(redis, "evt_1", ["fulfil", "audit"], now=2_000)
     await redis.delete(keys.DEAD_LETTER_REASON_COUNTS)
 
-    stats = await operations.stats()
+    stats = await api.stats()
 
     assert stats.dead_letters_by_reason == {"max_attempts": 2}
     assert await redis.hget(keys.DEAD_LETTER_REASON_COUNTS, "max_attempts") == b"2"
 
 
 async def test_counts_left_short_by_letters_from_before_are_rebuilt_and_stay_right(
-    redis: FakeAsyncRedis, operations: Operations
+    redis: FakeAsyncRedis, api: OperatorApi
 ) -> None:
     await receive(redis, "evt_1", 1_000)
     await dead_letter(redis, "evt_1", ["fulfil", "audit", "notify"], now=2_000)
     await redis.delete(keys.DEAD_LETTER_REASON_COUNTS)
-    [first, *_] = await operations.select_dead_letters(where=DeadLetterFilter())
-    await operations.purge_dead_letters([first])  # leaves the counts at -1
+    [first, *_] = await api.select_dead_letters(where=DeadLetterFilter())
+    await api.purge_dead_letters([first])  # leaves the counts at -1
 
-    assert (await operations.stats()).dead_letters_by_reason == {"max_attempts": 2}
-    await operations.purge_dead_letters(
-        await operations.select_dead_letters(where=DeadLetterFilter())
-    )
-    assert (await operations.stats()).dead_letters_by_reason == {}
+    assert (await api.stats()).dead_letters_by_reason == {"max_attempts": 2}
+    await api.purge_dead_letters(await api.select_dead_letters(where=DeadLetterFilter()))
+    assert (await api.stats()).dead_letters_by_reason == {}
     assert await redis.hget(keys.DEAD_LETTER_REASON_COUNTS, "max_attempts") == b"0"
 
 
@@ -269,3 +285,22 @@ def test_dead_letter_ids_stay_distinct_whatever_colons_the_event_id_holds() -> N
     assert len(ids) == len(pairs)
     assert keys.dead_letter_id("evt_1", "myshop.webhooks:fulfil") == "evt_1:myshop.webhooks:fulfil"
     assert keys.unparseable_dead_letter_id("ab12").startswith(":")  # event ids are never empty
+
+
+async def test_listed_events_say_where_each_of_their_handlers_stands(
+    redis: FakeAsyncRedis, api: OperatorApi
+) -> None:
+    now = int(time.time() * 1000)
+    await receive(redis, "evt_mixed", now)
+    await dead_letter(
+        redis, "evt_mixed", ["myshop.webhooks:send_email"], now=now + 1, done=("award_points",)
+    )
+    await receive(redis, "evt_new", now + 2)
+
+    fresh, mixed = (await api.list_events()).items
+
+    assert mixed.handlers == {
+        "award_points": HandlerStatus.DONE,
+        "myshop.webhooks:send_email": HandlerStatus.DEAD,
+    }
+    assert fresh.handlers == {}

@@ -1,0 +1,1 @@
+"""Test support shared by every suite, imported as ``tests.support``."""
