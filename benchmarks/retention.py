@@ -14,7 +14,11 @@ whose handlers do nothing for ``checkout.session.completed`` and reject
    type. ``used_memory`` before and after each, once every job is done, gives the bytes of
    one finished event, of one search entry and of one dead letter (with the dead event's
    record, which is kept while it has a letter).
-2. **Sustained intake.** ``--rate`` events a second for ``--minutes``, sent open loop (each
+2. **Trimming capacity.** With no worker running, ``--trim-events`` events received longer
+   ago than the TTL, each with its search terms, their records deleted as their expiry
+   would; one ``Reconciler.trim_indexes`` pass is timed: the index and search entries it
+   removes a second, against the intake rate it must keep up with.
+3. **Sustained intake.** ``--rate`` events a second for ``--minutes``, sent open loop (each
    tick's batch is due by the clock, not by the previous answer), each with its search terms;
    every ``--every`` seconds a line: events sent, pending, ``used_memory``, the event index's
    size, the number of keys (each search index is one key). With the trimming keeping up,
@@ -49,6 +53,7 @@ from worker import event_body, start_redis
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.reconciler import Reconciler
 from loops_webhooks.workers.search import search_terms
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -210,6 +215,43 @@ async def measure_costs(redis_url: str, sample: int) -> dict[str, float]:
     return costs
 
 
+async def measure_trim(redis_url: str, count: int, ttl: int, interval: float) -> dict[str, float]:
+    from redis.asyncio import Redis
+
+    settings = Settings()
+    async with Redis.from_url(redis_url) as redis:
+        load = Load(
+            EventIntake(redis, queue_name=settings.queue_name), settings.search_metadata_keys
+        )
+        long_ago = int(time.time() * 1000) - (ttl + 60) * 1000
+        for start in range(0, count, 1000):
+            events = [
+                load.event(n, COMPLETED, searchable=True)._replace(received_at_ms=long_ago)
+                for n in range(start, min(start + 1000, count))
+            ]
+            await load.submit(events)
+            await redis.delete(*(keys.event_key(event.event_id) for event in events))
+        reconciler = Reconciler(
+            redis,
+            queue_name=settings.queue_name,
+            interval_seconds=interval,
+            grace_seconds=0,
+            dedupe_ttl_seconds=ttl,
+            dead_letter_retention_days=None,
+        )
+        started = time.perf_counter()
+        removed = await reconciler.trim_indexes(int(time.time() * 1000))
+        seconds = time.perf_counter() - started
+        left = await redis.zcard(keys.EVENT_INDEX) + await redis.hlen(keys.SEARCH_TERMS)
+        await redis.flushdb()
+    return {
+        "events_trimmed": removed,
+        "entries_left": left,
+        "seconds": round(seconds, 2),
+        "events_per_second": round(removed / seconds),
+    }
+
+
 async def measure_sustained(args: argparse.Namespace, redis_url: str) -> list[dict[str, Any]]:
     from redis.asyncio import Redis
 
@@ -252,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="(%(default)s)")
     parser.add_argument("--sample", type=int, default=20_000, help="items per cost (%(default)s)")
     parser.add_argument("--every", type=float, default=15, help="seconds a sample (%(default)s)")
+    parser.add_argument(
+        "--trim-events", type=int, default=120_000, help="for the trimming (%(default)s)"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="loops-retention-") as tmp:
@@ -264,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
             print("cost per item (used_memory delta / items):")
             for name, value in costs.items():
                 print(f"  {name}: {value}")
+            trim = asyncio.run(measure_trim(redis_url, args.trim_events, args.ttl, args.interval))
+            print(
+                f"trimming: {trim['events_trimmed']} expired events and their search entries "
+                f"in {trim['seconds']} s, {trim['events_per_second']} events/s "
+                f"({trim['entries_left']} entries left)"
+            )
             with workers(args, workdir, redis_url, args.ttl, "sustained"):
                 samples = asyncio.run(measure_sustained(args, redis_url))
         finally:
@@ -282,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS_DIR.mkdir(exist_ok=True)
     moment = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS_DIR / f"retention-{moment}.json"
-    report = {"args": vars(args), "machine": platform.platform(), "costs": costs}
+    report = {"args": vars(args), "machine": platform.platform(), "costs": costs, "trim": trim}
     path.write_text(json.dumps({**report, "samples": samples}, indent=2))
     print(f"wrote {path.relative_to(RESULTS_DIR.parent.parent)}")
     return 0
