@@ -14,11 +14,11 @@ from pathlib import Path
 
 import orjson
 from redis.asyncio import Redis
-from worker_harness import eventually
 
 from loops_webhooks.workers.event_store import EventStore
-from tests.conftest import WEBHOOK_SECRET
-from tests.integration.conftest import StartLoopsWebhooks
+from tests.support.loops_sender import WEBHOOK_SECRET
+from tests.support.processes import StartLoopsWebhooks
+from tests.support.waiting import eventually
 
 LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
 
