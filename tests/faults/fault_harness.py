@@ -41,7 +41,7 @@ from redis.asyncio import Redis
 from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.workers import keys
 from tests.support.loops_sender import LoopsSender
-from tests.support.ports import free_port
+from tests.support.ports import free_port, listening
 from tests.support.processes import LOOPS_WEBHOOKS, Service, Supervisor, clean_environment
 from tests.support.redis_server import RedisServer
 from tests.support.sentinel import SentinelGroup
@@ -357,13 +357,13 @@ class Harness:
         assert self.receiver is not None
         receiver = self.receiver
 
-        async def listening() -> bool:
+        async def receiver_listens() -> bool:
             code = receiver.exit_code()
             if code is not None:
                 raise AssertionError(f"receiver exited with {code}:\n{receiver.output_tail()}")
             return await asyncio.to_thread(listening, self.receiver_port)
 
-        await eventually(listening, within=STARTUP_SECONDS, what="the receiver listens")
+        await eventually(receiver_listens, within=STARTUP_SECONDS, what="the receiver listens")
 
     async def _wait_for_log(self, service: Service, needle: str) -> None:
         async def logged() -> bool:
