@@ -8,20 +8,27 @@ otherwise from a ``redis-server`` this suite starts itself (``tests.support.redi
 - ``stoppable_redis``: a dedicated ``redis-server`` a test may kill, pause and start again.
 - ``start_loops_webhooks``: runs a ``loops-webhooks`` command as a subprocess, waits for its
   port, and stops it at the end of the test.
+- ``start_receiver``: serves the receiver app (``create_app``) in this process on a loopback
+  port against a Redis URL, settings overridable; an aiohttp test client on it.
 - ``free_port``: a function giving a loopback port nobody listens on.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_sync
+from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
+from loops_webhooks.ingest.app import create_app
+from loops_webhooks.settings import Settings
 from tests.support import ports
+from tests.support.loops_sender import LoopsSender
 from tests.support.processes import Service, StartLoopsWebhooks, clean_environment
 from tests.support.redis_server import RedisServer
 
@@ -75,6 +82,26 @@ def stoppable_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+async def start_receiver(
+    loops: LoopsSender,
+) -> AsyncIterator[Callable[..., Awaitable[TestClient]]]:
+    """Serve ``create_app`` on a loopback port against ``redis_url``; settings may be
+    overridden (no metrics server unless asked for)."""
+    clients: list[TestClient] = []
+
+    async def start(redis_url: str, **overrides: Any) -> TestClient:
+        settings = Settings(webhook_secret=loops.secret, **{"metrics_port": 0, **overrides})
+        client = TestClient(TestServer(create_app(settings, redis_url), host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
 
 
 @pytest.fixture
