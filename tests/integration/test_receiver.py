@@ -250,6 +250,7 @@ async def test_a_chunked_body_is_refused_once_it_passes_the_limit_without_waitin
 
 
 UNUSABLE_BODIES = {
+    "empty": b"",
     "not JSON": b"id=evt_1&type=checkout.session.completed",
     "truncated JSON": b'{"id": "evt_1", "type": "checkout.se',
     "a JSON array": b'[{"id": "evt_1", "type": "checkout.session.completed"}]',
