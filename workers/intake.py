@@ -63,13 +63,15 @@ def _record(event: ReceivedEvent, now_ms: int) -> bytes:
     headers = orjson.dumps(dict(event.headers))
     received_at = b"%d" % event.received_at_ms
     payload = job_payload(event.event_id, event.event_type, now_ms)
-    return b"%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b" % (
+    trace = event.trace_context.encode()
+    return b"%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b" % (
         len(event_id), event_id,
         len(event_type), event_type,
         len(event.raw), event.raw,
         len(headers), headers,
         len(received_at), received_at,
         len(payload), payload,
+        len(trace), trace,
     )  # fmt: skip
 
 
@@ -85,6 +87,8 @@ class ReceivedEvent(NamedTuple):
     raw: bytes
     headers: Mapping[str, str]
     received_at_ms: int
+    trace_context: str = ""
+    """The receiver span's ``traceparent`` when traces are on (``loops_webhooks.tracing``)."""
 
 
 def job_payload(event_id: str, event_type: str, enqueued_at_ms: int) -> bytes:
@@ -181,7 +185,14 @@ class EventIntake:
             results = await self._write(
                 self._record_and_enqueue,
                 [keys.PENDING_EVENTS, keys.EVENT_INDEX, self._queue_name],
-                [JOB_TTL_MS, keys.EVENT_PREFIX, keys.JOB_ID_PREFIX, keys.ARQ_JOB_PREFIX, *records],
+                [
+                    JOB_TTL_MS,
+                    keys.EVENT_PREFIX,
+                    keys.JOB_ID_PREFIX,
+                    keys.ARQ_JOB_PREFIX,
+                    keys.TRACE_CONTEXT_FIELD,
+                    *records,
+                ],
             )
         except BaseException as error:
             for future in waiting:

@@ -27,6 +27,7 @@ __all__ = [
     "OUTCOME_COUNTS_TTL_SECONDS",
     "PENDING_EVENTS",
     "REPLICATION_MARK",
+    "TRACE_CONTEXT_FIELD",
     "arq_in_progress_key",
     "arq_job_key",
     "arq_retry_key",
@@ -67,6 +68,10 @@ HANDLER_FIELD_PREFIX = "handler:"
 HANDLER_HISTORY_FIELD_PREFIX = "history:"
 """In an event's hash, ``history:<name>`` holds a JSON array of that handler's states that
 replays replaced (oldest first), so an event's attempts before a replay stay visible."""
+
+TRACE_CONTEXT_FIELD = "traceparent"
+"""In an event's hash, the W3C ``traceparent`` of the receiver's span for the request that
+delivered it (only with traces on): the worker's attempt spans join that trace."""
 
 REPLICATION_MARK = PREFIX + "replication-mark"
 """Written in every confirmed intake round trip, just before ``WAIT``: a batch of duplicates

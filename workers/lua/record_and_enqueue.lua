@@ -8,15 +8,19 @@
 -- ARGV[2] event_prefix    an event's hash is this and its id
 -- ARGV[3] job_id_prefix   an event's job id is this and its id
 -- ARGV[4] job_key_prefix  a job's payload key is this and its job id
--- ARGV[5..] one record per event, its fields each written "<length>:<bytes>": event id,
---   type, raw body, headers (JSON), receipt time (ms), job payload
+-- ARGV[5] trace_field     the field of an event's hash that keeps its trace context
+-- ARGV[6..] one record per event, its fields each written "<length>:<bytes>": event id,
+--   type, raw body, headers (JSON), receipt time (ms), job payload, trace context (empty
+--   with traces off: then no field is written)
 -- Returns one flag per record: 1 recorded, 0 already recorded.
 local pending, event_index, queue = KEYS[1], KEYS[2], KEYS[3]
 local job_ttl_ms, event_prefix, job_id_prefix, job_key_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local trace_field = ARGV[5]
 
 local results = {}
-for i = 5, #ARGV do
-  local event_id, event_type, raw, headers, received_at, payload = unpack(length_prefixed(ARGV[i]))
+for i = 6, #ARGV do
+  local event_id, event_type, raw, headers, received_at, payload, trace =
+    unpack(length_prefixed(ARGV[i]))
   local event_key, job_id = event_prefix .. event_id, job_id_prefix .. event_id
   local job_key = job_key_prefix .. job_id
   if redis.call('EXISTS', event_key) == 1 then
@@ -24,6 +28,7 @@ for i = 5, #ARGV do
   else
     redis.call('HSET', event_key, 'id', event_id, 'type', event_type, 'raw', raw,
                'headers', headers, 'received_at', received_at, 'status', 'pending')
+    if trace ~= '' then redis.call('HSET', event_key, trace_field, trace) end
     redis.call('ZADD', pending, received_at, event_id)
     redis.call('ZADD', event_index, received_at, event_id)
     enqueue_job(queue, job_key, job_id, payload, received_at, job_ttl_ms)
