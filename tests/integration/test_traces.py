@@ -1,0 +1,322 @@
+"""Traces from the request to the handler: the receiver's span continues the sender's
+``traceparent``, each handler attempt is a span of that trace, and a handler's own spans nest
+under its attempt's.
+
+In-process first (the app from ``create_app`` on real Redis, the worker's ``Dispatcher``
+on the same Redis, the SDK's in-memory exporter), then across real ``serve`` and ``worker``
+processes with ``OTEL_TRACES_EXPORTER=console``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from redis.asyncio import Redis
+
+from loops_webhooks.handlers import HandlerContext, Reject, Router
+from loops_webhooks.handlers.retry_policy import RetryPolicy
+from loops_webhooks.ingest.app import create_app
+from loops_webhooks.settings import Settings
+from loops_webhooks.workers import keys
+from loops_webhooks.workers.dispatch import Dispatcher
+from loops_webhooks.workers.event_store import EventStore
+from loops_webhooks.workers.traces import AttemptTraces
+from tests.conftest import WEBHOOK_SECRET, LoopsSender
+from tests.integration.conftest import StartLoopsWebhooks
+
+WEBHOOK_PATH = "/webhooks/loops"
+COMPLETED = "checkout.session.completed"
+SENDER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SENDER_SPAN_ID = "00f067aa0ba902b7"
+SENDER_TRACEPARENT = f"00-{SENDER_TRACE_ID}-{SENDER_SPAN_ID}-01"
+
+
+@dataclass
+class Traced:
+    """A tracer whose finished spans the in-memory exporter keeps."""
+
+    provider: TracerProvider
+    exporter: InMemorySpanExporter
+
+    def spans(self, name: str) -> list[ReadableSpan]:
+        return [span for span in self.exporter.get_finished_spans() if span.name == name]
+
+
+@pytest.fixture
+def traced() -> Iterator[Traced]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield Traced(provider, exporter)
+    provider.shutdown()
+
+
+@pytest.fixture
+async def receiver(redis_url: str, traced: Traced) -> AsyncIterator[TestClient]:
+    settings = Settings(webhook_secret=WEBHOOK_SECRET, metrics_port=0)
+    app = create_app(settings, redis_url, traced.provider.get_tracer("loops_webhooks"))
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    yield client
+    await client.close()
+
+
+async def deliver(
+    receiver: TestClient, loops: LoopsSender, headers: dict[str, str] | None = None
+) -> str:
+    """POST a signed event (with ``headers`` besides the signature); its id."""
+    event_id = f"evt_traced_{time.monotonic_ns()}"
+    body = loops.event(event_id)
+    response = await receiver.post(
+        WEBHOOK_PATH, data=body, headers={**loops.headers(body), **(headers or {})}
+    )
+    assert response.status == 200, await response.text()
+    return event_id
+
+
+async def run_job(redis: Redis, router: Router, traced: Traced, event_id: str) -> None:
+    """Run the event's job as the worker does, with traces on."""
+    dispatcher = Dispatcher(
+        router,
+        EventStore(redis, dedupe_ttl_seconds=3600, queue_name=Settings().queue_name),
+        retry_policy=RetryPolicy(max_attempts=3, base_seconds=10, max_delay_seconds=60),
+        handler_timeout_seconds=5,
+        dead_letter_unhandled=False,
+        traces=AttemptTraces(traced.provider.get_tracer("loops_webhooks")),
+    )
+    assert await dispatcher.process(event_id, COMPLETED, job_id=keys.job_id_for_event(event_id))
+
+
+def router_with(**handlers: Any) -> Router:
+    router = Router()
+    for name, func in handlers.items():
+        router.on(COMPLETED, name=name)(func)
+    return router
+
+
+async def test_the_request_span_continues_the_traceparent_the_sender_sent(
+    receiver: TestClient, loops: LoopsSender, traced: Traced
+) -> None:
+    await deliver(receiver, loops, {"traceparent": SENDER_TRACEPARENT})
+
+    [span] = traced.spans(f"POST {WEBHOOK_PATH}")
+    assert span.kind is SpanKind.SERVER
+    assert format(span.context.trace_id, "032x") == SENDER_TRACE_ID
+    assert span.parent is not None and format(span.parent.span_id, "016x") == SENDER_SPAN_ID
+    attributes = dict(span.attributes or {})
+    assert attributes["http.request.method"] == "POST"
+    assert attributes["http.route"] == WEBHOOK_PATH
+    assert attributes["url.path"] == WEBHOOK_PATH
+    assert attributes["url.scheme"] == "http"
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["client.address"] == "127.0.0.1"
+    assert span.status.status_code is StatusCode.UNSET
+
+
+async def test_a_request_without_a_traceparent_starts_a_trace(
+    receiver: TestClient, loops: LoopsSender, traced: Traced
+) -> None:
+    await deliver(receiver, loops)
+
+    [span] = traced.spans(f"POST {WEBHOOK_PATH}")
+    assert span.parent is None
+
+
+async def test_a_refused_request_is_a_span_with_its_status_code(
+    receiver: TestClient, loops: LoopsSender, traced: Traced
+) -> None:
+    body = loops.event()
+    response = await receiver.post(
+        WEBHOOK_PATH,
+        data=body,
+        headers={"loops-signature": "0" * 64, "traceparent": SENDER_TRACEPARENT},
+    )
+
+    assert response.status == 401
+    [span] = traced.spans(f"POST {WEBHOOK_PATH}")
+    assert (span.attributes or {})["http.response.status_code"] == 401
+    assert span.status.status_code is StatusCode.UNSET  # a client's error, not the server's
+
+
+async def test_the_event_record_keeps_the_request_spans_traceparent(
+    receiver: TestClient, loops: LoopsSender, traced: Traced, redis: Redis
+) -> None:
+    event_id = await deliver(receiver, loops, {"traceparent": SENDER_TRACEPARENT})
+
+    [span] = traced.spans(f"POST {WEBHOOK_PATH}")
+    stored = await redis.hget(keys.event_key(event_id), keys.TRACE_CONTEXT_FIELD)
+    assert stored == f"00-{SENDER_TRACE_ID}-{span.context.span_id:016x}-01".encode()
+
+
+async def test_each_attempt_is_a_child_span_of_the_request_with_the_event_and_outcome(
+    receiver: TestClient, loops: LoopsSender, traced: Traced, redis: Redis
+) -> None:
+    async def fulfil(event: Any, ctx: HandlerContext) -> None:
+        pass
+
+    event_id = await deliver(receiver, loops, {"traceparent": SENDER_TRACEPARENT})
+    await run_job(redis, router_with(fulfil=fulfil), traced, event_id)
+
+    [request] = traced.spans(f"POST {WEBHOOK_PATH}")
+    [attempt] = traced.spans("run fulfil")
+    assert attempt.kind is SpanKind.CONSUMER
+    assert attempt.context.trace_id == request.context.trace_id
+    assert attempt.parent is not None and attempt.parent.span_id == request.context.span_id
+    assert dict(attempt.attributes or {}) == {
+        "loops.event.id": event_id,
+        "loops.event.type": COMPLETED,
+        "loops.handler": "fulfil",
+        "loops.attempt": 1,
+        "loops.outcome": "done",
+    }
+    assert attempt.status.status_code is StatusCode.UNSET
+
+
+async def test_a_failed_attempt_is_an_error_span_recording_the_exception(
+    receiver: TestClient, loops: LoopsSender, traced: Traced, redis: Redis
+) -> None:
+    async def refuse(event: Any, ctx: HandlerContext) -> None:
+        raise Reject("the order is cancelled")
+
+    event_id = await deliver(receiver, loops)
+    await run_job(redis, router_with(refuse=refuse), traced, event_id)
+
+    [attempt] = traced.spans("run refuse")
+    assert (attempt.attributes or {})["loops.outcome"] == "dead_letter"
+    assert attempt.status.status_code is StatusCode.ERROR
+    assert attempt.status.description == "Reject: the order is cancelled"
+    [recorded] = [event for event in attempt.events if event.name == "exception"]
+    assert (recorded.attributes or {})["exception.type"] == "loops_webhooks.handlers.errors.Reject"
+    assert "exception.stacktrace" in (recorded.attributes or {})
+
+
+async def test_concurrent_handlers_own_spans_nest_under_their_attempts_async_or_def(
+    receiver: TestClient, loops: LoopsSender, traced: Traced, redis: Redis
+) -> None:
+    shop = traced.provider.get_tracer("shop")
+
+    async def charge(event: Any, ctx: HandlerContext) -> None:
+        with shop.start_as_current_span("charge card"):
+            await asyncio.sleep(0.01)  # the other handler runs meanwhile, in its own task
+
+    def email(event: Any, ctx: HandlerContext) -> None:
+        with shop.start_as_current_span("send email"):
+            time.sleep(0.01)
+
+    event_id = await deliver(receiver, loops)
+    await run_job(redis, router_with(charge=charge, email=email), traced, event_id)
+
+    for attempt_name, own_name in (("run charge", "charge card"), ("run email", "send email")):
+        [attempt], [own] = traced.spans(attempt_name), traced.spans(own_name)
+        assert own.parent is not None and own.parent.span_id == attempt.context.span_id
+        assert own.context.trace_id == attempt.context.trace_id
+
+
+async def test_a_lone_handlers_own_span_nests_under_its_attempt(
+    receiver: TestClient, loops: LoopsSender, traced: Traced, redis: Redis
+) -> None:
+    shop = traced.provider.get_tracer("shop")
+
+    async def charge(event: Any, ctx: HandlerContext) -> None:
+        with shop.start_as_current_span("charge card"):
+            pass
+
+    event_id = await deliver(receiver, loops)
+    await run_job(redis, router_with(charge=charge), traced, event_id)
+
+    [attempt], [own] = traced.spans("run charge"), traced.spans("charge card")
+    assert own.parent is not None and own.parent.span_id == attempt.context.span_id
+
+
+HANDLERS_MODULE = """
+from loops_webhooks.handlers import Router
+
+router = Router()
+
+
+@router.on("checkout.session.completed", name="fulfil")
+async def fulfil(event, ctx):
+    ctx.log.info("fulfilled")
+"""
+
+
+def spans_in(output: str) -> list[dict[str, Any]]:
+    """The spans the console exporter printed among a process's log lines: pretty-printed
+    JSON objects, each starting on a line of its own."""
+    decoder = json.JSONDecoder()
+    found = []
+    position = 0
+    while (start := output.find("\n{", position)) != -1:
+        try:
+            document, position = decoder.raw_decode(output, start + 1)
+        except json.JSONDecodeError:
+            position = start + 1
+            continue
+        if isinstance(document, dict) and "context" in document and "kind" in document:
+            found.append(document)
+    return found
+
+
+def test_one_trace_runs_from_the_request_through_real_receiver_and_worker_processes(
+    tmp_path: Path,
+    redis_url: str,
+    start_loops_webhooks: StartLoopsWebhooks,
+    free_port: Callable[[], int],
+    loops: LoopsSender,
+) -> None:
+    (tmp_path / "traced_handlers.py").write_text(HANDLERS_MODULE)
+    port, metrics_port = free_port(), free_port()
+    env = {
+        "REDIS_URL": redis_url,
+        "LOOPS_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "LOOPS_HANDLERS": "traced_handlers:router",
+        "LOOPS_LOG_FORMAT": "json",
+        "PYTHONPATH": str(tmp_path),
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    worker = start_loops_webhooks(
+        "worker", env={**env, "LOOPS_METRICS_PORT": str(metrics_port)}, port=metrics_port
+    )
+    receiver = start_loops_webhooks("serve", "--port", str(port), env=env, port=port)
+    event_id = "evt_traced_across_processes"
+    body = loops.event(event_id)
+    request = urllib.request.Request(
+        f"{receiver.base_url}{WEBHOOK_PATH}",
+        data=body,
+        headers={**loops.headers(body), "traceparent": SENDER_TRACEPARENT},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+
+    deadline = time.monotonic() + 30
+    while not (attempts := [s for s in spans_in(worker.output()) if s["name"] == "run fulfil"]):
+        assert time.monotonic() < deadline, worker.output()
+        time.sleep(0.2)
+    while not (requests := spans_in(receiver.output())):
+        assert time.monotonic() < deadline, receiver.output()
+        time.sleep(0.2)
+
+    [received], [attempt] = requests, attempts
+    assert received["name"] == f"POST {WEBHOOK_PATH}"
+    assert received["kind"] == "SpanKind.SERVER"
+    assert received["resource"]["attributes"]["service.name"] == "loops-webhooks-receiver"
+    assert attempt["resource"]["attributes"]["service.name"] == "loops-webhooks-worker"
+    trace_id = f"0x{SENDER_TRACE_ID}"
+    assert received["context"]["trace_id"] == attempt["context"]["trace_id"] == trace_id
+    assert attempt["parent_id"] == received["context"]["span_id"]
+    assert attempt["attributes"]["loops.event.id"] == event_id
+    assert attempt["attributes"]["loops.outcome"] == "done"
