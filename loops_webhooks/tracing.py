@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points, version
 from typing import TYPE_CHECKING
 
+import structlog
+
 from loops_webhooks.settings import ConfigurationError
 
 if TYPE_CHECKING:
@@ -103,4 +105,7 @@ def start_tracing(default_service_name: str) -> Tracer | None:
             )
         provider.add_span_processor(BatchSpanProcessor(found[0].load()()))
     trace.set_tracer_provider(provider)
+    structlog.get_logger(logger_name="loops_webhooks.tracing").info(
+        "traces on", exporters=names, service_name=resource.attributes[SERVICE_NAME]
+    )
     return provider.get_tracer("loops_webhooks", version("loops-webhooks"))

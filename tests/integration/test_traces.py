@@ -320,3 +320,5 @@ def test_one_trace_runs_from_the_request_through_real_receiver_and_worker_proces
     assert attempt["parent_id"] == received["context"]["span_id"]
     assert attempt["attributes"]["loops.event.id"] == event_id
     assert attempt["attributes"]["loops.outcome"] == "done"
+    [started] = [line for line in receiver.output().splitlines() if '"traces on"' in line]
+    assert json.loads(started)["exporters"] == ["console"]
