@@ -87,9 +87,9 @@ async def deliver(
     return event_id
 
 
-async def run_job(redis: Redis, router: Router, traced: Traced, event_id: str) -> None:
-    """Run the event's job as the worker does, with traces on."""
-    dispatcher = Dispatcher(
+def dispatcher_for(redis: Redis, router: Router, traced: Traced) -> Dispatcher:
+    """The worker's dispatcher, with traces on."""
+    return Dispatcher(
         router,
         EventStore(redis, dedupe_ttl_seconds=3600, queue_name=Settings().queue_name),
         retry_policy=RetryPolicy(max_attempts=3, base_seconds=10, max_delay_seconds=60),
@@ -97,6 +97,11 @@ async def run_job(redis: Redis, router: Router, traced: Traced, event_id: str) -
         dead_letter_unhandled=False,
         traces=AttemptTraces(traced.provider.get_tracer("loops_webhooks")),
     )
+
+
+async def run_job(redis: Redis, router: Router, traced: Traced, event_id: str) -> None:
+    """Run the event's job as the worker does."""
+    dispatcher = dispatcher_for(redis, router, traced)
     assert await dispatcher.process(event_id, COMPLETED, job_id=keys.job_id_for_event(event_id))
 
 
@@ -149,6 +154,23 @@ async def test_a_refused_request_is_a_span_with_its_status_code(
     [span] = traced.spans(f"POST {WEBHOOK_PATH}")
     assert (span.attributes or {})["http.response.status_code"] == 401
     assert span.status.status_code is StatusCode.UNSET  # a client's error, not the server's
+
+
+async def test_a_request_answered_5xx_is_an_error_span(
+    loops: LoopsSender, traced: Traced, free_port: Callable[[], int]
+) -> None:
+    settings = Settings(webhook_secret=WEBHOOK_SECRET, metrics_port=0, redis_timeout_seconds=1)
+    nothing_listens = f"redis://127.0.0.1:{free_port()}"
+    app = create_app(settings, nothing_listens, traced.provider.get_tracer("loops_webhooks"))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as receiver:
+        body = loops.event()
+        response = await receiver.post(WEBHOOK_PATH, data=body, headers=loops.headers(body))
+
+    assert response.status == 503
+    [span] = traced.spans(f"POST {WEBHOOK_PATH}")
+    assert (span.attributes or {})["http.response.status_code"] == 503
+    assert (span.attributes or {})["error.type"] == "503"
+    assert span.status.status_code is StatusCode.ERROR
 
 
 async def test_the_event_record_keeps_the_request_spans_traceparent(
@@ -223,6 +245,31 @@ async def test_concurrent_handlers_own_spans_nest_under_their_attempts_async_or_
         [attempt], [own] = traced.spans(attempt_name), traced.spans(own_name)
         assert own.parent is not None and own.parent.span_id == attempt.context.span_id
         assert own.context.trace_id == attempt.context.trace_id
+
+
+async def test_an_attempt_cancelled_while_its_handler_runs_is_an_error_span_without_outcome(
+    receiver: TestClient, loops: LoopsSender, traced: Traced, redis: Redis
+) -> None:
+    running = asyncio.Event()
+
+    async def slow(event: Any, ctx: HandlerContext) -> None:
+        running.set()
+        await asyncio.sleep(30)
+
+    event_id = await deliver(receiver, loops)
+    dispatcher = dispatcher_for(redis, router_with(slow=slow), traced)
+    job = asyncio.create_task(
+        dispatcher.process(event_id, COMPLETED, job_id=keys.job_id_for_event(event_id))
+    )
+    await running.wait()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+
+    [attempt] = traced.spans("run slow")
+    assert attempt.status.status_code is StatusCode.ERROR
+    assert attempt.status.description == "cancelled before the handler ended"
+    assert "loops.outcome" not in (attempt.attributes or {})
 
 
 async def test_a_lone_handlers_own_span_nests_under_its_attempt(
