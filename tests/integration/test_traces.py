@@ -225,28 +225,6 @@ async def test_a_failed_attempt_is_an_error_span_recording_the_exception(
     assert "exception.stacktrace" in (recorded.attributes or {})
 
 
-async def test_concurrent_handlers_own_spans_nest_under_their_attempts_async_or_def(
-    receiver: TestClient, loops: LoopsSender, traced: Traced, redis: Redis
-) -> None:
-    shop = traced.provider.get_tracer("shop")
-
-    async def charge(event: Any, ctx: HandlerContext) -> None:
-        with shop.start_as_current_span("charge card"):
-            await asyncio.sleep(0.01)  # the other handler runs meanwhile, in its own task
-
-    def email(event: Any, ctx: HandlerContext) -> None:
-        with shop.start_as_current_span("send email"):
-            time.sleep(0.01)
-
-    event_id = await deliver(receiver, loops)
-    await run_job(redis, router_with(charge=charge, email=email), traced, event_id)
-
-    for attempt_name, own_name in (("run charge", "charge card"), ("run email", "send email")):
-        [attempt], [own] = traced.spans(attempt_name), traced.spans(own_name)
-        assert own.parent is not None and own.parent.span_id == attempt.context.span_id
-        assert own.context.trace_id == attempt.context.trace_id
-
-
 async def test_an_attempt_cancelled_while_its_handler_runs_is_an_error_span_without_outcome(
     receiver: TestClient, loops: LoopsSender, traced: Traced, redis: Redis
 ) -> None:
@@ -272,20 +250,36 @@ async def test_an_attempt_cancelled_while_its_handler_runs_is_an_error_span_with
     assert "loops.outcome" not in (attempt.attributes or {})
 
 
-async def test_a_lone_handlers_own_span_nests_under_its_attempt(
-    receiver: TestClient, loops: LoopsSender, traced: Traced, redis: Redis
+@pytest.mark.parametrize(
+    "handlers", [("charge",), ("charge", "email")], ids=["lone", "concurrent-async-and-def"]
+)
+async def test_a_handlers_own_spans_nest_under_its_attempt(
+    handlers: tuple[str, ...],
+    receiver: TestClient,
+    loops: LoopsSender,
+    traced: Traced,
+    redis: Redis,
 ) -> None:
     shop = traced.provider.get_tracer("shop")
 
     async def charge(event: Any, ctx: HandlerContext) -> None:
-        with shop.start_as_current_span("charge card"):
-            pass
+        with shop.start_as_current_span("charge"):
+            await asyncio.sleep(0.01)  # another handler runs meanwhile, in its own task
 
+    def email(event: Any, ctx: HandlerContext) -> None:
+        with shop.start_as_current_span("email"):
+            time.sleep(0.01)
+
+    written = {"charge": charge, "email": email}
     event_id = await deliver(receiver, loops)
-    await run_job(redis, router_with(charge=charge), traced, event_id)
+    await run_job(
+        redis, router_with(**{name: written[name] for name in handlers}), traced, event_id
+    )
 
-    [attempt], [own] = traced.spans("run charge"), traced.spans("charge card")
-    assert own.parent is not None and own.parent.span_id == attempt.context.span_id
+    for name in handlers:
+        [attempt], [own] = traced.spans(f"run {name}"), traced.spans(name)
+        assert own.parent is not None and own.parent.span_id == attempt.context.span_id
+        assert own.context.trace_id == attempt.context.trace_id
 
 
 HANDLERS_MODULE = """
