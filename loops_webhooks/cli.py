@@ -383,7 +383,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Receive Loops webhooks and run your handlers for them, reliably. "
         "Configuration comes from LOOPS_* environment variables and REDIS_URL (see the "
         "README); without REDIS_URL an embedded development Redis is started in "
-        "LOOPS_DATA_DIR.",
+        "LOOPS_DATA_DIR. serve and worker send traces when the standard OTEL_* variables ask "
+        "for them (install loops-webhooks[otel]).",
     )
     # How ``dev`` starts its children: they leave the settings line to ``dev``.
     parser.add_argument("--dev-child", action="store_true", help=argparse.SUPPRESS)
