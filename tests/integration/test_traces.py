@@ -299,7 +299,7 @@ def spans_in(output: str) -> list[dict[str, Any]]:
     JSON objects, each starting on a line of its own."""
     decoder = json.JSONDecoder()
     found = []
-    position = 0
+    output, position = "\n" + output, 0
     while (start := output.find("\n{", position)) != -1:
         try:
             document, position = decoder.raw_decode(output, start + 1)
