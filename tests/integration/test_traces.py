@@ -31,8 +31,10 @@ from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.ingest.app import create_app
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
+from loops_webhooks.workers.dead_letters import get_dead_letter
 from loops_webhooks.workers.dispatch import Dispatcher
 from loops_webhooks.workers.event_store import EventStore
+from loops_webhooks.workers.replay import replay_dead_letter
 from loops_webhooks.workers.traces import AttemptTraces
 from tests.conftest import WEBHOOK_SECRET, LoopsSender
 from tests.integration.conftest import StartLoopsWebhooks
@@ -248,6 +250,33 @@ async def test_an_attempt_cancelled_while_its_handler_runs_is_an_error_span_with
     assert attempt.status.status_code is StatusCode.ERROR
     assert attempt.status.description == "cancelled before the handler ended"
     assert "loops.outcome" not in (attempt.attributes or {})
+
+
+async def test_a_replayed_attempt_joins_the_trace_of_the_original_request(
+    receiver: TestClient, loops: LoopsSender, traced: Traced, redis: Redis
+) -> None:
+    refusals = iter([Reject("not yet")])
+
+    async def fulfil(event: Any, ctx: HandlerContext) -> None:
+        if (refusal := next(refusals, None)) is not None:
+            raise refusal
+
+    router = router_with(fulfil=fulfil)
+    event_id = await deliver(receiver, loops, {"traceparent": SENDER_TRACEPARENT})
+    await run_job(redis, router, traced, event_id)
+    letter = await get_dead_letter(redis, keys.dead_letter_id(event_id, "fulfil"))
+    assert letter is not None
+    await replay_dead_letter(redis, letter, queue_name=Settings().queue_name)
+    await run_job(redis, router, traced, event_id)
+
+    [request] = traced.spans(f"POST {WEBHOOK_PATH}")
+    first, replayed = traced.spans("run fulfil")
+    assert [
+        (first.attributes or {})["loops.outcome"],
+        (replayed.attributes or {})["loops.outcome"],
+    ] == ["dead_letter", "done"]
+    assert replayed.parent is not None and replayed.parent.span_id == request.context.span_id
+    assert replayed.context.trace_id == request.context.trace_id
 
 
 @pytest.mark.parametrize(
