@@ -34,6 +34,7 @@ from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import get_dead_letter
 from loops_webhooks.workers.dispatch import Dispatcher
 from loops_webhooks.workers.event_store import EventStore
+from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
 from loops_webhooks.workers.replay import replay_dead_letter
 from loops_webhooks.workers.traces import AttemptTraces
 from tests.conftest import WEBHOOK_SECRET, LoopsSender
@@ -250,6 +251,24 @@ async def test_an_attempt_cancelled_while_its_handler_runs_is_an_error_span_with
     assert attempt.status.status_code is StatusCode.ERROR
     assert attempt.status.description == "cancelled before the handler ended"
     assert "loops.outcome" not in (attempt.attributes or {})
+
+
+async def test_an_event_received_with_traces_off_gets_a_trace_of_its_own_per_attempt(
+    loops: LoopsSender, traced: Traced, redis: Redis
+) -> None:
+    async def fulfil(event: Any, ctx: HandlerContext) -> None:
+        pass
+
+    event_id = "evt_received_untraced"
+    intake = EventIntake(redis, queue_name=Settings().queue_name)
+    stored = ReceivedEvent(event_id, COMPLETED, loops.event(event_id), {}, int(time.time() * 1000))
+    assert await intake.submit(stored)
+    assert not await redis.hexists(keys.event_key(event_id), keys.TRACE_CONTEXT_FIELD)
+    await run_job(redis, router_with(fulfil=fulfil), traced, event_id)
+
+    [attempt] = traced.spans("run fulfil")
+    assert attempt.parent is None
+    assert (attempt.attributes or {})["loops.outcome"] == "done"
 
 
 async def test_a_replayed_attempt_joins_the_trace_of_the_original_request(
