@@ -331,14 +331,18 @@ async def test_a_handlers_own_spans_nest_under_its_attempt(
 
 
 HANDLERS_MODULE = """
+from opentelemetry import trace
+
 from loops_webhooks.handlers import Router
 
 router = Router()
+shop = trace.get_tracer("shop")  # the global provider's, as instrumented libraries use
 
 
 @router.on("checkout.session.completed", name="fulfil")
 async def fulfil(event, ctx):
-    ctx.log.info("fulfilled")
+    with shop.start_as_current_span("reserve stock"):
+        ctx.log.info("fulfilled")
 """
 
 
@@ -409,5 +413,7 @@ def test_one_trace_runs_from_the_request_through_real_receiver_and_worker_proces
     assert attempt["parent_id"] == received["context"]["span_id"]
     assert attempt["attributes"]["loops.event.id"] == event_id
     assert attempt["attributes"]["loops.outcome"] == "done"
+    [own] = [span for span in spans_in(worker.output()) if span["name"] == "reserve stock"]
+    assert own["parent_id"] == attempt["context"]["span_id"]
     [started] = [line for line in receiver.output().splitlines() if '"traces on"' in line]
     assert json.loads(started)["exporters"] == ["console"]
