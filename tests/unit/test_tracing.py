@@ -122,3 +122,21 @@ def test_traces_asked_for_without_the_extra_stop_serve_with_how_to_install_it() 
 
     assert ran.returncode == 2
     assert "pip install 'loops-webhooks[otel]'" in ran.stderr
+
+
+SERVICE_NAME_SCRIPT = """
+    from loops_webhooks.tracing import start_tracing
+    print(start_tracing("loops-webhooks-worker").resource.attributes["service.name"])
+"""
+
+
+def test_otel_service_name_names_the_service_else_the_command_does() -> None:
+    named = run_python(
+        SERVICE_NAME_SCRIPT, OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="shop-webhooks"
+    )
+    unnamed = run_python(SERVICE_NAME_SCRIPT, OTEL_TRACES_EXPORTER="console")
+
+    assert named.returncode == 0 and unnamed.returncode == 0, named.stderr + unnamed.stderr
+    # the last line: structlog, not configured here, prints its "traces on" line first
+    assert named.stdout.splitlines()[-1] == "shop-webhooks"
+    assert unnamed.stdout.splitlines()[-1] == "loops-webhooks-worker"
