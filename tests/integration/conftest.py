@@ -9,7 +9,8 @@ otherwise from a ``redis-server`` this suite starts itself (``tests.support.redi
 - ``start_loops_webhooks``: runs a ``loops-webhooks`` command as a subprocess, waits for its
   port, and stops it at the end of the test.
 - ``start_receiver``: serves the receiver app (``create_app``) in this process on a loopback
-  port against a Redis URL, settings overridable; an aiohttp test client on it.
+  port against a Redis URL, settings overridable, traced by a given tracer; an aiohttp test
+  client on it.
 - ``free_port``: a function giving a loopback port nobody listens on.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis as redis_sync
@@ -31,6 +32,9 @@ from tests.support import ports
 from tests.support.loops_sender import LoopsSender
 from tests.support.processes import Service, StartLoopsWebhooks, clean_environment
 from tests.support.redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 
 @pytest.fixture
@@ -92,9 +96,10 @@ async def start_receiver(
     overridden (no metrics server unless asked for)."""
     clients: list[TestClient] = []
 
-    async def start(redis_url: str, **overrides: Any) -> TestClient:
+    async def start(redis_url: str, tracer: Tracer | None = None, **overrides: Any) -> TestClient:
         settings = Settings(webhook_secret=loops.secret, **{"metrics_port": 0, **overrides})
-        client = TestClient(TestServer(create_app(settings, redis_url), host="127.0.0.1"))
+        app = create_app(settings, redis_url, tracer)
+        client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
         return client

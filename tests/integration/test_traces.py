@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -28,7 +28,6 @@ from redis.asyncio import Redis
 
 from loops_webhooks.handlers import HandlerContext, Reject, Router
 from loops_webhooks.handlers.retry_policy import RetryPolicy
-from loops_webhooks.ingest.app import create_app
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import get_dead_letter
@@ -37,8 +36,9 @@ from loops_webhooks.workers.event_store import EventStore
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
 from loops_webhooks.workers.replay import replay_dead_letter
 from loops_webhooks.workers.traces import AttemptTraces
-from tests.conftest import WEBHOOK_SECRET, LoopsSender
-from tests.integration.conftest import StartLoopsWebhooks
+from tests.support.loops_sender import WEBHOOK_SECRET, LoopsSender
+from tests.support.processes import Service, StartLoopsWebhooks
+from tests.support.waiting import eventually
 
 WEBHOOK_PATH = "/webhooks/loops"
 COMPLETED = "checkout.session.completed"
@@ -68,13 +68,10 @@ def traced() -> Iterator[Traced]:
 
 
 @pytest.fixture
-async def receiver(redis_url: str, traced: Traced) -> AsyncIterator[TestClient]:
-    settings = Settings(webhook_secret=WEBHOOK_SECRET, metrics_port=0)
-    app = create_app(settings, redis_url, traced.provider.get_tracer("loops_webhooks"))
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
-    yield client
-    await client.close()
+async def receiver(
+    start_receiver: Callable[..., Awaitable[TestClient]], redis_url: str, traced: Traced
+) -> TestClient:
+    return await start_receiver(redis_url, traced.provider.get_tracer("loops_webhooks"))
 
 
 async def deliver(
@@ -160,14 +157,17 @@ async def test_a_refused_request_is_a_span_with_its_status_code(
 
 
 async def test_a_request_answered_5xx_is_an_error_span(
-    loops: LoopsSender, traced: Traced, free_port: Callable[[], int]
+    start_receiver: Callable[..., Awaitable[TestClient]],
+    loops: LoopsSender,
+    traced: Traced,
+    free_port: Callable[[], int],
 ) -> None:
-    settings = Settings(webhook_secret=WEBHOOK_SECRET, metrics_port=0, redis_timeout_seconds=1)
     nothing_listens = f"redis://127.0.0.1:{free_port()}"
-    app = create_app(settings, nothing_listens, traced.provider.get_tracer("loops_webhooks"))
-    async with TestClient(TestServer(app, host="127.0.0.1")) as receiver:
-        body = loops.event()
-        response = await receiver.post(WEBHOOK_PATH, data=body, headers=loops.headers(body))
+    tracer = traced.provider.get_tracer("loops_webhooks")
+    receiver = await start_receiver(nothing_listens, tracer, redis_timeout_seconds=1)
+    body = loops.event()
+
+    response = await receiver.post(WEBHOOK_PATH, data=body, headers=loops.headers(body))
 
     assert response.status == 503
     [span] = traced.spans(f"POST {WEBHOOK_PATH}")
@@ -363,7 +363,7 @@ def spans_in(output: str) -> list[dict[str, Any]]:
     return found
 
 
-def test_one_trace_runs_from_the_request_through_real_receiver_and_worker_processes(
+async def test_one_trace_runs_from_the_request_through_real_receiver_and_worker_processes(
     tmp_path: Path,
     redis_url: str,
     start_loops_webhooks: StartLoopsWebhooks,
@@ -387,24 +387,25 @@ def test_one_trace_runs_from_the_request_through_real_receiver_and_worker_proces
     receiver = start_loops_webhooks("serve", "--port", str(port), env=env, port=port)
     event_id = "evt_traced_across_processes"
     body = loops.event(event_id)
-    request = urllib.request.Request(
-        f"{receiver.base_url}{WEBHOOK_PATH}",
-        data=body,
-        headers={**loops.headers(body), "traceparent": SENDER_TRACEPARENT},
+    headers = {**loops.headers(body), "traceparent": SENDER_TRACEPARENT}
+    async with aiohttp.ClientSession() as session:
+        url = f"{receiver.base_url}{WEBHOOK_PATH}"
+        async with session.post(url, data=body, headers=headers) as response:
+            assert response.status == 200
+
+    def named(process: Service, name: str) -> list[dict[str, Any]]:
+        return [span for span in spans_in(process.output()) if span["name"] == name]
+
+    async def exported() -> bool:
+        return bool(named(worker, "run fulfil") and named(receiver, f"POST {WEBHOOK_PATH}"))
+
+    await eventually(
+        exported,
+        within=30,
+        what="the request's and the attempt's spans printed",
+        details=lambda: receiver.output_tail() + worker.output_tail(),
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 200
-
-    deadline = time.monotonic() + 30
-    while not (attempts := [s for s in spans_in(worker.output()) if s["name"] == "run fulfil"]):
-        assert time.monotonic() < deadline, worker.output()
-        time.sleep(0.2)
-    while not (requests := spans_in(receiver.output())):
-        assert time.monotonic() < deadline, receiver.output()
-        time.sleep(0.2)
-
-    [received], [attempt] = requests, attempts
-    assert received["name"] == f"POST {WEBHOOK_PATH}"
+    [received], [attempt] = named(receiver, f"POST {WEBHOOK_PATH}"), named(worker, "run fulfil")
     assert received["kind"] == "SpanKind.SERVER"
     assert received["resource"]["attributes"]["service.name"] == "loops-webhooks-receiver"
     assert attempt["resource"]["attributes"]["service.name"] == "loops-webhooks-worker"
@@ -413,7 +414,7 @@ def test_one_trace_runs_from_the_request_through_real_receiver_and_worker_proces
     assert attempt["parent_id"] == received["context"]["span_id"]
     assert attempt["attributes"]["loops.event.id"] == event_id
     assert attempt["attributes"]["loops.outcome"] == "done"
-    [own] = [span for span in spans_in(worker.output()) if span["name"] == "reserve stock"]
+    [own] = named(worker, "reserve stock")
     assert own["parent_id"] == attempt["context"]["span_id"]
     [started] = [line for line in receiver.output().splitlines() if '"traces on"' in line]
     assert json.loads(started)["exporters"] == ["console"]
