@@ -25,9 +25,11 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from processes import free_port, pinned_process, wait_for_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, run as a script
 from loops_webhooks.embedded_redis import find_redis_server
+from tests.support.ports import free_port, wait_for_port
+from tests.support.processes import pinned_process
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TOKEN = "bench-dashboard-token-6c0e2f9b41d7a358"

@@ -34,7 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from processes import cpu_seconds, free_port, pinned_process, wait_for_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, run as a script
+from tests.support.ports import free_port, wait_for_port
+from tests.support.processes import pinned_process
+from tests.support.resources import cpu_seconds
 
 SERVER_CORE = 0
 LOAD_CORE = 1

@@ -95,7 +95,12 @@ class Load:
         terms = search_terms(orjson.loads(raw), self._metadata_keys) if searchable else ()
         headers = {"content-type": "application/json", "loops-signature": "0" * 64}
         return ReceivedEvent(
-            f"evt_bench_{n:09d}", event_type, raw, headers, int(time.time() * 1000), terms
+            f"evt_bench_{n:09d}",
+            event_type,
+            raw,
+            headers,
+            int(time.time() * 1000),
+            search_terms=terms,
         )
 
     async def submit(self, events: list[ReceivedEvent]) -> None:

@@ -40,7 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from processes import cpu_seconds, free_port, pinned_process
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, run as a script
+from tests.support.ports import free_port
+from tests.support.processes import pinned_process
+from tests.support.resources import cpu_seconds
 
 WORKER_CORE = 0
 REDIS_CORE = 1
@@ -154,7 +158,9 @@ async def preload_loops(redis_url: str, count: int) -> None:
                     event_body(n),
                     {"content-type": "application/json", "loops-signature": "0" * 64},
                     now_ms,
-                    search_terms(orjson.loads(event_body(n)), settings.search_metadata_keys),
+                    search_terms=search_terms(
+                        orjson.loads(event_body(n)), settings.search_metadata_keys
+                    ),
                 )
                 for n in range(start, min(start + 1000, count))
             ]

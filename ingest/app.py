@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from loops_webhooks.ingest import views
-from loops_webhooks.ingest.answers import accounted, method_not_allowed, not_found
+from loops_webhooks.ingest.answers import View, accounted, method_not_allowed, not_found
 from loops_webhooks.ingest.app_keys import (
     BODY_SLOTS,
     INTAKE,
@@ -26,13 +27,20 @@ from loops_webhooks.workers.connection import open_redis
 from loops_webhooks.workers.intake import EventIntake
 from loops_webhooks.workers.metrics_server import MetricsServer
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
 __all__ = ["create_app"]
 
 log = structlog.get_logger(logger_name="loops_webhooks.ingest")
 
 
-def create_app(settings: Settings, redis_url: str) -> web.Application:
+def create_app(settings: Settings, redis_url: str, tracer: Tracer | None = None) -> web.Application:
     """Build the receiver. Raises ConfigurationError when no signing secret is configured.
+
+    With a ``tracer`` (traces on, ``loops_webhooks.tracing``), each webhook request is a span
+    (``ingest/traces.py``); without one, nothing of OpenTelemetry is imported and the webhook
+    path is the same as before.
 
     Its port serves the webhook path, ``/healthz`` and ``/readyz``, nothing else: ``/metrics``
     is served on ``LOOPS_METRICS_HOST``:``settings.receiver_metrics_port`` (unless that port
@@ -51,9 +59,12 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.cleanup_ctx.append(_redis_context)
     if settings.receiver_metrics_port:
         app.cleanup_ctx.append(_metrics_server_context)
-    app.router.add_post(
-        settings.webhook_path, views.receive_webhook, expect_handler=views.expect_continue
-    )
+    webhook: View = views.receive_webhook
+    if tracer is not None:
+        from loops_webhooks.ingest.traces import traced
+
+        webhook = traced(views.receive_webhook, tracer, settings.webhook_path)
+    app.router.add_post(settings.webhook_path, webhook, expect_handler=views.expect_continue)
     app.router.add_route("*", settings.webhook_path, method_not_allowed("POST"))
     for path, view in (("/healthz", views.healthz), ("/readyz", views.readyz)):
         app.router.add_get(path, accounted(view))

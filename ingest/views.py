@@ -40,11 +40,15 @@ _KEPT_HEADERS = frozenset((b"content-type", b"user-agent"))
 T = TypeVar("T")
 
 
-async def receive_webhook(request: web.Request) -> web.Response:
-    """Verify, store and enqueue, and only then answer 2xx; every error in JSON."""
+async def receive_webhook(request: web.Request, trace_context: str = "") -> web.Response:
+    """Verify, store and enqueue, and only then answer 2xx; every error in JSON.
+
+    ``trace_context``: the request span's ``traceparent``, stored with the event, when traces
+    are on (``ingest/traces.py`` calls the view then); aiohttp calls it without one.
+    """
     started = time.perf_counter()
     try:
-        event, created = await _store(request)
+        event, created = await _store(request, trace_context)
     except Exception as error:
         response, outcome = answer_for_error(error)
         answered(request, response, started, outcome)
@@ -55,7 +59,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     return response
 
 
-async def _store(request: web.Request) -> tuple[ReceivedEvent, bool]:
+async def _store(request: web.Request, trace_context: str) -> tuple[ReceivedEvent, bool]:
     """The verified event, once Redis acknowledged it, and whether it was new."""
     received_at_ms = int(time.time() * 1000)
     body = await _read_body(request)
@@ -70,7 +74,7 @@ async def _store(request: web.Request) -> tuple[ReceivedEvent, bool]:
         await _acknowledged(asyncio.wait_for(keep, settings.redis_timeout_seconds))
         raise
     terms = search_terms(document, settings.search_metadata_keys)
-    event = ReceivedEvent(event_id, event_type, body, headers, received_at_ms, terms)
+    event = ReceivedEvent(event_id, event_type, body, headers, received_at_ms, trace_context, terms)
     write_started = time.perf_counter()
     # The intake holds its batch to LOOPS_REDIS_TIMEOUT_SECONDS: one timer per batch, none here.
     created = await _acknowledged(request.app[INTAKE].submit(event))

@@ -35,6 +35,7 @@ from loops_webhooks.settings import (
     effective_settings,
     read_settings,
 )
+from loops_webhooks.tracing import start_tracing
 from loops_webhooks.workers.dead_letters import DeadLetterReason
 from loops_webhooks.workers.registry import HandlerLoadError
 
@@ -148,7 +149,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from loops_webhooks.ingest.memory import keep_large_buffers_returnable
 
     settings.require_webhook_secrets()
-    app = create_app(settings, redis_url_for(settings))
+    tracer = start_tracing("loops-webhooks-receiver")
+    app = create_app(settings, redis_url_for(settings), tracer)
     keep_large_buffers_returnable()
     # aiohttp closes a connection whose request headers are not complete within its
     # keep-alive timeout (counted from the connection's start or its last response).
@@ -201,9 +203,10 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     router = _load_handlers(args, settings)
     for warning in pattern_warnings(router):
         _log().warning(warning)
+    tracer = start_tracing("loops-webhooks-worker")
     asyncio.set_event_loop(new_event_loop())  # arq's Worker runs on the current loop
     try:
-        build_worker(settings, redis_url_for(settings), router).run()
+        build_worker(settings, redis_url_for(settings), router, tracer).run()
     except (RedisError, OSError) as error:
         raise RedisUnreachable(str(error)) from None
     _log().info("worker stopped")
@@ -380,7 +383,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Receive Loops webhooks and run your handlers for them, reliably. "
         "Configuration comes from LOOPS_* environment variables and REDIS_URL (see the "
         "README); without REDIS_URL an embedded development Redis is started in "
-        "LOOPS_DATA_DIR.",
+        "LOOPS_DATA_DIR. serve and worker send traces when the standard OTEL_* variables ask "
+        "for them (install loops-webhooks[otel]).",
     )
     # How ``dev`` starts its children: they leave the settings line to ``dev``.
     parser.add_argument("--dev-child", action="store_true", help=argparse.SUPPRESS)

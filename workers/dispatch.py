@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic
 import structlog
@@ -52,6 +52,9 @@ from loops_webhooks.workers.outcomes import (
     unknown_handler,
 )
 
+if TYPE_CHECKING:
+    from loops_webhooks.workers.traces import AttemptTraces
+
 __all__ = ["Dispatcher", "slowest_handler_timeout"]
 
 WRITE_RETRY_FIRST_SECONDS = 0.05
@@ -86,10 +89,13 @@ class Dispatcher:
         dead_letter_unhandled: bool,
         shutting_down: Callable[[], bool] = lambda: True,
         on_redis_failure: Callable[[BaseException], None] = lambda error: None,
+        traces: AttemptTraces | None = None,
     ) -> None:
         """``shutting_down``: whether a cancellation is a graceful shutdown (the attempt is
         given back) rather than the job's time limit (the attempt counts as failed).
-        ``on_redis_failure`` hears of every failed write, for the worker's health."""
+        ``on_redis_failure`` hears of every failed write, for the worker's health.
+        ``traces`` (traces on): each attempt runs as a span of its event's trace."""
+        self._traces = traces
         self._shutting_down = shutting_down
         self._on_redis_failure = on_redis_failure
         self.running: Counter[str] = Counter()
@@ -184,15 +190,15 @@ class Dispatcher:
     ) -> list[Outcome]:
         """Run the due handlers concurrently; on cancellation, keep what finished."""
         models: dict[type[Event], Event | pydantic.ValidationError] = {}
+        run_one = self._run_one if self._traces is None else self._run_traced
         if len(to_run) == 1:
             handler, state = to_run[0]
             try:
-                return [await self._run_one(event, handler, state, models)]
+                return [await run_one(event, handler, state, models)]
             except asyncio.CancelledError:
                 raise _PartiallyRun([]) from None
         tasks = [
-            asyncio.create_task(self._run_one(event, handler, state, models))
-            for handler, state in to_run
+            asyncio.create_task(run_one(event, handler, state, models)) for handler, state in to_run
         ]
         if not tasks:
             return []
@@ -224,6 +230,20 @@ class Dispatcher:
             if not self.running[handler.name]:
                 del self.running[handler.name]
         return self._outcome(handler, state, started, error)
+
+    async def _run_traced(
+        self,
+        event: StoredEvent,
+        handler: Handler,
+        state: HandlerState,
+        models: dict[type[Event], Event | pydantic.ValidationError],
+    ) -> Outcome:
+        """``_run_one`` as a span of the event's trace, the current span in this task."""
+        assert self._traces is not None
+        with self._traces.span(event, handler.name, state.attempts) as span:
+            outcome = await self._run_one(event, handler, state, models)
+            self._traces.finished(span, outcome.result)
+        return outcome
 
     async def _call(
         self, event: StoredEvent, handler: Handler, state: HandlerState, parsed: Event

@@ -96,6 +96,8 @@ class StoredEvent:
     finished_at_ms: int | None = None
     history: dict[str, list[HandlerState]] = field(default_factory=dict)
     """Per handler, the states that replays replaced, oldest first."""
+    trace_context: str = ""
+    """The ``traceparent`` stored with the event when traces were on at its receipt."""
     search_terms: tuple[str, ...] = ()
     """What it is found by (``workers/search.py``); none for an event stored before search
     existed and not yet reindexed."""
@@ -134,16 +136,16 @@ class EventStore:
         ``limits`` is (handler name, max attempts) per matching handler. None if the event
         is not in the store (purged, or expired after it finished).
         """
-        args: list[Any] = [now_ms, keys.HANDLER_FIELD_PREFIX]
+        args: list[Any] = [now_ms, keys.HANDLER_FIELD_PREFIX, keys.TRACE_CONTEXT_FIELD]
         for name, limit in limits:
             args += [name, limit]
         reply = await self._begin(keys=[keys.event_key(event_id)], args=args)
         if not reply:
             return None
-        status, raw, event_type, received_at, headers = reply[:5]
+        status, raw, event_type, received_at, headers, trace_context = reply[:6]
         actions: dict[str, tuple[Action, HandlerState]] = {}
         unknown: dict[str, HandlerState] = {}
-        rest = reply[5:]
+        rest = reply[6:]
         if rest:  # the script decides per handler only for a pending event
             asked, others = rest[: 2 * len(limits)], rest[2 * len(limits) :]
             for (name, _), action, state in zip(limits, asked[0::2], asked[1::2], strict=True):
@@ -157,6 +159,7 @@ class EventStore:
             headers=orjson.loads(headers or b"{}"),
             received_at_ms=int(received_at),
             status=EventStatus(status.decode()),
+            trace_context=trace_context.decode() if trace_context else "",
         )
         return Begun(event, actions, unknown)
 

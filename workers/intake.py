@@ -64,14 +64,16 @@ def _record(event: ReceivedEvent, now_ms: int) -> bytes:
     headers = orjson.dumps(dict(event.headers))
     received_at = b"%d" % event.received_at_ms
     payload = job_payload(event.event_id, event.event_type, now_ms)
+    trace = event.trace_context.encode()
     terms = pack_terms(event.search_terms) if event.search_terms else b""
-    return b"%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b" % (
+    return b"%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b" % (
         len(event_id), event_id,
         len(event_type), event_type,
         len(event.raw), event.raw,
         len(headers), headers,
         len(received_at), received_at,
         len(payload), payload,
+        len(trace), trace,
         len(terms), terms,
     )  # fmt: skip
 
@@ -88,6 +90,8 @@ class ReceivedEvent(NamedTuple):
     raw: bytes
     headers: Mapping[str, str]
     received_at_ms: int
+    trace_context: str = ""
+    """The receiver span's ``traceparent`` when traces are on (``loops_webhooks.tracing``)."""
     search_terms: tuple[str, ...] = ()
     """What the event is found by (``workers/search.py``), indexed in the same script."""
 
@@ -191,6 +195,7 @@ class EventIntake:
                     keys.EVENT_PREFIX,
                     keys.JOB_ID_PREFIX,
                     keys.ARQ_JOB_PREFIX,
+                    keys.TRACE_CONTEXT_FIELD,
                     keys.SEARCH_PREFIX,
                     *records,
                 ],

@@ -29,6 +29,7 @@ __all__ = [
     "REPLICATION_MARK",
     "SEARCH_PREFIX",
     "SEARCH_TERMS",
+    "TRACE_CONTEXT_FIELD",
     "TRIM_LOCK",
     "arq_in_progress_key",
     "arq_job_key",
@@ -118,6 +119,10 @@ HANDLER_FIELD_PREFIX = "handler:"
 HANDLER_HISTORY_FIELD_PREFIX = "history:"
 """In an event's hash, ``history:<name>`` holds a JSON array of that handler's states that
 replays replaced (oldest first), so an event's attempts before a replay stay visible."""
+
+TRACE_CONTEXT_FIELD = "traceparent"
+"""In an event's hash, the W3C ``traceparent`` of the receiver's span for the request that
+delivered it (only with traces on): the worker's attempt spans join that trace."""
 
 REPLICATION_MARK = PREFIX + "replication-mark"
 """Written in every confirmed intake round trip, just before ``WAIT``: a batch of duplicates

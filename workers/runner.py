@@ -11,7 +11,7 @@ import contextlib
 import functools
 import math
 from signal import Signals
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import structlog
@@ -36,6 +36,9 @@ from loops_webhooks.workers.metrics import refresh_queue_gauges
 from loops_webhooks.workers.metrics_server import MetricsServer
 from loops_webhooks.workers.reconciler import Reconciler
 from loops_webhooks.workers.scripts import register_script
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["EventWorker", "build_worker"]
 
@@ -252,8 +255,13 @@ def _worker_redis(settings: Settings, redis_url: str) -> ArqRedis:
     return pool
 
 
-def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
-    """An arq Worker for ``router``'s handlers; ``worker.run()`` runs it until a signal."""
+def build_worker(
+    settings: Settings, redis_url: str, router: Router, tracer: Tracer | None = None
+) -> Worker:
+    """An arq Worker for ``router``'s handlers; ``worker.run()`` runs it until a signal.
+
+    With a ``tracer`` (traces on, ``loops_webhooks.tracing``), each handler attempt is a span
+    (``workers/traces.py``); without one, nothing of OpenTelemetry is imported."""
     job_timeout = slowest_handler_timeout(router, settings.handler_timeout_seconds)
     job_timeout += JOB_MARGIN_SECONDS
     retry_policy = RetryPolicy(
@@ -261,6 +269,12 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
         base_seconds=settings.retry_base_seconds,
         max_delay_seconds=settings.retry_max_delay_seconds,
     )
+
+    traces = None
+    if tracer is not None:
+        from loops_webhooks.workers.traces import AttemptTraces
+
+        traces = AttemptTraces(tracer)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         redis = ctx["redis"]
@@ -276,6 +290,7 @@ def build_worker(settings: Settings, redis_url: str, router: Router) -> Worker:
             dead_letter_unhandled=settings.unhandled == "dead-letter",
             shutting_down=lambda: worker.shutting_down,
             on_redis_failure=worker.redis_health.failed,
+            traces=traces,
         )
         worker.in_progress.start(asyncio.get_running_loop())
         reconciler = Reconciler(

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from fault_harness import EventSender, Harness, LoopsClient
+
+from tests.faults.fault_harness import Harness, LoopsClient
+from tests.support.loops_sender import LoopsSender
 
 
 @pytest.fixture
@@ -21,7 +23,7 @@ def sentinel() -> bool:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path, loops: EventSender, sentinel: bool) -> AsyncIterator[Harness]:
+async def harness(tmp_path: Path, loops: LoopsSender, sentinel: bool) -> AsyncIterator[Harness]:
     world = Harness(tmp_path, loops, sentinel=sentinel)
     try:
         await world.start()

@@ -26,41 +26,39 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import aiohttp
 import orjson
 import redis as redis_sync
 from redis.asyncio import Redis
 
-from loops_webhooks.embedded_redis import find_redis_server
 from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.workers import keys
+from tests.support.loops_sender import LoopsSender
+from tests.support.ports import free_port, listening
+from tests.support.processes import LOOPS_WEBHOOKS, Service, Supervisor, clean_environment
+from tests.support.redis_server import RedisServer
+from tests.support.sentinel import SentinelGroup
+from tests.support.waiting import eventually
 
 __all__ = [
     "COMPLETED",
     "EXPIRED",
     "FAILED",
     "Accounting",
-    "EventSender",
     "Harness",
     "LoopsClient",
     "Send",
     "account",
     "event_plan",
-    "eventually",
 ]
 
-LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
 HANDLERS_FILE = Path(__file__).with_name("fault_handlers.py")
 WEBHOOK_PATH = "/webhooks/loops"
 
@@ -77,329 +75,6 @@ HANDLERS_BY_TYPE: dict[str, tuple[str, ...]] = {
 
 HANDLER_TIMEOUT_SECONDS = 2
 STARTUP_SECONDS = 30.0
-STOP_SECONDS = 10.0
-MAX_WORKER_RESTARTS = 200
-MIN_SECONDS_BETWEEN_RESTARTS = 0.2
-SUPERVISOR_TICK_SECONDS = 0.05
-
-
-class EventSender(Protocol):
-    """What the suite's ``loops`` fixture provides: event bodies and their signature."""
-
-    secret: str
-
-    def event(self, event_id: str | None = None, event_type: str = ...) -> bytes: ...
-
-    def headers(self, body: bytes) -> dict[str, str]: ...
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-        return True
-    return False
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[bool]],
-    *,
-    within: float,
-    what: str,
-    details: Callable[[], str] = lambda: "",
-    interval: float = 0.05,
-) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds, saying ``what``."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within:g}s: {what}\n{details()}")
-        await asyncio.sleep(interval)
-
-
-class RedisProcess:
-    """One ``redis-server`` child process in ``data_dir``, restartable on the same port.
-
-    ``durable`` turns on the settings the promise depends on (``deploy/redis.conf``): AOF
-    with ``appendfsync always``, so a write Redis acknowledged survives a SIGKILL.
-    """
-
-    def __init__(self, data_dir: Path, *, durable: bool, replica_of: int | None = None) -> None:
-        self.data_dir = data_dir
-        self.durable = durable
-        self.replica_of = replica_of
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def _command(self) -> list[str]:
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else []
-        if self.replica_of is not None:
-            persistence += ["--replicaof", "127.0.0.1", str(self.replica_of)]
-        return [
-            str(find_redis_server()),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            "--save", "",
-            *persistence,
-            "--daemonize", "no",
-            "--logfile", str(self.data_dir / "redis.log"),
-        ]  # fmt: skip
-
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._process = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL)
-        client = redis_sync.Redis.from_url(self.url, socket_timeout=1)
-        deadline = time.monotonic() + STARTUP_SECONDS
-        try:
-            while True:
-                if self._process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self._process.returncode}")
-                with contextlib.suppress(redis_sync.BusyLoadingError, redis_sync.ConnectionError):
-                    client.ping()
-                    return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"redis-server on port {self.port} did not answer")
-                time.sleep(0.02)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to flush anything beyond what it already wrote."""
-        assert self._process is not None
-        self._process.kill()
-        self._process.wait(STOP_SECONDS)
-
-    def pause(self) -> None:
-        """SIGSTOP: connections stay open but nothing is answered (a hung Redis)."""
-        assert self._process is not None
-        self._process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self._process is not None
-        self._process.send_signal(signal.SIGCONT)
-
-    def shutdown(self) -> None:
-        """``SHUTDOWN``: the orderly stop."""
-        assert self._process is not None
-        with contextlib.suppress(redis_sync.ConnectionError):
-            redis_sync.Redis.from_url(self.url, socket_timeout=5).shutdown()
-        self._process.wait(STOP_SECONDS)
-
-    def close(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGCONT)
-            self._process.terminate()
-            try:
-                self._process.wait(STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-
-
-class SentinelProcess(RedisProcess):
-    """One Sentinel (the same ``redis-server`` binary, in Sentinel mode) watching ``primary``.
-
-    Failure is noticed after ``DOWN_AFTER_MS`` (production: a few seconds), so a failover
-    takes a few seconds here rather than the default's half a minute.
-    """
-
-    DOWN_AFTER_MS = 1000
-    FAILOVER_TIMEOUT_MS = 3000
-
-    def __init__(self, data_dir: Path, *, master_name: str, primary_port: int) -> None:
-        super().__init__(data_dir, durable=False)
-        self.master_name = master_name
-        self.primary_port = primary_port
-
-    def _command(self) -> list[str]:
-        config = self.data_dir / "sentinel.conf"  # Sentinel rewrites it: one file per process
-        config.write_text(
-            f"bind 127.0.0.1\nport {self.port}\ndir {self.data_dir}\n"
-            f"logfile {self.data_dir / 'sentinel.log'}\ndaemonize no\n"
-            f"sentinel monitor {self.master_name} 127.0.0.1 {self.primary_port} 2\n"
-            f"sentinel down-after-milliseconds {self.master_name} {self.DOWN_AFTER_MS}\n"
-            f"sentinel failover-timeout {self.master_name} {self.FAILOVER_TIMEOUT_MS}\n"
-            f"sentinel parallel-syncs {self.master_name} 2\n"
-        )
-        return [str(find_redis_server()), str(config), "--sentinel"]
-
-
-class SentinelGroup:
-    """A primary, two replicas and three Sentinels on loopback, all durable as in production.
-
-    ``url`` is the ``redis+sentinel://`` address the services get; ``primary_url()`` asks the
-    Sentinels which server is the primary now, for the suite's own inspection.
-    """
-
-    MASTER_NAME = "loops"
-
-    def __init__(self, root: Path) -> None:
-        self.primary = RedisProcess(root / "primary", durable=True)
-        self.replicas = [
-            RedisProcess(root / f"replica{n}", durable=True, replica_of=self.primary.port)
-            for n in (1, 2)
-        ]
-        self.sentinels = [
-            SentinelProcess(
-                root / f"sentinel{n}", master_name=self.MASTER_NAME, primary_port=self.primary.port
-            )
-            for n in (1, 2, 3)
-        ]
-        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
-        self.url = f"redis+sentinel://{hosts}/{self.MASTER_NAME}/0"
-
-    def start(self) -> None:
-        """Start everything; return once both replicas are in sync and every Sentinel knows
-        both replicas and both other Sentinels (without that, no failover could happen)."""
-        for server in [self.primary, *self.replicas, *self.sentinels]:
-            server.start()
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not self._ready():
-            if time.monotonic() > deadline:
-                raise TimeoutError("the replicas and Sentinels did not find one another")
-            time.sleep(0.1)
-
-    def _ready(self) -> bool:
-        for replica in self.replicas:
-            with redis_sync.Redis.from_url(replica.url, socket_timeout=1) as client:
-                if client.info("replication").get("master_link_status") != "up":
-                    return False
-        for sentinel in self.sentinels:
-            with redis_sync.Redis.from_url(sentinel.url, socket_timeout=1) as client:
-                if len(client.execute_command("SENTINEL", "REPLICAS", self.MASTER_NAME)) < 2:
-                    return False
-                if len(client.execute_command("SENTINEL", "SENTINELS", self.MASTER_NAME)) < 2:
-                    return False
-        return True
-
-    def primary_url(self) -> str:
-        """The current primary's plain URL, as the Sentinels see it."""
-        for sentinel in self.sentinels:
-            with (
-                contextlib.suppress(redis_sync.RedisError),
-                redis_sync.Redis.from_url(sentinel.url, socket_timeout=1) as client,
-            ):
-                host, port = client.sentinel_get_master_addr_by_name(self.MASTER_NAME)
-                return f"redis://{host.decode()}:{port}/0"
-        raise RuntimeError("no Sentinel answers")
-
-    def kill_primary(self) -> None:
-        """SIGKILL the primary of the moment (it stays down)."""
-        current = self.primary_url()
-        for server in [self.primary, *self.replicas]:
-            if server.url == current:
-                server.kill()
-                return
-        raise RuntimeError(f"the primary {current} is none of the group's servers")
-
-    def close(self) -> None:
-        for server in [*self.sentinels, self.primary, *self.replicas]:
-            server.close()
-
-
-class Service:
-    """One ``loops-webhooks`` command as a child process; each start logs to its own file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path) -> None:
-        self.name = name
-        self.args = args
-        self.env = env
-        self.workdir = workdir
-        self.logs: list[Path] = []
-        self.process: subprocess.Popen[bytes] | None = None
-        self.last_start = 0.0
-
-    def start(self) -> None:
-        log_path = self.workdir / "logs" / f"{self.name}-{len(self.logs)}.log"
-        log_path.parent.mkdir(exist_ok=True)
-        with log_path.open("wb") as log_file:
-            self.process = subprocess.Popen(
-                [LOOPS_WEBHOOKS, *self.args],
-                env=self.env,
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        self.logs.append(log_path)
-        self.last_start = time.monotonic()
-
-    def exit_code(self) -> int | None:
-        """None while it runs; its exit code (negative: killed by that signal) once it ended."""
-        assert self.process is not None
-        return self.process.poll()
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(STOP_SECONDS)
-
-    def stop(self) -> None:
-        """SIGTERM, as a process manager would, then SIGKILL if it lingers."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def output_tail(self, lines: int = 25) -> str:
-        if not self.logs:
-            return ""
-        text = self.logs[-1].read_text(errors="replace").splitlines()[-lines:]
-        return f"--- {self.logs[-1].name} ---\n" + "\n".join(text)
-
-
-class Supervisor:
-    """Keeps every worker running: restarts one as soon as it exits, and counts why it did.
-
-    A worker exiting with 2 (bad configuration, handlers that do not import) is not restarted:
-    the supervisor's task fails with its output instead of looping.
-    """
-
-    def __init__(self, workers: list[Service]) -> None:
-        self.workers = workers
-        self.kills = 0
-        self.exits: Counter[int] = Counter()
-        self.restarts = 0
-
-    async def run(self) -> None:
-        while True:
-            for worker in self.workers:
-                code = worker.exit_code()
-                if code is None:
-                    continue
-                if code == 2:
-                    raise AssertionError(f"worker cannot start:\n{worker.output_tail()}")
-                if time.monotonic() - worker.last_start < MIN_SECONDS_BETWEEN_RESTARTS:
-                    continue
-                if self.restarts >= MAX_WORKER_RESTARTS:
-                    raise AssertionError(f"more than {MAX_WORKER_RESTARTS} worker restarts")
-                self.exits[code] += 1
-                self.restarts += 1
-                worker.start()
-            await asyncio.sleep(SUPERVISOR_TICK_SECONDS)
-
-    def kill(self, slot: int) -> None:
-        """SIGKILL one worker (the supervisor starts it again on its next tick)."""
-        worker = self.workers[slot]
-        if worker.exit_code() is None:
-            worker.kill()
-            self.kills += 1
-
-    @property
-    def own_exits(self) -> int:
-        """Exits the workers made themselves (Redis gone, a handler's ``os._exit``)."""
-        return sum(count for code, count in self.exits.items() if code != -signal.SIGKILL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +99,7 @@ class DeliveryRecord:
 
 
 def event_plan(
-    sender: EventSender, prefix: str, count: int, *, types: Iterable[str] = (COMPLETED,)
+    sender: LoopsSender, prefix: str, count: int, *, types: Iterable[str] = (COMPLETED,)
 ) -> list[Send]:
     """``count`` fresh events (types cycled), with duplicates on purpose, as Loops sends them.
 
@@ -458,7 +133,7 @@ class LoopsClient:
         self,
         session: aiohttp.ClientSession,
         url: str,
-        sender: EventSender,
+        sender: LoopsSender,
         *,
         max_tries: int = 150,
         give_up_after: float = 60.0,
@@ -563,7 +238,7 @@ class Harness:
     def __init__(
         self,
         root: Path,
-        sender: EventSender,
+        sender: LoopsSender,
         settings: dict[str, str] | None = None,
         *,
         sentinel: bool = False,
@@ -580,9 +255,9 @@ class Harness:
         self.redis = (
             self.sentinel_group.primary
             if self.sentinel_group
-            else RedisProcess(root / "redis", durable=True)
+            else RedisServer(root / "redis", appendfsync="always")
         )
-        self.effects_redis = RedisProcess(root / "effects-redis", durable=False)
+        self.effects_redis = RedisServer(root / "effects-redis", appendfsync=None)
         self.fixed_flag = root / "handlers-fixed"
         self.receiver_port = free_port()
         self.receiver_url = f"http://127.0.0.1:{self.receiver_port}{WEBHOOK_PATH}"
@@ -596,37 +271,33 @@ class Harness:
     @property
     def env(self) -> dict[str, str]:
         """A clean environment (no LOOPS_* or REDIS_URL inherited) with the suite's settings."""
-        inherited = {
-            name: value
-            for name, value in os.environ.items()
-            if not name.startswith(("LOOPS_", "FAULTS_")) and name != "REDIS_URL"
-        }
-        return {
-            **inherited,
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(self.root), os.environ.get("PYTHONPATH")])
-            ),
-            **(
-                {"REDIS_URL": self.sentinel_group.url, "LOOPS_REDIS_MIN_REPLICAS": "1"}
-                if self.sentinel_group
-                else {"REDIS_URL": self.redis.url}
-            ),
-            "LOOPS_WEBHOOK_SECRET": self.sender.secret,
-            "LOOPS_HANDLERS": f"{self.handlers.stem}:router",
-            "LOOPS_LOG_FORMAT": "json",
-            "LOOPS_METRICS_PORT": "0",
-            "LOOPS_HANDLER_TIMEOUT_SECONDS": str(HANDLER_TIMEOUT_SECONDS),
-            "LOOPS_RETRY_BASE_SECONDS": "0.1",
-            "LOOPS_RETRY_MAX_DELAY_SECONDS": "1",
-            "LOOPS_RECONCILE_INTERVAL_SECONDS": "1",
-            "LOOPS_RECONCILE_GRACE_SECONDS": "2",
-            "LOOPS_SHUTDOWN_GRACE_SECONDS": "1",
-            "FAULTS_EFFECTS_URL": self.effects_redis.url,
-            "FAULTS_FIXED_FLAG": str(self.fixed_flag),
-            **{f"LOOPS_{name.upper()}": value for name, value in self.settings.items()},
-            **self.handlers_env,
-        }
+        return clean_environment(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(self.root), os.environ.get("PYTHONPATH")])
+                ),
+                **(
+                    {"REDIS_URL": self.sentinel_group.url, "LOOPS_REDIS_MIN_REPLICAS": "1"}
+                    if self.sentinel_group
+                    else {"REDIS_URL": self.redis.url}
+                ),
+                "LOOPS_WEBHOOK_SECRET": self.sender.secret,
+                "LOOPS_HANDLERS": f"{self.handlers.stem}:router",
+                "LOOPS_LOG_FORMAT": "json",
+                "LOOPS_METRICS_PORT": "0",
+                "LOOPS_HANDLER_TIMEOUT_SECONDS": str(HANDLER_TIMEOUT_SECONDS),
+                "LOOPS_RETRY_BASE_SECONDS": "0.1",
+                "LOOPS_RETRY_MAX_DELAY_SECONDS": "1",
+                "LOOPS_RECONCILE_INTERVAL_SECONDS": "1",
+                "LOOPS_RECONCILE_GRACE_SECONDS": "2",
+                "LOOPS_SHUTDOWN_GRACE_SECONDS": "1",
+                "FAULTS_EFFECTS_URL": self.effects_redis.url,
+                "FAULTS_FIXED_FLAG": str(self.fixed_flag),
+                **{f"LOOPS_{name.upper()}": value for name, value in self.settings.items()},
+                **self.handlers_env,
+            }
+        )
 
     async def start(self) -> None:
         self._started = time.monotonic()
@@ -686,13 +357,13 @@ class Harness:
         assert self.receiver is not None
         receiver = self.receiver
 
-        async def listening() -> bool:
+        async def receiver_listens() -> bool:
             code = receiver.exit_code()
             if code is not None:
                 raise AssertionError(f"receiver exited with {code}:\n{receiver.output_tail()}")
-            return await asyncio.to_thread(_listening, self.receiver_port)
+            return await asyncio.to_thread(listening, self.receiver_port)
 
-        await eventually(listening, within=STARTUP_SECONDS, what="the receiver listens")
+        await eventually(receiver_listens, within=STARTUP_SECONDS, what="the receiver listens")
 
     async def _wait_for_log(self, service: Service, needle: str) -> None:
         async def logged() -> bool:

@@ -16,11 +16,12 @@ from pathlib import Path
 import orjson
 import psycopg
 import pytest
-from fault_harness import EventSender, Harness, LoopsClient, event_plan
 from redis.asyncio import Redis
 
 from loops_webhooks.effects import create_table
 from loops_webhooks.workers import keys
+from tests.faults.fault_harness import Harness, LoopsClient, event_plan
+from tests.support.loops_sender import LoopsSender
 from tests.support.postgres import PostgresServer, running_postgres
 
 pytestmark = pytest.mark.timeout(240)
@@ -79,7 +80,7 @@ def databases(postgres: PostgresServer, tmp_path: Path) -> ShopDatabases:
 
 @pytest.fixture
 async def harness(
-    tmp_path: Path, loops: EventSender, databases: ShopDatabases
+    tmp_path: Path, loops: LoopsSender, databases: ShopDatabases
 ) -> AsyncIterator[Harness]:
     world = Harness(
         tmp_path,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import pytest
-from fault_harness import Harness, LoopsClient, eventually
 from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
+from tests.faults.fault_harness import Harness, LoopsClient
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fault_harness import Harness, LoopsClient, account, event_plan, eventually
+
+from tests.faults.fault_harness import Harness, LoopsClient, account, event_plan
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(150)
 

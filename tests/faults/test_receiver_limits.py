@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
-import redis as redis_sync
-from fault_harness import EventSender, Harness, LoopsClient, event_plan
+
+from tests.faults.fault_harness import Harness, LoopsClient, event_plan
+from tests.support.loops_sender import LoopsSender
+from tests.support.resources import memory_mib
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,13 +27,10 @@ AFTER_SECONDS = 3.0
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
+    return memory_mib(pid)["rss_mib"]
 
 
-async def timed_answers(client: LoopsClient, sender: EventSender, prefix: str) -> list[tuple]:
+async def timed_answers(client: LoopsClient, sender: LoopsSender, prefix: str) -> list[tuple]:
     """One new event every 0.1 s for the stall's length: (answer, seconds) each."""
 
     async def one(index: int) -> tuple[str, float]:
@@ -50,7 +48,7 @@ async def timed_answers(client: LoopsClient, sender: EventSender, prefix: str) -
 
 @pytest.mark.parametrize("stall", ["debug_sleep", "sigstop"])
 async def test_under_a_stalled_redis_every_answer_comes_within_the_redis_timeout(
-    tmp_path: Path, loops: EventSender, stall: str
+    tmp_path: Path, loops: LoopsSender, stall: str
 ) -> None:
     harness = Harness(tmp_path, loops, {"redis_timeout_seconds": str(REDIS_TIMEOUT_SECONDS)})
     try:
@@ -58,18 +56,10 @@ async def test_under_a_stalled_redis_every_answer_comes_within_the_redis_timeout
         async with aiohttp.ClientSession() as session:
             client = LoopsClient(session, harness.receiver_url, harness.sender)
             await client.stream(event_plan(harness.sender, "warm", 20), rate=50)
-            if stall == "sigstop":
-                harness.redis.pause()
-                threading.Timer(STALL_SECONDS, harness.redis.resume).start()
-            else:
-                url = harness.redis.url
-                threading.Thread(
-                    target=lambda: redis_sync.Redis.from_url(url).execute_command(
-                        "DEBUG", "SLEEP", STALL_SECONDS
-                    )
-                ).start()
+            stalled = harness.redis.stall(STALL_SECONDS, by=stall)
             await asyncio.sleep(0.05)
             answers = await timed_answers(client, harness.sender, stall)
+            await asyncio.to_thread(stalled.wait)
     finally:
         harness.redis.resume()
         await harness.stop()
@@ -153,7 +143,7 @@ async def test_held_bodies_stay_under_the_memory_limit_and_memory_is_returned_af
 
 
 async def test_a_connection_whose_headers_never_complete_is_closed_after_the_read_timeout(
-    tmp_path: Path, loops: EventSender
+    tmp_path: Path, loops: LoopsSender
 ) -> None:
     harness = Harness(tmp_path, loops, {"read_timeout_seconds": "1"})
     try:

@@ -8,7 +8,9 @@ import asyncio
 import time
 
 import pytest
-from fault_harness import Harness, LoopsClient, account, event_plan, eventually
+
+from tests.faults.fault_harness import Harness, LoopsClient, account, event_plan
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fault_harness import (
+
+from tests.faults.fault_harness import (
     EXPIRED,
     FAILED,
     Harness,

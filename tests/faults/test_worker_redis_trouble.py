@@ -8,14 +8,14 @@ while Redis refuses it and 200 again after.
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import aiohttp
 import pytest
-import redis as redis_sync
-from fault_harness import Harness, LoopsClient, account, event_plan, eventually
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
+
+from tests.faults.fault_harness import Harness, LoopsClient, account, event_plan
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -102,13 +102,8 @@ async def test_workers_outlive_a_stalled_then_restarted_redis(
         return len(client.acknowledged) >= count
 
     await eventually(lambda: acknowledged(40), within=30, what="40 events acknowledged")
-    sleeper = threading.Thread(
-        target=lambda: redis_sync.Redis.from_url(harness.redis.url).execute_command(
-            "DEBUG", "SLEEP", STALL_SECONDS
-        )
-    )
-    sleeper.start()
-    await asyncio.to_thread(sleeper.join)
+    stalled = harness.redis.stall(STALL_SECONDS, by="debug_sleep")
+    await asyncio.to_thread(stalled.wait)
     await eventually(lambda: acknowledged(120), within=30, what="120 events acknowledged")
     await harness.redis_down(kill=True)
     await asyncio.sleep(DOWN_SECONDS)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from tests.integration.worker_harness import Workbench
+from tests.support.processes import StartLoopsWebhooks
 
 __all__ = [
     "FAILING_HANDLER",
@@ -75,7 +75,7 @@ class Dashboard:
 
     def __init__(
         self,
-        start_loops_webhooks: Any,
+        start_loops_webhooks: StartLoopsWebhooks,
         port: int,
         redis_url: str,
         *,

@@ -10,18 +10,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import WEBHOOK_SECRET, LoopsSender
-from tests.integration.worker_harness import Workbench, eventually
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import StartLoopsWebhooks
+from tests.integration.worker_harness import Workbench
+from tests.support.loops_sender import WEBHOOK_SECRET, LoopsSender
+from tests.support.processes import StartLoopsWebhooks
+from tests.support.waiting import eventually
 
 HANDLERS = """
 @router.on("checkout.session.completed", name="fulfil")

@@ -30,7 +30,10 @@ async def store_event(redis: Redis, event_id: str) -> None:
 
 def begin_call(begin: BatchedScript, event_id: str) -> asyncio.Future[object]:
     return asyncio.ensure_future(
-        begin(keys=[keys.event_key(event_id)], args=[0, keys.HANDLER_FIELD_PREFIX])
+        begin(
+            keys=[keys.event_key(event_id)],
+            args=[0, keys.HANDLER_FIELD_PREFIX, keys.TRACE_CONTEXT_FIELD],
+        )
     )
 
 

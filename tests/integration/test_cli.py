@@ -20,8 +20,8 @@ import redis as redis_sync
 
 from loops_webhooks.embedded_redis import stop_embedded_redis
 from loops_webhooks.workers import keys
-from tests.conftest import WEBHOOK_SECRET
-from tests.integration.conftest import StartLoopsWebhooks
+from tests.support.loops_sender import WEBHOOK_SECRET
+from tests.support.processes import StartLoopsWebhooks
 
 LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
 DEADLINE_SECONDS = 30.0

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from loops_webhooks.workers.connection import open_redis
-from tests.integration.conftest import RedisServer
+from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture

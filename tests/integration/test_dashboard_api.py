@@ -14,7 +14,6 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from tests.integration.conftest import StartLoopsWebhooks
 from tests.integration.dashboard_harness import (
     FAILING_HANDLER,
     TOKEN,
@@ -23,7 +22,9 @@ from tests.integration.dashboard_harness import (
     failing_handlers,
     log_in,
 )
-from tests.integration.worker_harness import Workbench, eventually
+from tests.integration.worker_harness import Workbench
+from tests.support.processes import StartLoopsWebhooks
+from tests.support.waiting import eventually
 
 LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
 

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tests.integration.conftest import StartLoopsWebhooks
 from tests.integration.dashboard_harness import TOKEN, Dashboard
 from tests.integration.search_harness import Shop
 from tests.integration.worker_harness import Workbench
+from tests.support.processes import StartLoopsWebhooks
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

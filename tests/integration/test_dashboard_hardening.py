@@ -17,8 +17,8 @@ from loops_webhooks.dashboard.app import SECURITY_HEADERS
 from loops_webhooks.dashboard.auth import SESSION_COOKIE
 from loops_webhooks.dashboard.token_guesses import LIMIT, WINDOW_SECONDS
 from loops_webhooks.workers.keys import dashboard_wrong_tokens_key
-from tests.integration.conftest import StartLoopsWebhooks
 from tests.integration.dashboard_harness import TOKEN, Dashboard, log_in
+from tests.support.processes import StartLoopsWebhooks
 
 LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
 SHORT_TOKEN = "x" * 31

@@ -10,9 +10,9 @@ from contextlib import closing
 from pathlib import Path
 
 from loops_webhooks.effects import create_table
-from tests.conftest import WEBHOOK_SECRET
-from tests.integration.conftest import StartLoopsWebhooks
 from tests.integration.test_cli import dead_letter_ids, event_status, run_cli, wait_until
+from tests.support.loops_sender import WEBHOOK_SECRET
+from tests.support.processes import StartLoopsWebhooks
 
 EVENT_ID = "evt_effects_replay"
 LETTER = f"{EVENT_ID}:notify"

@@ -11,10 +11,10 @@ import orjson
 from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
-from tests.integration.conftest import StartLoopsWebhooks
 from tests.integration.dashboard_harness import TOKEN, Dashboard
 from tests.integration.search_harness import Shop
 from tests.integration.test_cli import run_cli
+from tests.support.processes import StartLoopsWebhooks
 
 
 def erase(shop: Shop, *extra: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ from loops_webhooks.workers.intake import (
     NotReplicated,
     ReceivedEvent,
 )
-from tests.integration.conftest import RedisServer
+from tests.support.redis_server import RedisServer
 
 QUEUE = "loops:queue"
 RECEIVED_AT_MS = 1_736_937_300_000

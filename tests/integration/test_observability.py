@@ -26,9 +26,9 @@ from structlog.testing import capture_logs
 from loops_webhooks.embedded_redis import stop_embedded_redis
 from loops_webhooks.ingest.app import create_app
 from loops_webhooks.settings import RECEIVER_METRICS_PORT, WORKER_METRICS_PORT, Settings
-from tests.conftest import WEBHOOK_SECRET, LoopsSender
-from tests.integration.conftest import StartLoopsWebhooks
-from tests.integration.worker_harness import eventually
+from tests.support.loops_sender import WEBHOOK_SECRET, LoopsSender
+from tests.support.processes import StartLoopsWebhooks
+from tests.support.waiting import eventually
 
 LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
 WEBHOOK_PATH = "/webhooks/loops"

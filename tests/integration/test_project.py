@@ -14,11 +14,11 @@ from pathlib import Path
 
 import orjson
 from redis.asyncio import Redis
-from worker_harness import eventually
 
 from loops_webhooks.workers.event_store import EventStore
-from tests.conftest import WEBHOOK_SECRET
-from tests.integration.conftest import StartLoopsWebhooks
+from tests.support.loops_sender import WEBHOOK_SECRET
+from tests.support.processes import StartLoopsWebhooks
+from tests.support.waiting import eventually
 
 LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
 
@@ -117,7 +117,8 @@ def test_dev_prints_a_send_command_that_works_as_printed_and_keeps_its_secret(
 ) -> None:
     env = {"REDIS_URL": redis_url, "LOOPS_METRICS_PORT": "0", "LOOPS_DATA_DIR": "data"}
     port = free_port()
-    dev = start_loops_webhooks("dev", "--port", str(port), env=env, port=port)
+    ports = ("--port", str(port), "--dashboard-port", str(free_port()))
+    dev = start_loops_webhooks("dev", *ports, env=env, port=port)
     [command] = [line.split("try: ", 1)[1] for line in dev.output().splitlines() if "try: " in line]
 
     pasted = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True,
@@ -133,7 +134,8 @@ def test_dev_prints_a_send_command_that_works_as_printed_and_keeps_its_secret(
     assert dev.stop() == 0
 
     port = free_port()
-    again = start_loops_webhooks("dev", "--port", str(port), env=env, port=port)
+    ports = ("--port", str(port), "--dashboard-port", str(free_port()))
+    again = start_loops_webhooks("dev", *ports, env=env, port=port)
     assert f"--secret {secret}" in again.output()
 
 

@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,9 +42,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from loops_webhooks.ingest.app import create_app
 from loops_webhooks.ingest.views import MAX_EVENT_ID_LENGTH
-from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
 
@@ -57,32 +54,13 @@ EXCHANGE_TIMEOUT_SECONDS = 5.0
 """Far beyond any answer on loopback with Redis up; bounds an example that hangs."""
 ANSWER_TIMEOUT_SECONDS = 2.0
 
-StartReceiver = Callable[..., Awaitable[TestServer]]
-
 
 @pytest.fixture
-async def start_receiver(loops, redis_url: str) -> AsyncIterator[StartReceiver]:
-    """Serve ``create_app`` on loopback with a 4 KiB body limit; settings may be overridden."""
-    servers: list[TestServer] = []
-
-    async def start(**overrides: Any) -> TestServer:
-        settings = Settings(
-            webhook_secret=loops.secret, max_body_bytes=LIMIT, metrics_port=0, **overrides
-        )
-        server = TestServer(create_app(settings, redis_url), host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
-
-
-@pytest.fixture
-async def receiver(start_receiver: StartReceiver) -> TestServer:
-    """A one-second Redis deadline, so that an example failing with 503 shrinks quickly."""
-    return await start_receiver(redis_timeout_seconds=1.0)
+async def receiver(start_receiver, redis_url: str) -> TestServer:
+    """A 4 KiB body limit, and a one-second Redis deadline, so that an example failing with
+    503 shrinks quickly."""
+    client = await start_receiver(redis_url, max_body_bytes=LIMIT, redis_timeout_seconds=1.0)
+    return client.server
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,11 @@ events and the dead letters past their retention, and keep what is still needed.
 from __future__ import annotations
 
 from redis.asyncio import Redis
-from worker_harness import Workbench, eventually
 
 from loops_webhooks.workers import keys
 from tests.integration.search_harness import HANDLERS
+from tests.integration.worker_harness import Workbench
+from tests.support.waiting import eventually
 
 
 async def test_finished_events_leave_the_index_with_their_records_while_a_dead_one_stays(

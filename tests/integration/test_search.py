@@ -8,10 +8,10 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from tests.integration.conftest import StartLoopsWebhooks
 from tests.integration.dashboard_harness import TOKEN, Dashboard
 from tests.integration.search_harness import Shop
 from tests.integration.test_cli import run_cli
+from tests.support.processes import StartLoopsWebhooks
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
-from worker_harness import HANDLERS_MODULE, QUEUE, Supervisor, Workbench, eventually
 
 from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.ingest.app import create_app
@@ -22,6 +21,8 @@ from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.replay import ReplayResult, replay_dead_letter
 from loops_webhooks.workers.runner import IN_PROGRESS_MARGIN_SECONDS, JOB_MARGIN_SECONDS
+from tests.integration.worker_harness import HANDLERS_MODULE, QUEUE, Workbench
+from tests.support.waiting import eventually
 
 COMPLETED = "checkout.session.completed"
 EXPIRED = "checkout.session.expired"
@@ -206,7 +207,7 @@ async def test_a_handler_that_kills_its_worker_every_time_is_dead_lettered_after
         """
     )
     timeout = 0.5
-    supervisor = Supervisor(bench, handler_timeout_seconds=timeout)
+    supervisor = bench.supervised_worker(handler_timeout_seconds=timeout)
     doomed_id = await bench.submit(COMPLETED)
 
     async def crashed_once() -> bool:
@@ -233,7 +234,7 @@ async def test_a_handler_that_kills_its_worker_every_time_is_dead_lettered_after
     released = bench.effects("released")
     assert sorted(effect.event_id for effect in released) == sorted(others)
     assert max(effect.at for effect in released) < letter.dead_lettered_at / 1000
-    assert supervisor.worker.process.poll() is None
+    assert supervisor.workers[0].process.poll() is None
 
 
 async def test_an_event_recorded_but_never_enqueued_is_found_by_the_reconciler_and_handled(

@@ -8,12 +8,11 @@ several processes may write at once), and the test counts those lines.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import textwrap
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,15 @@ from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
 from loops_webhooks.workers.event_store import EventStore, StoredEvent
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
 from loops_webhooks.workers.keys import dead_letter_id
+from tests.support.loops_sender import LoopsSender
+from tests.support.processes import Service, StartLoopsWebhooks, Supervisor
+from tests.support.waiting import eventually
 
 __all__ = [
     "HANDLERS_MODULE",
+    "QUEUE",
     "Effect",
-    "Supervisor",
     "Workbench",
-    "eventually",
 ]
 
 HANDLERS_MODULE = "shop_handlers"
@@ -79,22 +80,6 @@ class Effect:
     extra: Mapping[str, Any]
 
 
-async def eventually(
-    condition: Callable[[], Awaitable[bool]],
-    *,
-    within: float,
-    what: str,
-    details: Callable[[], str] = lambda: "",
-    interval: float = 0.02,
-) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds saying ``what``."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within:g}s: {what}\n{details()}")
-        await asyncio.sleep(interval)
-
-
 class Workbench:
     """One test's handlers module, effects file, worker settings and event producer."""
 
@@ -103,8 +88,8 @@ class Workbench:
         directory: Path,
         redis: Redis,
         redis_url: str,
-        start_loops_webhooks: Callable[..., Any],
-        loops: Any,
+        start_loops_webhooks: StartLoopsWebhooks,
+        loops: LoopsSender,
     ) -> None:
         self.directory = directory
         self.redis = redis
@@ -114,7 +99,7 @@ class Workbench:
         self._start = start_loops_webhooks
         self._loops = loops
         self._intake = EventIntake(redis, queue_name=QUEUE)
-        self._workers: list[Any] = []
+        self._workers: list[Service] = []
         self._count = 0
 
     def write_handlers(self, source: str) -> None:
@@ -142,16 +127,20 @@ class Workbench:
         env.update({f"LOOPS_{name.upper()}": str(value) for name, value in overrides.items()})
         return env
 
-    def start_worker(self, **overrides: object) -> Any:
+    def start_worker(self, **overrides: object) -> Service:
         """Start ``loops-webhooks worker`` as a user would, with ``settings(**overrides)``."""
         worker = self._start("worker", env=self.settings(**overrides))
         self._workers.append(worker)
         return worker
 
+    def supervised_worker(self, **overrides: object) -> Supervisor:
+        """A worker as ``start_worker`` starts it, restarted whenever it exits."""
+        return Supervisor([self.start_worker(**overrides)])
+
     def worker_output(self) -> str:
         """Every worker's output so far, for failure messages."""
         return "\n".join(
-            f"--- worker {index} (pid {worker.process.pid}) ---\n{worker.output()}"
+            f"--- worker {index} ({worker.logs[-1].name}) ---\n{worker.output()}"
             for index, worker in enumerate(self._workers)
         )
 
@@ -216,30 +205,3 @@ class Workbench:
             what=f"event {event_id} is {status}",
             details=self.worker_output,
         )
-
-
-class Supervisor:
-    """Keeps one worker running, restarting it whenever it exits, as systemd or k8s would."""
-
-    def __init__(self, bench: Workbench, **overrides: object) -> None:
-        self._bench = bench
-        self._overrides = overrides
-        self.worker = bench.start_worker(**overrides)
-        self.exits: list[int] = []
-
-    def keep_running(self) -> None:
-        code = self.worker.process.poll()
-        if code is not None:
-            self.exits.append(code)
-            self.worker = self._bench.start_worker(**self._overrides)
-
-    async def until(
-        self, condition: Callable[[], Awaitable[bool]], *, within: float, what: str
-    ) -> None:
-        """Wait for ``condition`` while restarting the worker each time it dies."""
-
-        async def supervised() -> bool:
-            self.keep_running()
-            return await condition()
-
-        await eventually(supervised, within=within, what=what, details=self._bench.worker_output)

@@ -6,12 +6,12 @@ import time
 
 import orjson
 from fakeredis import FakeAsyncRedis
-from loops_webhooks.workers.operator_api import OperatorApi
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
 from loops_webhooks.workers.event_store import EventStore, HandlerState, HandlerStatus
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.operator_api import OperatorApi
 from loops_webhooks.workers.replay import ReplayResult, replay_dead_letter
 
 QUEUE = "loops:queue"
@@ -33,7 +33,7 @@ async def receive(redis: FakeAsyncRedis, event_id: str) -> None:
     raw = orjson.dumps({"id": event_id, "type": TYPE})
     now = int(time.time() * 1000)
     await EventIntake(redis, queue_name=QUEUE).submit(
-        ReceivedEvent(event_id, TYPE, raw, {"user-agent": "Loops"}, now, TERMS)
+        ReceivedEvent(event_id, TYPE, raw, {"user-agent": "Loops"}, now, search_terms=TERMS)
     )
 
 

@@ -160,11 +160,18 @@ async def test_an_event_leaving_the_index_leaves_its_search_indexes_too(
     raw = orjson.dumps({"id": "evt_done", "type": "checkout.session.completed"})
     terms = ("session:cs_1", "customer:c_1")
     await EventIntake(redis, queue_name=QUEUE).submit(
-        ReceivedEvent("evt_done", "checkout.session.completed", raw, {}, PAST_THE_TTL_MS, terms)
+        ReceivedEvent(
+            "evt_done", "checkout.session.completed", raw, {}, PAST_THE_TTL_MS, search_terms=terms
+        )
     )
     await EventIntake(redis, queue_name=QUEUE).submit(
         ReceivedEvent(
-            "evt_new", "checkout.session.completed", raw, {}, int(time.time() * 1000), terms
+            "evt_new",
+            "checkout.session.completed",
+            raw,
+            {},
+            int(time.time() * 1000),
+            search_terms=terms,
         )
     )
     await redis.pexpire(keys.event_key("evt_done"), 60_000)
@@ -181,7 +188,12 @@ async def test_the_search_entries_of_an_event_whose_record_already_expired_are_r
     raw = orjson.dumps({"id": "evt_gone", "type": "checkout.session.completed"})
     await EventIntake(redis, queue_name=QUEUE).submit(
         ReceivedEvent(
-            "evt_gone", "checkout.session.completed", raw, {}, PAST_THE_TTL_MS, ("customer:c",)
+            "evt_gone",
+            "checkout.session.completed",
+            raw,
+            {},
+            PAST_THE_TTL_MS,
+            search_terms=("customer:c",),
         )
     )
     await redis.delete(keys.event_key("evt_gone"))  # expired while no worker ran

@@ -8,13 +8,7 @@ import aiohttp
 
 from loops_webhooks.workers.health import BACKOFF_MAX_SECONDS, RedisHealth
 from loops_webhooks.workers.metrics_server import MetricsServer
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.support.ports import free_port
 
 
 def test_redis_failures_back_off_doubling_up_to_a_cap_and_one_success_clears_them() -> None:

@@ -5,22 +5,25 @@
 -- KEYS[1] event           the event's hash
 -- ARGV[1] now             ms
 -- ARGV[2] handler_prefix  of the handler-state fields in the event's hash
--- ARGV[3..] per handler: its name, its max attempts
+-- ARGV[3] trace_field     of the event's trace context in its hash
+-- ARGV[4..] per handler: its name, its max attempts
 -- Returns false if the event is not stored; else status, raw, type, received_at, headers,
--- then, for a pending event only, per handler: its action (run, skip, wait, exhausted) and
+-- trace context (false when the event has none), then, for a pending event only, per handler: its action (run, skip, wait, exhausted) and
 -- its state (JSON); then, per unfinished state of a handler not in ARGV (a replayed letter
 -- or a retry of a handler this worker does not have): its name and its state (JSON).
 local event = KEYS[1]
-local now, handler_prefix = tonumber(ARGV[1]), ARGV[2]
+local now, handler_prefix, trace_field = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 
-local stored_event = redis.call('HMGET', event, 'status', 'raw', 'type', 'received_at', 'headers')
+local stored_event = redis.call('HMGET', event, 'status', 'raw', 'type', 'received_at', 'headers',
+                                trace_field)
 local status = stored_event[1]
 if not stored_event[2] then return false end
-local out = {status, stored_event[2], stored_event[3], stored_event[4], stored_event[5]}
+local out = {status, stored_event[2], stored_event[3], stored_event[4], stored_event[5],
+             stored_event[6]}
 if status ~= 'pending' then return out end
 
 local known = {}
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local field = handler_prefix .. ARGV[i]
   known[field] = true
   local max_attempts = tonumber(ARGV[i + 1])

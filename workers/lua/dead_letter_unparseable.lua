@@ -9,5 +9,7 @@ local letter, dead_letter_index, reason_counts = KEYS[1], KEYS[2], KEYS[3]
 local encoded = ARGV[1]
 
 if redis.call('EXISTS', letter) == 1 then return 0 end
-put_dead_letter(letter, dead_letter_index, reason_counts, encoded, {})
+-- The raw body is the letter's whole content, so it is always written, also when empty (the
+-- encoding leaves out a field at its default).
+put_dead_letter(letter, dead_letter_index, reason_counts, encoded, {'raw', ''})
 return 1

@@ -9,18 +9,20 @@
 -- ARGV[2] event_prefix    an event's hash is this and its id
 -- ARGV[3] job_id_prefix   an event's job id is this and its id
 -- ARGV[4] job_key_prefix  a job's payload key is this and its job id
--- ARGV[5] search_prefix   a search index is this and a term
--- ARGV[6..] one record per event, its fields each written "<length>:<bytes>": event id,
---   type, raw body, headers (JSON), receipt time (ms), job payload, search terms (each
---   written "<length>:<bytes>" again)
+-- ARGV[5] trace_field     the field of an event's hash that keeps its trace context
+-- ARGV[6] search_prefix   a search index is this and a term
+-- ARGV[7..] one record per event, its fields each written "<length>:<bytes>": event id,
+--   type, raw body, headers (JSON), receipt time (ms), job payload, trace context (empty
+--   with traces off: then no field is written), search terms (each written
+--   "<length>:<bytes>" again)
 -- Returns one flag per record: 1 recorded, 0 already recorded.
 local pending, event_index, queue, search_terms = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local job_ttl_ms, event_prefix, job_id_prefix, job_key_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local search_prefix = ARGV[5]
+local trace_field, search_prefix = ARGV[5], ARGV[6]
 
 local results = {}
-for i = 6, #ARGV do
-  local event_id, event_type, raw, headers, received_at, payload, terms =
+for i = 7, #ARGV do
+  local event_id, event_type, raw, headers, received_at, payload, trace, terms =
     unpack(length_prefixed(ARGV[i]))
   local event_key, job_id = event_prefix .. event_id, job_id_prefix .. event_id
   local job_key = job_key_prefix .. job_id
@@ -29,6 +31,7 @@ for i = 6, #ARGV do
   else
     redis.call('HSET', event_key, 'id', event_id, 'type', event_type, 'raw', raw,
                'headers', headers, 'received_at', received_at, 'status', 'pending')
+    if trace ~= '' then redis.call('HSET', event_key, trace_field, trace) end
     add_search_entries(search_prefix, search_terms, terms, event_id, received_at)
     redis.call('ZADD', pending, received_at, event_id)
     redis.call('ZADD', event_index, received_at, event_id)
