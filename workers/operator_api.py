@@ -242,13 +242,7 @@ class OperatorApi:
         self, where: EventFilter = EventFilter(), *, limit: int = 50, cursor: str | None = None
     ) -> Page[EventSummary]:
         """Stored events, newest first. UnsearchableKey for a metadata key not indexed."""
-        search = SearchTerms.build(
-            self._metadata_keys,
-            session_id=where.session_id,
-            customer_id=where.customer_id,
-            metadata=where.metadata,
-            text=where.text,
-        )
+        search = self._search(where, text=where.text)
         if not search:
             index = _Index(keys.EVENT_INDEX, self._event_summaries)
             return await index.page(self._redis, where.since_ms, where.matches, limit, cursor)
@@ -262,6 +256,18 @@ class OperatorApi:
             ]
 
         return await _search_page(self._redis, search, where.since_ms, load, limit, cursor)
+
+    def _search(
+        self, where: EventFilter | DeadLetterFilter, *, text: str | None = None
+    ) -> SearchTerms:
+        """What a filter's session, customer and metadata (and the search box) ask for."""
+        return SearchTerms.build(
+            self._metadata_keys,
+            session_id=where.session_id,
+            customer_id=where.customer_id,
+            metadata=where.metadata,
+            text=text,
+        )
 
     async def get_dead_letter(self, letter_id: str) -> DeadLetter:
         letter = await get_dead_letter(self._redis, letter_id)
@@ -291,12 +297,7 @@ class OperatorApi:
 
         Filtered by session, customer or metadata, they are those of the matching events, by
         the events' receipt time, newest first; a page holds whole events' letters."""
-        search = SearchTerms.build(
-            self._metadata_keys,
-            session_id=where.session_id,
-            customer_id=where.customer_id,
-            metadata=where.metadata,
-        )
+        search = self._search(where)
         if not search:
             index = _Index(keys.DEAD_LETTER_INDEX, self._letter_summaries)
             return await index.page(self._redis, where.since_ms, where.matches, limit, cursor)

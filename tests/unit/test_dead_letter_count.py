@@ -7,18 +7,9 @@ import time
 from fakeredis import FakeAsyncRedis
 
 from loops_webhooks.workers import keys
-from loops_webhooks.workers.operator_api import DeadLetterFilter, OperatorApi
-from tests.unit.test_replay import DAY, QUEUE, event_with_dead_handlers
-
-
-def operator_api(redis: FakeAsyncRedis) -> OperatorApi:
-    return OperatorApi(
-        redis,
-        queue_name=QUEUE,
-        dedupe_ttl_seconds=DAY,
-        replay_history_limit=10,
-        search_metadata_keys=("orderId",),
-    )
+from loops_webhooks.workers.operator_api import DeadLetterFilter
+from tests.unit.test_operator_api import operator_api
+from tests.unit.test_replay import event_with_dead_handlers
 
 
 async def test_the_count_of_a_filter_is_what_a_replay_of_it_would_select(

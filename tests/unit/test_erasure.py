@@ -11,22 +11,12 @@ from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
 from loops_webhooks.workers.event_store import EventStore, HandlerState, HandlerStatus
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
-from loops_webhooks.workers.operator_api import OperatorApi
 from loops_webhooks.workers.replay import ReplayResult, replay_dead_letter
+from tests.unit.test_operator_api import operator_api
 
 QUEUE = "loops:queue"
 TYPE = "checkout.session.completed"
 TERMS = ("session:cs_1", "customer:cus_1")
-
-
-def operator_api(redis: FakeAsyncRedis) -> OperatorApi:
-    return OperatorApi(
-        redis,
-        queue_name=QUEUE,
-        dedupe_ttl_seconds=3600,
-        replay_history_limit=10,
-        search_metadata_keys=("orderId",),
-    )
 
 
 async def receive(redis: FakeAsyncRedis, event_id: str) -> None:

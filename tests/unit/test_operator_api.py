@@ -25,8 +25,8 @@ TYPE = "checkout.session.completed"
 DAY = 86_400
 
 
-@pytest.fixture
-def api(redis: FakeAsyncRedis) -> OperatorApi:
+def operator_api(redis: FakeAsyncRedis) -> OperatorApi:
+    """The API as the CLI builds it from the default settings (the unit tests' one)."""
     return OperatorApi(
         redis,
         queue_name=QUEUE,
@@ -34,6 +34,11 @@ def api(redis: FakeAsyncRedis) -> OperatorApi:
         replay_history_limit=10,
         search_metadata_keys=("orderId",),
     )
+
+
+@pytest.fixture
+def api(redis: FakeAsyncRedis) -> OperatorApi:
+    return operator_api(redis)
 
 
 async def receive(redis: FakeAsyncRedis, event_id: str, received_at: int) -> None:
