@@ -468,13 +468,17 @@ async def assert_answer_keeps_the_contract(
         assert answer.status == 200, answer
         assert document == {"received": True, "id": event_id, "duplicate": False}
         job_key = keys.arq_job_key(keys.job_id_for_event(event_id))
-        assert set(stored) == {
+        search_indexes = {key for key in stored if key.startswith(keys.SEARCH_PREFIX.encode())}
+        assert set(stored) - search_indexes == {
             keys.event_key(event_id).encode(),
             job_key.encode(),
             keys.PENDING_EVENTS.encode(),
             keys.EVENT_INDEX.encode(),
+            keys.SEARCH_TERMS.encode(),
             QUEUE.encode(),
         }
+        for index in search_indexes:
+            assert await redis.zrange(index, 0, -1) == [event_id.encode()]
         record = await redis.hgetall(keys.event_key(event_id))
         assert record[b"raw"] == request.body
         assert record[b"type"] == event_type.encode()
