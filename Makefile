@@ -36,10 +36,11 @@ typecheck: install
 
 check: lint typecheck test
 
-bench: install  ## receiver and worker against bare baselines, then end to end (needs wrk)
+bench: install  ## receiver and worker against bare baselines, end to end (needs wrk), memory
 	$(BIN)/python benchmarks/receiver.py
 	$(BIN)/python benchmarks/worker.py
 	$(BIN)/python benchmarks/end_to_end.py
+	$(BIN)/python benchmarks/retention.py
 
 clean:
 	rm -rf .venv .loops-webhooks .pytest_cache .mypy_cache .ruff_cache
