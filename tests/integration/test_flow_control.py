@@ -167,6 +167,25 @@ async def test_a_paused_handler_waits_without_using_an_attempt_and_resume_runs_e
     assert await bench.redis.zcard(keys.handler_waiting_key("erp")) == 0
 
 
+async def test_a_pause_holds_for_a_worker_started_after_it_from_its_first_event(
+    bench: Workbench,
+) -> None:
+    bench.write_handlers(ERP_AND_AUDIT)
+    first = bench.start_worker()
+    await handlers_registered(bench, "erp")
+    assert cli(bench, "handlers", "pause", "erp").returncode == 0
+    first.stop()
+    bench.start_worker()
+    event_id = await bench.submit()
+
+    await bench.wait_for_effect("audit")
+    await asyncio.sleep(PAUSE_REACHES_WORKERS_SECONDS)
+
+    assert bench.effects("erp") == []
+    state = (await bench.event(event_id)).handlers.get("erp")
+    assert state is None or state.attempts == 0
+
+
 async def test_pausing_a_name_no_running_worker_has_exits_2_unless_forced(
     bench: Workbench,
 ) -> None:
