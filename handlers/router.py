@@ -14,12 +14,35 @@ from loops_webhooks.handlers import events
 from loops_webhooks.handlers.errors import RegistrationError
 from loops_webhooks.handlers.events import Event
 
-__all__ = ["Handler", "Router", "pattern_warnings"]
+__all__ = ["Handler", "Rate", "Router", "pattern_warnings"]
 
 HandlerFunc = Callable[..., Any]
 F = TypeVar("F", bound=HandlerFunc)
 
-_OPTIONS = ("name", "max_attempts", "timeout")
+_OPTIONS = ("name", "max_attempts", "timeout", "concurrency", "rate")
+
+_RATE_WINDOWS = {"s": 1, "m": 60}
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most `limit` starts of a handler per `per_seconds` (1 or 60), across all workers."""
+
+    limit: int
+    per_seconds: int
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{'s' if self.per_seconds == 1 else 'm'}"
+
+    @classmethod
+    def parse(cls, text: object) -> "Rate":
+        """``"N/s"`` or ``"N/m"`` with N >= 1; anything else is a `RegistrationError`."""
+        found = re.fullmatch(r"([1-9][0-9]*)/([sm])", text) if isinstance(text, str) else None
+        if found is None:
+            raise RegistrationError(
+                f'rate must be "N/s" or "N/m" (starts per second or minute, N >= 1), got {text!r}'
+            )
+        return cls(int(found[1]), _RATE_WINDOWS[found[2]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +51,10 @@ class Handler:
 
     `name` identifies the handler in retries, idempotency keys, logs and the dead-letter
     queue, so it must stay the same across deploys. `max_attempts` and `timeout` are `None`
-    when the worker's defaults apply. `is_async` tells the worker to await `func` rather than
-    run it in a thread. `event_model` is the `Event` subclass the function's first parameter
-    is annotated with, if any.
+    when the worker's defaults apply. `concurrency` (runs at once) and `rate` (starts per
+    second or minute) are limits across all workers, `None` for none. `is_async` tells the
+    worker to await `func` rather than run it in a thread. `event_model` is the `Event`
+    subclass the function's first parameter is annotated with, if any.
     """
 
     name: str
@@ -40,6 +64,8 @@ class Handler:
     timeout: float | None
     is_async: bool
     event_model: type[Event] | None
+    concurrency: int | None = None
+    rate: Rate | None = None
 
     def matches(self, event_type: str) -> bool:
         """Whether this handler should run for events of `event_type`."""
@@ -78,6 +104,8 @@ class Router:
         name: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        concurrency: int | None = None,
+        rate: str | None = None,
         **options: object,
     ) -> Callable[[F], F]:
         """Register the decorated function for events whose type matches `pattern`.
@@ -85,6 +113,9 @@ class Router:
         The function is called as ``func(event, ctx)`` and is returned unchanged, so it stays
         directly callable in tests. `name` defaults to ``"module:qualname"``; `max_attempts`
         and `timeout` (seconds) override the worker's defaults for this handler.
+        `concurrency` caps the runs of this handler at once and `rate` (``"N/s"`` or
+        ``"N/m"``) its starts per second or minute, both across all workers; work over a limit
+        waits without using an attempt.
         """
         if not isinstance(pattern, str):
             raise RegistrationError(
@@ -109,6 +140,11 @@ class Router:
             or not (timeout > 0 and math.isfinite(timeout))
         ):
             raise RegistrationError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise RegistrationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        parsed_rate = None if rate is None else Rate.parse(rate)
 
         def register(func: F) -> F:
             handler = _make_handler(
@@ -117,6 +153,8 @@ class Router:
                 name=name,
                 max_attempts=max_attempts,
                 timeout=None if timeout is None else float(timeout),
+                concurrency=concurrency,
+                rate=parsed_rate,
             )
             self._check_name_is_free(handler)
             self._handlers.append(handler)
@@ -179,6 +217,8 @@ def _make_handler(
     name: str | None,
     max_attempts: int | None,
     timeout: float | None,
+    concurrency: int | None,
+    rate: Rate | None,
 ) -> Handler:
     if not callable(func):
         raise RegistrationError(
@@ -206,6 +246,8 @@ def _make_handler(
         is_async=inspect.iscoroutinefunction(func)
         or inspect.iscoroutinefunction(type(func).__call__),
         event_model=_annotated_event_model(func, signature),
+        concurrency=concurrency,
+        rate=rate,
     )
 
 

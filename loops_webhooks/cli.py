@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from loops_webhooks.handlers import Router
+    from loops_webhooks.workers.admission import HandlerFlow
 
 __all__ = ["main"]
 
@@ -109,15 +110,19 @@ def handlers(args: argparse.Namespace, settings: Settings) -> int:
     settings = _worker_settings(args, settings)
     router = _load_handlers(args, settings)
     warnings = pattern_warnings(router)
+    flows = _handler_flows(settings, [handler.name for handler in router.handlers], warnings)
     listed = [
         {
             "name": handler.name,
             "pattern": handler.pattern,
             "max_attempts": handler.max_attempts,
             "timeout_seconds": handler.timeout,
+            "concurrency": handler.concurrency,
+            "rate": None if handler.rate is None else str(handler.rate),
             "async": handler.is_async,
             "model": handler.event_model.__name__ if handler.event_model else None,
             "matches": handler.known_event_types,
+            **_flow_json(flows, handler.name),
         }
         for handler in router.handlers
     ]
@@ -134,13 +139,64 @@ def handlers(args: argparse.Namespace, settings: Settings) -> int:
             kind = "async" if handler.is_async else "def, in a thread"
             print(f"{handler.name}  pattern {handler.pattern!r}")
             print(f"  max_attempts {attempts}, timeout {timeout}, {kind}")
+            limits = [f"concurrency {handler.concurrency}"] if handler.concurrency else []
+            limits += [f"rate {handler.rate}"] if handler.rate else []
+            if limits:
+                print(f"  limits: {', '.join(limits)}")
             matched = ", ".join(handler.known_event_types) or "no known Loops event type"
             print(f"  matches: {matched}")
+            if flows is not None:
+                print(f"  {_flow_text(flows[handler.name])}")
         if not listed:
             print("no handlers registered")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def _handler_flows(
+    settings: Settings, names: list[str], warnings: list[str]
+) -> dict[str, HandlerFlow] | None:
+    """Whether each handler is paused and how many events wait for it, from ``REDIS_URL``
+    or the embedded Redis if it runs (none is started); None, with a warning, if that Redis
+    does not answer, and None without a warning when there is none to ask."""
+    from loops_webhooks.embedded_redis import running_embedded_redis
+
+    url = settings.redis_url or running_embedded_redis(settings.data_dir)
+    if url is None:
+        return None
+    try:
+        return operator_commands.read_handler_flows(url, settings, names)
+    except RedisUnreachable as error:
+        warnings.append(f"cannot read which handlers are paused from Redis: {error}")
+        return None
+
+
+def _flow_json(flows: dict[str, HandlerFlow] | None, name: str) -> dict[str, Any]:
+    if flows is None:
+        return {"paused": None, "waiting": None}
+    flow = flows[name]
+    paused = flow.paused
+    return {
+        "paused": None
+        if paused is None
+        else {"since": _iso(paused.since_ms), "reason": paused.reason, "by": paused.by},
+        "waiting": flow.waiting,
+    }
+
+
+def _flow_text(flow: HandlerFlow) -> str:
+    waiting = f"{flow.waiting} event{'' if flow.waiting == 1 else 's'} waiting"
+    if flow.paused is None:
+        return f"running; {waiting}"
+    why = f": {flow.paused.reason}" if flow.paused.reason else ""
+    return f"PAUSED since {_iso(flow.paused.since_ms)} by {flow.paused.by}{why}; {waiting}"
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -442,12 +498,33 @@ def _parser() -> argparse.ArgumentParser:
     handlers_parser = command(
         "handlers",
         handlers,
-        "List the registered handlers and the Loops event types each matches (no Redis "
-        "needed); warns about patterns that match no known type.",
+        "List the registered handlers, their limits and the Loops event types each matches; "
+        "warns about patterns that match no known type. Whether each is paused and how many "
+        "events wait for it are read from REDIS_URL or a running embedded Redis (none is "
+        "started). `handlers pause|resume NAME` pause and resume a handler.",
     )
     handlers_options(handlers_parser)
     handlers_parser.add_argument("--json", action="store_true", help="print JSON")
     handlers_parser.set_defaults(concurrency=None)
+    handler_controls = handlers_parser.add_subparsers(dest="handlers_command", metavar="ACTION")
+    pause = handler_controls.add_parser(
+        "pause",
+        help="Pause a handler on every worker: its events wait, using no attempt and "
+        "dead-lettering nothing, until it is resumed; the event's other handlers run.",
+    )
+    pause.add_argument("name", help="the handler's name, as `handlers` lists it")
+    pause.add_argument("--reason", help="why, shown by `handlers` and the dashboard")
+    pause.add_argument(
+        "--force",
+        action="store_true",
+        help="pause a name that no running worker has registered",
+    )
+    pause.set_defaults(run=_operator_command(operator_commands.pause_handler))
+    resume = handler_controls.add_parser(
+        "resume", help="Resume a paused handler: what waited for it runs, oldest first."
+    )
+    resume.add_argument("name")
+    resume.set_defaults(run=_operator_command(operator_commands.resume_handler))
 
     send_parser = command("send", send, "Sign a realistic test event as Loops does and POST it.")
     send_parser.add_argument("type", help="event type, e.g. checkout.session.completed")
@@ -513,6 +590,13 @@ def _parser() -> argparse.ArgumentParser:
     erase.add_argument("--customer", required=True, help="the customer (data.externalCustomerId)")
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     erase.set_defaults(run=_operator_command(operator_commands.erase_customer))
+    retry = events_commands.add_parser(
+        "retry-now",
+        help="Run the event's scheduled retries now, without waiting for their backoff "
+        "(the service behind the handler is back).",
+    )
+    retry.add_argument("event_id")
+    retry.set_defaults(run=_operator_command(operator_commands.retry_now))
 
     dlq_parser = commands.add_parser("dlq", help="Inspect, replay and purge dead letters.")
     dlq_commands = dlq_parser.add_subparsers(dest="dlq_command", required=True)

@@ -75,6 +75,11 @@ def ensure_embedded_redis(data_dir: Path) -> str:
     return url
 
 
+def running_embedded_redis(data_dir: Path) -> str | None:
+    """The URL of the data directory's embedded Redis if one answers; never starts one."""
+    return _running_url(data_dir.resolve())
+
+
 def stop_embedded_redis(data_dir: Path) -> bool:
     """Shut the data directory's embedded Redis down (saving its AOF); False if none ran."""
     data_dir = data_dir.resolve()

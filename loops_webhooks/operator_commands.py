@@ -1,5 +1,5 @@
-"""The operator's commands: ``events show|list``, ``dlq list|show|replay|purge``, ``reindex``
-and ``stats``.
+"""The operator's commands: ``events show|list|erase|retry-now``,
+``dlq list|show|replay|purge``, ``handlers pause|resume``, ``reindex`` and ``stats``.
 
 Each parses nothing and decides nothing: it calls ``loops_webhooks.workers.operator_api`` and
 prints the result for a person, or JSON with ``--json``. Redis errors are caught around the
@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import operator_api
+from loops_webhooks.workers.admission import HandlerFlow, HandlerNotLive
 from loops_webhooks.workers.connection import open_redis
 from loops_webhooks.workers.dead_letters import DeadLetter
 from loops_webhooks.workers.event_store import EventStatus
@@ -42,6 +43,7 @@ __all__ = [
     "UsageError",
     "parse_metadata",
     "parse_since",
+    "read_handler_flows",
     "run_operator_command",
 ]
 
@@ -489,3 +491,61 @@ async def show_stats(api: OperatorApi, args: argparse.Namespace) -> int:
         sys.stdout.flush()
         await asyncio.sleep(WATCH_INTERVAL_SECONDS)
         print()
+
+
+async def pause_handler(api: OperatorApi, args: argparse.Namespace) -> int:
+    try:
+        pause, made = await api.pause_handler(
+            args.name, reason=args.reason, by="cli", force=args.force
+        )
+    except HandlerNotLive:
+        raise UsageError(
+            f"no running worker has a handler named {args.name!r} (see `loops-webhooks "
+            "handlers`); pass --force to pause it anyway"
+        ) from None
+    since = _time(pause.since_ms)
+    if made:
+        _log().info("handler paused", handler=args.name, reason=pause.reason, by="cli")
+        print(f"paused {args.name}: its events wait, using no attempt, until it is resumed")
+    else:
+        print(f"{args.name} was already paused, since {since} (by {pause.by}); kept as it was")
+    return 0
+
+
+async def resume_handler(api: OperatorApi, args: argparse.Namespace) -> int:
+    resumed = await api.resume_handler(args.name)
+    if resumed.was_paused:
+        _log().info("handler resumed", handler=args.name, moved=resumed.moved, by="cli")
+        print(f"resumed {args.name}: {resumed.moved} waiting event(s) queued, oldest first")
+    else:
+        print(f"{args.name} was not paused; {resumed.moved} waiting event(s) queued")
+    return 0
+
+
+async def retry_now(api: OperatorApi, args: argparse.Namespace) -> int:
+    made_due = await api.retry_now(args.event_id)
+    if not made_due:
+        raise CommandFailed(f"event {args.event_id!r} has no retry scheduled")
+    _log().info("retries made due now", event_id=args.event_id, retries=made_due, by="cli")
+    print(f"{made_due} scheduled retr{'y' if made_due == 1 else 'ies'} of {args.event_id} due now")
+    return 0
+
+
+def _log() -> Any:
+    return structlog.get_logger(logger_name="loops_webhooks.cli")
+
+
+def read_handler_flows(
+    redis_url: str, settings: Settings, names: list[str]
+) -> dict[str, HandlerFlow]:
+    """Each named handler's admission state, and every other paused handler's, for
+    ``handlers``; raises `RedisUnreachable`."""
+
+    async def read(api: OperatorApi, _: argparse.Namespace) -> int:
+        overviews = await api.handlers(names)
+        flows.update({overview.flow.name: overview.flow for overview in overviews})
+        return 0
+
+    flows: dict[str, HandlerFlow] = {}
+    run_operator_command(read, redis_url, argparse.Namespace(), settings)
+    return flows

@@ -34,6 +34,7 @@ from loops_webhooks.handlers.outcomes import (
 from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.handlers.router import Handler
 from loops_webhooks.workers import metrics
+from loops_webhooks.workers.admission import Admission, PausedHandlers, limits_of
 from loops_webhooks.workers.connection import REDIS_FAILURES
 from loops_webhooks.workers.dead_letters import DeadLetter, build_dead_letter
 from loops_webhooks.workers.event_store import (
@@ -84,6 +85,7 @@ class Dispatcher:
         router: Router,
         store: EventStore,
         *,
+        paused: PausedHandlers,
         retry_policy: RetryPolicy,
         handler_timeout_seconds: float,
         dead_letter_unhandled: bool,
@@ -91,8 +93,10 @@ class Dispatcher:
         on_redis_failure: Callable[[BaseException], None] = lambda error: None,
         traces: AttemptTraces | None = None,
     ) -> None:
-        """``shutting_down``: whether a cancellation is a graceful shutdown (the attempt is
-        given back) rather than the job's time limit (the attempt counts as failed).
+        """``paused``: the worker's view of which handlers are paused, whose pause ``begin``
+        asks about. ``shutting_down``: whether a cancellation is a graceful shutdown (the
+        attempt is given back) rather than the job's time limit (the attempt counts as
+        failed).
         ``on_redis_failure`` hears of every failed write, for the worker's health.
         ``traces`` (traces on): each attempt runs as a span of its event's trace."""
         self._traces = traces
@@ -102,10 +106,12 @@ class Dispatcher:
         """Names of the handlers running now (read by the worker's loop watchdog)."""
         self._router = router
         self._store = store
+        self._paused = paused
         self._retry_policy = retry_policy
         self._handler_timeout = handler_timeout_seconds
         self._dead_letter_unhandled = dead_letter_unhandled
         self._unhandled_types_logged: set[str] = set()
+        self._begin_entries: dict[tuple[str, bool], tuple[str, int, bytes]] = {}
 
     async def process(self, event_id: str, event_type: str, *, job_id: str) -> bool:
         """Run what is due for one event, as the arq job ``job_id``, and record it.
@@ -137,10 +143,13 @@ class Dispatcher:
             for name, state in begun.unknown.items()
         ]
         to_run: list[tuple[Handler, HandlerState]] = []
+        held: list[Handler] = []
         for handler in handlers:
             action, state = begun.actions[handler.name]
             if action is Action.RUN:
                 to_run.append((handler, state))
+            elif action is Action.HELD:
+                held.append(handler)
             elif action is Action.EXHAUSTED:
                 outcomes.append(
                     Outcome(handler.name, state, 0.0, exhausted_by_crashes(state.attempts))
@@ -156,21 +165,27 @@ class Dispatcher:
                 refunds = unfinished
             else:
                 outcomes += [self._cut_short(h, state) for h, state in unfinished]
+            admitted = Admission.settled(held, [handler for handler, _ in to_run])
             await _despite_cancellation(
-                self._record(event, names, outcomes, refunds, settle_job=job_id)
+                self._record(event, names, outcomes, refunds, settle_job=job_id, admitted=admitted)
             )
             # A plain CancelledError, not the subclass that carried the outcomes: Python
             # 3.11's asyncio.timeout turns only the exact type into its TimeoutError, which
             # is how the worker tells the job's time limit from a shutdown.
             raise asyncio.CancelledError from None
-        await _despite_cancellation(self._record(event, names, outcomes, settle_job=job_id))
+        admitted = Admission.settled(held, [handler for handler, _ in to_run])
+        await _despite_cancellation(
+            self._record(event, names, outcomes, settle_job=job_id, admitted=admitted)
+        )
         return True
 
     async def _begin(self, event_id: str, handlers: list[Handler], settle: str) -> Begun | None:
-        """Count the attempts of the due handlers; if the job is cancelled while Redis answers,
-        give back the attempts that were counted, since no handler ran."""
-        limits = [(handler.name, self._max_attempts_of(handler)) for handler in handlers]
-        begin = asyncio.ensure_future(self._store.begin(event_id, limits, _now_ms()))
+        """Count the attempts of the due handlers that admission lets start; if the job is
+        cancelled while Redis answers, give back the attempts that were counted (and the slots
+        taken), since no handler ran."""
+        paused = self._paused.names()
+        limits = [self._begin_entry(h, paused is None or h.name in paused) for h in handlers]
+        begin = asyncio.ensure_future(self._store.begin(event_id, limits, _now_ms(), job_id=settle))
         try:
             return await asyncio.shield(begin)
         except asyncio.CancelledError:
@@ -182,7 +197,11 @@ class Dispatcher:
                     if begun.actions[handler.name][0] is Action.RUN
                 ]
                 names = [handler.name for handler in handlers]
-                await self._record(begun.event, names, [], counted, settle_job=settle)
+                held = [h for h in handlers if begun.actions[h.name][0] is Action.HELD]
+                admitted = Admission.settled(held, [handler for handler, _ in counted])
+                await self._record(
+                    begun.event, names, [], counted, settle_job=settle, admitted=admitted
+                )
             raise
 
     async def _run_all(
@@ -320,9 +339,11 @@ class Dispatcher:
         refunds: list[tuple[Handler, HandlerState]] | None = None,
         *,
         settle_job: str,
+        admitted: bytes = b"",
     ) -> None:
         """Write outcomes in one step; ``refunds`` are attempts cancelled by a shutdown, which
-        do not count, so those handlers are due again at once. The write is retried until
+        do not count, so those handlers are due again at once; ``admitted`` is what admission
+        held back and what the runs give back (``Admission.settled``). The write is retried until
         Redis takes it: a handler that succeeded must not run again because Redis was full
         or restarting when its success was to be recorded."""
         now = _now_ms()
@@ -341,7 +362,14 @@ class Dispatcher:
         counts = Counter(outcome.result.verdict.value for outcome in outcomes)
         await self._until_written(
             lambda: self._store.finish(
-                event, states, names, letters, now_ms=now, counts=counts, settle_job=settle_job
+                event,
+                states,
+                names,
+                letters,
+                now_ms=now,
+                counts=counts,
+                settle_job=settle_job,
+                admitted=admitted,
             )
         )
 
@@ -397,8 +425,15 @@ class Dispatcher:
     def _timeout_of(self, handler: Handler) -> float:
         return handler.timeout if handler.timeout is not None else self._handler_timeout
 
-    def _max_attempts_of(self, handler: Handler) -> int:
-        return policy_for(handler, self._retry_policy).max_attempts
+    def _begin_entry(self, handler: Handler, ask_paused: bool) -> tuple[str, int, bytes]:
+        """What ``begin`` is told of a handler: its name, max attempts and admission limits
+        (worked out once per handler and pause view: they are the same for every event)."""
+        entry = self._begin_entries.get((handler.name, ask_paused))
+        if entry is None:
+            max_attempts = policy_for(handler, self._retry_policy).max_attempts
+            entry = (handler.name, max_attempts, limits_of(handler, ask_paused=ask_paused))
+            self._begin_entries[handler.name, ask_paused] = entry
+        return entry
 
 
 def slowest_handler_timeout(router: Router, default_seconds: float) -> float:

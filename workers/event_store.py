@@ -18,8 +18,9 @@ import orjson
 from redis.asyncio import Redis
 
 from loops_webhooks.workers import keys
+from loops_webhooks.workers.admission import DEFAULT_SLOT_TTL_SECONDS, Admission
 from loops_webhooks.workers.dead_letters import DeadLetter, encode_dead_letter
-from loops_webhooks.workers.scripts import BatchedScript
+from loops_webhooks.workers.scripts import BatchedScript, register_script
 from loops_webhooks.workers.search import unpack_terms
 
 __all__ = [
@@ -54,6 +55,8 @@ class Action(StrEnum):
     SKIP = "skip"
     WAIT = "wait"
     EXHAUSTED = "exhausted"
+    HELD = "held"
+    """Admission held the run back (paused, over a limit); no attempt was counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,25 +124,47 @@ class Begun:
 
 
 class EventStore:
-    def __init__(self, redis: Redis, *, dedupe_ttl_seconds: int, queue_name: str = "") -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        dedupe_ttl_seconds: int,
+        queue_name: str = "",
+        slot_ttl_seconds: float = DEFAULT_SLOT_TTL_SECONDS,
+    ) -> None:
+        """``slot_ttl_seconds``: how long a concurrency slot taken in ``begin`` holds unless
+        renewed: the worker's in-progress marker lifetime."""
         self._redis = redis
         self._queue_name = queue_name
         self._dedupe_ttl_ms = dedupe_ttl_seconds * 1000
+        self._admission = Admission(slot_ttl_seconds=slot_ttl_seconds)
         self._begin = BatchedScript(redis, "begin")
         self._finish = BatchedScript(redis, "finish")
+        self._retry_now = register_script(redis, "retry_now")
 
     async def begin(
-        self, event_id: str, limits: Sequence[tuple[str, int]], now_ms: int
+        self,
+        event_id: str,
+        limits: Sequence[tuple[str, int, bytes]],
+        now_ms: int,
+        *,
+        job_id: str = "",
     ) -> Begun | None:
-        """Load the event and count an attempt for every handler that is due now.
+        """Load the event and count an attempt for every handler that is due now and that
+        admission lets start (``Action.HELD`` for one it holds back: no attempt counted).
 
-        ``limits`` is (handler name, max attempts) per matching handler. None if the event
-        is not in the store (purged, or expired after it finished).
+        ``limits`` is (handler name, max attempts, admission limits from
+        ``admission.encoded_limits``) per matching handler; ``job_id`` is the arq job running
+        the event, in whose name concurrency slots are held. None if the event is not in the
+        store (purged, or expired after it finished).
         """
-        args: list[Any] = [now_ms, keys.HANDLER_FIELD_PREFIX, keys.TRACE_CONTEXT_FIELD]
-        for name, limit in limits:
-            args += [name, limit]
-        reply = await self._begin(keys=[keys.event_key(event_id)], args=args)
+        gated = any(admission_limits for _, _, admission_limits in limits)
+        settings = self._admission.settings if gated else b""
+        args: list[Any] = [now_ms, keys.HANDLER_FIELD_PREFIX, keys.TRACE_CONTEXT_FIELD, job_id]
+        args.append(settings)
+        for name, limit, admission_limits in limits:
+            args += [name, limit, admission_limits]
+        reply = await self._begin(keys=[keys.event_key(event_id), *self._admission.keys], args=args)
         if not reply:
             return None
         status, raw, event_type, received_at, headers, trace_context = reply[:6]
@@ -148,7 +173,7 @@ class EventStore:
         rest = reply[6:]
         if rest:  # the script decides per handler only for a pending event
             asked, others = rest[: 2 * len(limits)], rest[2 * len(limits) :]
-            for (name, _), action, state in zip(limits, asked[0::2], asked[1::2], strict=True):
+            for (name, *_), action, state in zip(limits, asked[0::2], asked[1::2], strict=True):
                 actions[name] = (Action(action.decode()), HandlerState.from_json(state))
             for name, state in zip(others[0::2], others[1::2], strict=True):
                 unknown[name.decode()] = HandlerState.from_json(state)
@@ -174,8 +199,13 @@ class EventStore:
         outcome: str = "",
         counts: Mapping[str, int] | None = None,
         settle_job: str = "",
+        admitted: bytes = b"",
     ) -> int | None:
         """Record handler outcomes and dead letters; close the event if every handler is final.
+
+        ``admitted`` (``Admission.settled``) names the runs admission held back in ``begin``,
+        which wait (no attempt used) until their gate may open, and the runs whose slots are
+        given back now.
 
         ``counts`` (outcome name to number) feed the per-minute figures of ``stats``. With
         ``settle_job`` (the running arq job's id), the same script also does what arq would
@@ -196,6 +226,7 @@ class EventStore:
             keys.arq_retry_key(settle_job),
             keys.event_dead_letters_key(event.event_id),
             keys.DEAD_LETTER_REASON_COUNTS,
+            *self._admission.keys,
             *(keys.dead_letter_key(letter.id) for letter in dead_letters),
         ]
         reply = await self._finish(
@@ -211,11 +242,25 @@ class EventStore:
                 keys.OUTCOME_COUNTS_TTL_SECONDS,
                 settle_job,
                 keys.HANDLER_FIELD_PREFIX,
+                admitted,
+                self._admission.settings if admitted else b"",
                 *(encode_dead_letter(letter) for letter in dead_letters),
             ],
         )
         next_due = int(reply)
         return None if next_due in (FINISHED, MISSING) else next_due
+
+    async def retry_now(self, event_id: str, now_ms: int) -> int | None:
+        """Make the event's scheduled retries due now (an operator's "retry now": the service
+        behind the handler is back, why wait for the backoff). Returns how many were made
+        due (0: the event is finished or has none), None if the event is not stored. The
+        attempts are counted as usual; admission still applies (a paused handler waits)."""
+        reply = await self._retry_now(
+            keys=[keys.event_key(event_id), self._queue_name],
+            args=[now_ms, keys.HANDLER_FIELD_PREFIX, keys.job_id_for_event(event_id)],
+        )
+        made_due = int(reply)
+        return None if made_due == MISSING else made_due
 
     async def get(self, event_id: str) -> StoredEvent | None:
         """The whole record of one event, for inspection."""

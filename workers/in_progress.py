@@ -5,7 +5,8 @@ it were refreshed from the event loop, a handler that blocks the loop (``time.sl
 ``async def``, a CPU-bound loop) would let it expire and a second worker would run the same
 event at the same time. So a thread refreshes the markers of every job this worker runs, with
 its own Redis connection, whatever the loop does; a worker that dies stops refreshing, and
-its jobs are taken over once their markers expire. The same thread pings the loop and logs,
+its jobs are taken over once their markers expire. The concurrency slots a job holds are
+renewed with its marker, and lapse with it. The same thread pings the loop and logs,
 with the names of the running handlers, when the loop has not answered for a while.
 """
 
@@ -43,8 +44,12 @@ class InProgressKeeper:
         sentinel_password: str | None,
         ttl_seconds: float,
         running_handlers: Callable[[], list[str]],
+        limited_handlers: list[str],
     ) -> None:
+        """``limited_handlers``: the names of the concurrency-limited handlers, whose slots
+        (held in a job's name, see ``admission``) are renewed with the job's marker."""
         self._ttl_ms = int(ttl_seconds * 1000)
+        self._slot_keys = [keys.handler_slots_key(name) for name in limited_handlers]
         self._interval = min(1.0, ttl_seconds / 4)
         self._running_handlers = running_handlers
         self._redis = open_blocking_redis(
@@ -122,8 +127,11 @@ class InProgressKeeper:
             return
         try:
             with self._redis.pipeline(transaction=False) as pipe:
+                lapse_at = int(time.time() * 1000) + self._ttl_ms
                 for job_id in jobs:
                     pipe.pexpire(keys.arq_in_progress_key(job_id), self._ttl_ms)
+                    for slots in self._slot_keys:
+                        pipe.zadd(slots, {job_id: lapse_at}, xx=True)
                 pipe.execute()
         except (redis.RedisError, OSError) as error:
             log.warning("cannot refresh in-progress markers", error=str(error), jobs=len(jobs))

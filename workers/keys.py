@@ -23,8 +23,13 @@ __all__ = [
     "EVENT_PREFIX",
     "HANDLER_FIELD_PREFIX",
     "HANDLER_HISTORY_FIELD_PREFIX",
+    "HANDLER_SLOTS_PREFIX",
+    "HANDLER_STARTS_PREFIX",
+    "HANDLER_WAITING_PREFIX",
     "JOB_ID_PREFIX",
+    "LIVE_HANDLERS",
     "OUTCOME_COUNTS_TTL_SECONDS",
+    "PAUSED_HANDLERS",
     "PENDING_EVENTS",
     "REPLICATION_MARK",
     "SEARCH_PREFIX",
@@ -41,6 +46,9 @@ __all__ = [
     "dead_letter_key",
     "event_dead_letters_key",
     "event_key",
+    "handler_slots_key",
+    "handler_starts_key",
+    "handler_waiting_key",
     "job_id_for_event",
     "metadata_term",
     "outcome_counts_key",
@@ -123,6 +131,38 @@ replays replaced (oldest first), so an event's attempts before a replay stay vis
 TRACE_CONTEXT_FIELD = "traceparent"
 """In an event's hash, the W3C ``traceparent`` of the receiver's span for the request that
 delivered it (only with traces on): the worker's attempt spans join that trace."""
+
+PAUSED_HANDLERS = PREFIX + "paused-handlers"
+"""Hash of the paused handlers: name to JSON ``{since_ms, reason, by}``. Written only by
+``workers/admission.py``; read by the admission step in every ``begin``."""
+
+LIVE_HANDLERS = PREFIX + "live-handlers"
+"""Hash of the handlers running workers have registered: name to JSON ``{seen_until_ms,
+concurrency, rate}``, rewritten by each worker every few seconds."""
+
+HANDLER_SLOTS_PREFIX = PREFIX + "slots:"
+"""``slots:<handler>``: sorted set of the jobs running a concurrency-limited handler now,
+scored by when the slot lapses unless its worker renews it (ms)."""
+
+HANDLER_STARTS_PREFIX = PREFIX + "starts:"
+"""``starts:<handler>``: sorted set of a rate-limited handler's starts in its window (ms)."""
+
+HANDLER_WAITING_PREFIX = PREFIX + "waiting:"
+"""``waiting:<handler>``: sorted set of the event ids whose run of the handler admission
+held back (paused or over a limit), scored by receipt time (ms): oldest first."""
+
+
+def handler_slots_key(handler: str) -> str:
+    return HANDLER_SLOTS_PREFIX + handler
+
+
+def handler_starts_key(handler: str) -> str:
+    return HANDLER_STARTS_PREFIX + handler
+
+
+def handler_waiting_key(handler: str) -> str:
+    return HANDLER_WAITING_PREFIX + handler
+
 
 REPLICATION_MARK = PREFIX + "replication-mark"
 """Written in every confirmed intake round trip, just before ``WAIT``: a batch of duplicates

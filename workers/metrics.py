@@ -9,18 +9,23 @@ names (registered in code), outcomes and reasons from fixed sets, never event id
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from loops_webhooks.workers.admission import handler_flows
 from loops_webhooks.workers.dead_letters import DeadLetterReason
 from loops_webhooks.workers.stats import queue_figures
 
 __all__ = [
     "DEAD_LETTERS",
     "HANDLER_DURATION",
+    "HANDLER_PAUSED",
     "HANDLER_RUNS",
+    "HANDLER_WAITING_EVENTS",
     "RECONCILER_REPAIRS",
     "RETRIES_SCHEDULED",
     "UNHANDLED_EVENTS",
@@ -64,14 +69,29 @@ OLDEST_PENDING_AGE = Gauge(
     "Age of the oldest event accepted but not finished (0 when none).",
 )
 
+HANDLER_WAITING_EVENTS = Gauge(
+    "loops_webhooks_handler_waiting_events",
+    "Events whose run of the handler admission holds back: paused, or over its concurrency "
+    "or rate limit.",
+    ["handler"],
+)
+HANDLER_PAUSED = Gauge(
+    "loops_webhooks_handler_paused", "1 while the handler is paused, else 0.", ["handler"]
+)
 
-async def refresh_queue_gauges(redis: Redis, *, queue_name: str) -> None:
-    """Set the queue gauges from Redis; a Redis failure leaves them as they were, logged."""
+
+async def refresh_queue_gauges(redis: Redis, *, queue_name: str, handlers: Sequence[str]) -> None:
+    """Set the queue gauges, and the admission gauges of ``handlers`` (the worker's), from
+    Redis; a Redis failure leaves them as they were, logged."""
     try:
         figures = await queue_figures(redis, queue_name=queue_name)
+        flows = await handler_flows(redis, handlers)
     except RedisError as error:
         log.warning("cannot refresh queue gauges", error=str(error))
         return
+    for name, flow in flows.items():
+        HANDLER_WAITING_EVENTS.labels(handler=name).set(flow.waiting)
+        HANDLER_PAUSED.labels(handler=name).set(1 if flow.paused else 0)
     QUEUE_DEPTH.set(figures.due)
     SCHEDULED_RETRIES.set(figures.scheduled)
     DEAD_LETTER_QUEUE_SIZE.set(figures.dead_letters)

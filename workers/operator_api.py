@@ -22,6 +22,17 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from loops_webhooks.workers import keys
+from loops_webhooks.workers.admission import (
+    HandlerFlow,
+    HandlerPause,
+    LiveHandler,
+    Resumed,
+    handler_flows,
+    live_handlers,
+    pause_handler,
+    paused_names,
+    resume_handler,
+)
 from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
 from loops_webhooks.workers.event_store import (
     EventStatus,
@@ -47,6 +58,7 @@ __all__ = [
     "ErasureReport",
     "EventFilter",
     "EventSummary",
+    "HandlerOverview",
     "InvalidCursor",
     "NotFound",
     "OperatorApi",
@@ -183,6 +195,15 @@ class ReindexReport:
 
 
 @dataclass(frozen=True, slots=True)
+class HandlerOverview:
+    """A handler as the operator sees it: its admission state, and its limits if a running
+    worker registered it (``live`` None: no running worker has it)."""
+
+    flow: HandlerFlow
+    live: LiveHandler | None
+
+
+@dataclass(frozen=True, slots=True)
 class ReplayReport:
     replayed: list[str]
     no_event: list[str]
@@ -230,7 +251,9 @@ class OperatorApi:
         self._queue_name = queue_name
         self._dedupe_ttl_seconds = dedupe_ttl_seconds
         self._replay_history_limit = replay_history_limit
-        self._store = EventStore(redis, dedupe_ttl_seconds=dedupe_ttl_seconds)
+        self._store = EventStore(
+            redis, dedupe_ttl_seconds=dedupe_ttl_seconds, queue_name=queue_name
+        )
 
     async def get_event(self, event_id: str) -> StoredEvent:
         event = await self._store.get(event_id)
@@ -491,6 +514,31 @@ class OperatorApi:
 
     async def stats(self) -> Stats:
         return await collect_stats(self._redis, queue_name=self._queue_name)
+
+    async def retry_now(self, event_id: str) -> int:
+        """Run the event's scheduled retries now; how many there were (0: none scheduled)."""
+        made_due = await self._store.retry_now(event_id, int(time.time() * 1000))
+        if made_due is None:
+            raise NotFound(f"event {event_id!r} not found")
+        return made_due
+
+    async def handlers(self, names: Sequence[str] = ()) -> list[HandlerOverview]:
+        """The handlers running workers have registered, and any other handler ``names``
+        or paused one, each with its limits and admission state, by name."""
+        live = await live_handlers(self._redis)
+        wanted = sorted({*live, *names, *await paused_names(self._redis)})
+        flows = await handler_flows(self._redis, wanted)
+        return [HandlerOverview(flow=flows[name], live=live.get(name)) for name in wanted]
+
+    async def pause_handler(
+        self, name: str, *, reason: str | None, by: str, force: bool = False
+    ) -> tuple[HandlerPause, bool]:
+        """See ``admission.pause_handler``."""
+        return await pause_handler(self._redis, name, reason=reason, by=by, force=force)
+
+    async def resume_handler(self, name: str) -> Resumed:
+        """See ``admission.resume_handler``."""
+        return await resume_handler(self._redis, name, queue_name=self._queue_name)
 
     async def _event_summaries(self, ids: list[str]) -> list[EventSummary | None]:
         async with self._redis.pipeline(transaction=False) as pipe:

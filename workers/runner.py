@@ -22,10 +22,11 @@ from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from loops_webhooks.handlers import Router
+from loops_webhooks.handlers import Handler, Router
 from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
+from loops_webhooks.workers.admission import PausedHandlers, register_live_handlers
 from loops_webhooks.workers.connection import REDIS_FAILURES, open_redis
 from loops_webhooks.workers.dispatch import Dispatcher, slowest_handler_timeout
 from loops_webhooks.workers.event_store import EventStore
@@ -89,6 +90,7 @@ class EventWorker(Worker):
     """Set by SIGTERM/SIGINT: a job cancelled from now on was stopped, not timed out."""
 
     dispatcher: Dispatcher
+    handlers: tuple[Handler, ...]
     in_progress: InProgressKeeper
     redis_health: RedisHealth
 
@@ -136,9 +138,12 @@ class EventWorker(Worker):
             self.redis_health.failed(error)
 
     async def record_health(self) -> None:
+        """arq's health key, and with it (as often) the handlers this worker has, so that
+        pausing a name no running worker knows can be refused."""
         if timestamp_ms() / 1000 - self._last_health_check < self.health_check_interval:
             return
         await super().record_health()
+        await register_live_handlers(self.pool, self.handlers)
         self.redis_health.succeeded()
 
     async def record_health_now(self) -> None:
@@ -284,7 +289,9 @@ def build_worker(
                 redis,
                 dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
                 queue_name=settings.queue_name,
+                slot_ttl_seconds=worker.in_progress_timeout_s,
             ),
+            paused=PausedHandlers(redis),
             retry_policy=retry_policy,
             handler_timeout_seconds=settings.handler_timeout_seconds,
             dead_letter_unhandled=settings.unhandled == "dead-letter",
@@ -308,7 +315,10 @@ def build_worker(
                 host=settings.metrics_host,
                 port=settings.worker_metrics_port,
                 refresh=functools.partial(
-                    refresh_queue_gauges, redis, queue_name=settings.queue_name
+                    refresh_queue_gauges,
+                    redis,
+                    queue_name=settings.queue_name,
+                    handlers=[handler.name for handler in router.handlers],
                 ),
                 problem=lambda: worker.redis_health.problem,
             )
@@ -359,11 +369,13 @@ def build_worker(
     # timeout already bounds it, so a shorter margin redelivers sooner without overlap.
     worker.in_progress_timeout_s = job_timeout + IN_PROGRESS_MARGIN_SECONDS
     worker.redis_health = RedisHealth()
+    worker.handlers = router.handlers
     worker.in_progress = InProgressKeeper(
         redis_url,
         sentinel_password=settings.sentinel_password,
         ttl_seconds=worker.in_progress_timeout_s,
         running_handlers=lambda: sorted(worker.dispatcher.running),
+        limited_handlers=[handler.name for handler in router.handlers if handler.concurrency],
     )
     return worker
 

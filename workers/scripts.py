@@ -3,7 +3,8 @@
 Each script opens with a header naming its KEYS and ARGV and binds them to locals; keys and
 prefixes come from ``loops_webhooks.workers.keys`` as arguments. A script that enqueues a job
 has the library ``enqueue_job.lua`` prepended, one that stores or removes a dead letter
-``dead_letter.lua``, so each of those steps is written once.
+``dead_letter.lua``, one that starts or ends a handler's run ``admission.lua``, so each of
+those steps is written once.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ __all__ = ["SCRIPTS", "BatchedScript", "length_prefixed", "register_script", "sc
 SCRIPTS: dict[str, tuple[str, ...]] = {
     "record_and_enqueue": ("length_prefixed", "search_entries", "enqueue_job"),
     "dead_letter_unparseable": ("length_prefixed", "dead_letter"),
-    "begin": (),
-    "finish": ("length_prefixed", "dead_letter"),
+    "begin": ("admission",),
+    "finish": ("length_prefixed", "dead_letter", "admission"),
     "claim_due_jobs": (),
+    "resume": (),
+    "retry_now": (),
     "replay": ("enqueue_job", "length_prefixed", "dead_letter"),
     "purge": ("length_prefixed", "dead_letter"),
     "reenqueue_orphans": ("enqueue_job",),

@@ -3,7 +3,9 @@
 
 Times are ISO 8601 in UTC with milliseconds. Replay and purge take ``{"ids": [...]}`` or
 ``{"filter": {...}}`` (``{}`` is every dead letter) and ``"dry_run"``; they answer counts,
-and each one that changes something is logged with the ids it touched.
+and each one that changes something is logged with the ids it touched. A handler's pause
+(``{"reason": ..., "force": ...}``, both optional) and resume, and an event's retry-now,
+follow the same read-only rule and are logged with how the caller was authenticated.
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ from aiohttp import web
 
 from loops_webhooks.dashboard import queries
 from loops_webhooks.dashboard.app_keys import IDENTITY, OPERATOR_API, READ_ONLY
-from loops_webhooks.dashboard.errors import BadRequest, Forbidden, json_response
+from loops_webhooks.dashboard.auth import Credential
+from loops_webhooks.dashboard.errors import BadRequest, Conflict, Forbidden, json_response
+from loops_webhooks.workers.admission import HandlerPause
 from loops_webhooks.workers.dead_letters import DeadLetter
 from loops_webhooks.workers.event_store import HandlerState, StoredEvent
-from loops_webhooks.workers.operator_api import DeadLetterFilter, EventSummary
+from loops_webhooks.workers.operator_api import DeadLetterFilter, EventSummary, HandlerOverview
 from loops_webhooks.workers.search import BusinessKeys
 
-__all__ = ["add_routes", "iso_time", "pretty_body"]
+__all__ = ["add_routes", "handler_item", "iso_time", "pretty_body"]
 
 log = structlog.get_logger(logger_name="loops_webhooks.dashboard")
 
 MAX_IDS = 10_000
+MAX_REASON_LENGTH = 500
 
 
 def iso_time(ms: int | None) -> str | None:
@@ -154,17 +159,27 @@ async def get_dead_letter(request: web.Request) -> web.Response:
     return json_response(_letter(letter, full=True))
 
 
-async def _selection(request: web.Request) -> tuple[list[str], DeadLetterFilter | None, bool]:
-    """(ids, filter, dry_run) of a replay or purge body; exactly one of ids and filter."""
+async def _body_object(request: web.Request, known: set[str]) -> dict[str, Any]:
+    """A JSON object body of ``known`` fields only; an empty body is ``{}``."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise BadRequest(f"the body is not JSON: {error}") from None
     if not isinstance(body, dict):
-        raise BadRequest('the body must be a JSON object: {"ids": [...]} or {"filter": {...}}')
-    unknown = set(body) - {"ids", "filter", "dry_run"}
+        raise BadRequest("the body must be a JSON object")
+    unknown = set(body) - known
     if unknown:
-        raise BadRequest(f"unknown field(s) {sorted(unknown)}: expected ids, filter, dry_run")
+        expected = ", ".join(sorted(known)) or "none"
+        raise BadRequest(f"unknown field(s) {sorted(unknown)}: expected {expected}")
+    return body
+
+
+async def _selection(request: web.Request) -> tuple[list[str], DeadLetterFilter | None, bool]:
+    """(ids, filter, dry_run) of a replay or purge body; exactly one of ids and filter."""
+    body = await _body_object(request, {"ids", "filter", "dry_run"})
     dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise BadRequest("dry_run: must be true or false")
@@ -267,10 +282,94 @@ async def purge(request: web.Request) -> web.Response:
     return json_response({"dry_run": False, "matched": len(letters), "purged": purged})
 
 
+def _pause_item(pause: HandlerPause | None) -> dict[str, Any] | None:
+    if pause is None:
+        return None
+    return {"since": iso_time(pause.since_ms), "reason": pause.reason, "by": pause.by}
+
+
+def handler_item(overview: HandlerOverview) -> dict[str, Any]:
+    live = overview.live
+    return {
+        "name": overview.flow.name,
+        "registered": live is not None,
+        "concurrency": live.concurrency if live else None,
+        "rate": live.rate if live else None,
+        "paused": _pause_item(overview.flow.paused),
+        "waiting": overview.flow.waiting,
+    }
+
+
+async def list_handlers(request: web.Request) -> web.Response:
+    overviews = await request.app[OPERATOR_API].handlers()
+    return json_response({"items": [handler_item(o) for o in overviews], "next_cursor": None})
+
+
+def _authenticated_by(request: web.Request) -> str:
+    """How a control was authenticated, as the pause state records it."""
+    identity = request.get(IDENTITY)
+    return "no-auth" if identity is None or identity.credential is Credential.NONE else "token"
+
+
+async def pause_handler(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await _body_object(request, {"reason", "force"})
+    reason, force = body.get("reason"), body.get("force", False)
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_LENGTH):
+        raise BadRequest(f"reason: must be a string of at most {MAX_REASON_LENGTH} characters")
+    if not isinstance(force, bool):
+        raise BadRequest("force: must be true or false")
+    _refuse_if_read_only(request, "pause")
+    by = _authenticated_by(request)
+    pause, made = await request.app[OPERATOR_API].pause_handler(
+        name, reason=reason or None, by=by, force=force
+    )
+    if made:
+        log.info("handler paused", handler=name, reason=pause.reason, by=by, **_who(request))
+    return json_response({"name": name, "paused": _pause_item(pause), "already_paused": not made})
+
+
+async def resume_handler(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await _body_object(request, set())
+    _refuse_if_read_only(request, "resume")
+    resumed = await request.app[OPERATOR_API].resume_handler(name)
+    log.info(
+        "handler resumed",
+        handler=name,
+        was_paused=resumed.was_paused,
+        moved=resumed.moved,
+        by=_authenticated_by(request),
+        **_who(request),
+    )
+    return json_response({"name": name, "was_paused": resumed.was_paused, "queued": resumed.moved})
+
+
+async def retry_now(request: web.Request) -> web.Response:
+    event_id = request.match_info["event_id"]
+    await _body_object(request, set())
+    _refuse_if_read_only(request, "retry")
+    made_due = await request.app[OPERATOR_API].retry_now(event_id)
+    if not made_due:
+        raise Conflict("nothing_scheduled", f"event {event_id!r} has no retry scheduled")
+    log.info(
+        "retries made due now",
+        event_id=event_id,
+        retries=made_due,
+        by=_authenticated_by(request),
+        **_who(request),
+    )
+    return json_response({"event_id": event_id, "retries": made_due})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/stats", stats)
     app.router.add_get("/api/events", list_events)
     app.router.add_get("/api/events/{event_id}", get_event)
+    app.router.add_post("/api/events/{event_id}/retry-now", retry_now)
+    app.router.add_get("/api/handlers", list_handlers)
+    app.router.add_post("/api/handlers/{name}/pause", pause_handler)
+    app.router.add_post("/api/handlers/{name}/resume", resume_handler)
     app.router.add_get("/api/dead-letters", list_dead_letters)
     app.router.add_post("/api/dead-letters/replay", replay)
     app.router.add_post("/api/dead-letters/purge", purge)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from loops_webhooks.workers.admission import HandlerNotLive
 from loops_webhooks.workers.connection import REDIS_FAILURES
 from loops_webhooks.workers.operator_api import InvalidCursor, NotFound, UnsearchableKey
 
 __all__ = [
     "BadRequest",
+    "Conflict",
     "Forbidden",
     "ForeignHost",
     "TooManyWrongTokens",
@@ -55,6 +57,14 @@ class Forbidden(Exception):
         self.code = code
 
 
+class Conflict(Exception):
+    """The request is sound but the state does not allow it (no retry scheduled, ...)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
 def status_for(error: Exception) -> tuple[int, str, str] | None:
     """(status, error code, detail) for one of the errors the dashboard answers, else None."""
     if isinstance(error, BadRequest | InvalidCursor | UnsearchableKey):
@@ -69,6 +79,15 @@ def status_for(error: Exception) -> tuple[int, str, str] | None:
         return 429, "too_many_wrong_tokens", str(error)
     if isinstance(error, NotFound):
         return 404, "not_found", str(error.args[0])
+    if isinstance(error, HandlerNotLive):
+        return (
+            404,
+            "unknown_handler",
+            f"no running worker has a handler named {error.args[0]!r}; "
+            'send {"force": true} to pause it anyway',
+        )
+    if isinstance(error, Conflict):
+        return 409, error.code, str(error)
     if isinstance(error, REDIS_FAILURES):
         return 503, "redis_unavailable", "Redis did not answer; try again shortly"
     return None

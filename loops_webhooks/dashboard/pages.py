@@ -1,7 +1,7 @@
 """The dashboard's pages, rendered on the server from the operator API (aiohttp-jinja2).
 
-Reading needs no script at all; the replay, purge and logout buttons call the JSON API with
-a few lines of ``static/dashboard.js``.
+Reading needs no script at all; the replay, purge, pause, resume, retry-now and logout
+buttons call the JSON API with a few lines of ``static/dashboard.js``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from loops_webhooks.dashboard.auth import SESSION_COOKIE, SESSION_MAX_AGE_SECOND
 from loops_webhooks.dashboard.chart import OUTCOMES, outcome_chart
 from loops_webhooks.dashboard.errors import TooManyWrongTokens
 from loops_webhooks.workers.dead_letters import DeadLetterReason
-from loops_webhooks.workers.event_store import EventStatus
+from loops_webhooks.workers.event_store import EventStatus, HandlerStatus
 from loops_webhooks.workers.operator_api import NotFound
 from loops_webhooks.workers.search import BusinessKeys
 
@@ -121,8 +121,16 @@ async def event(request: web.Request) -> web.Response:
         "found_by": BusinessKeys.of(stored.search_terms),
         "letters": await api.dead_letters_of_event(event_id),
         "body": pretty_body(stored.raw),
+        "retry_scheduled": stored.status == EventStatus.PENDING
+        and any(state.status == HandlerStatus.RETRY for state in stored.handlers.values()),
     }
     return aiohttp_jinja2.render_template("event.html", request, context)
+
+
+async def handlers(request: web.Request) -> web.Response:
+    overviews = await request.app[OPERATOR_API].handlers()
+    context = {"handlers": overviews}
+    return aiohttp_jinja2.render_template("handlers.html", request, context)
 
 
 async def dead_letters(request: web.Request) -> web.Response:
@@ -216,6 +224,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/events", events)
     app.router.add_get("/events/{event_id}", event)
     app.router.add_get("/dead-letters", dead_letters)
+    app.router.add_get("/handlers", handlers)
     app.router.add_get("/dead-letters/{letter_id:.+}", dead_letter)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)

@@ -30,6 +30,7 @@ from loops_webhooks.handlers import HandlerContext, Reject, Router
 from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
+from loops_webhooks.workers.admission import PausedHandlers
 from loops_webhooks.workers.dead_letters import get_dead_letter
 from loops_webhooks.workers.dispatch import Dispatcher
 from loops_webhooks.workers.event_store import EventStore
@@ -92,6 +93,7 @@ def dispatcher_for(redis: Redis, router: Router, traced: Traced) -> Dispatcher:
     return Dispatcher(
         router,
         EventStore(redis, dedupe_ttl_seconds=3600, queue_name=Settings().queue_name),
+        paused=PausedHandlers(redis),
         retry_policy=RetryPolicy(max_attempts=3, base_seconds=10, max_delay_seconds=60),
         handler_timeout_seconds=5,
         dead_letter_unhandled=False,

@@ -22,6 +22,7 @@ from loops_webhooks.handlers.context import idempotency_key
 from loops_webhooks.handlers.events import CheckoutSessionEvent, Event
 from loops_webhooks.handlers.retry_policy import RetryPolicy
 from loops_webhooks.workers import keys
+from loops_webhooks.workers.admission import PausedHandlers
 from loops_webhooks.workers.dead_letters import DeadLetter, get_dead_letter
 from loops_webhooks.workers.dispatch import Dispatcher
 from loops_webhooks.workers.event_store import EventStatus, EventStore, HandlerState, HandlerStatus
@@ -66,6 +67,7 @@ class Deliveries:
         return Dispatcher(
             router,
             self.store,
+            paused=PausedHandlers(self.redis),
             retry_policy=RetryPolicy(
                 max_attempts=max_attempts, base_seconds=base_seconds, max_delay_seconds=3600
             ),
@@ -302,7 +304,7 @@ async def test_attempts_spent_by_worker_crashes_dead_letter_the_handler_without_
 ) -> None:
     calls = Calls()
     event_id = await deliveries.record()
-    crashed_during = await deliveries.store.begin(event_id, [("fulfil", 1)], now_ms())
+    crashed_during = await deliveries.store.begin(event_id, [("fulfil", 1, b"")], now_ms())
     assert crashed_during is not None
 
     dispatcher = deliveries.dispatcher(router_with(("fulfil", calls.recording())), max_attempts=1)
@@ -324,7 +326,7 @@ async def test_a_crash_with_attempts_left_runs_the_handler_again_as_the_next_att
 ) -> None:
     calls = Calls()
     event_id = await deliveries.record()
-    await deliveries.store.begin(event_id, [("fulfil", 3)], now_ms())
+    await deliveries.store.begin(event_id, [("fulfil", 3, b"")], now_ms())
 
     dispatcher = deliveries.dispatcher(router_with(("fulfil", calls.recording())), max_attempts=3)
     await deliveries.run_job(dispatcher, event_id)
@@ -583,6 +585,7 @@ async def test_a_shutdown_while_begin_is_answering_spends_no_attempt(
     dispatcher = Dispatcher(
         router_with(("fulfil", calls.recording())),
         store,
+        paused=PausedHandlers(deliveries.redis),
         retry_policy=RetryPolicy(max_attempts=3, base_seconds=1, max_delay_seconds=60),
         handler_timeout_seconds=5,
         dead_letter_unhandled=False,

@@ -65,7 +65,7 @@ async def begun_event(store: EventStore, event_id: str = "evt_1") -> StoredEvent
 
 
 async def test_begin_finds_nothing_for_an_event_that_is_not_stored(store: EventStore) -> None:
-    assert await store.begin("evt_missing", [("a", 3)], now_ms()) is None
+    assert await store.begin("evt_missing", [("a", 3, b"")], now_ms()) is None
 
 
 async def test_begin_returns_the_event_as_it_was_recorded(redis, store: EventStore) -> None:
@@ -87,7 +87,7 @@ async def test_begin_counts_an_attempt_and_marks_the_handler_running(
     await record(redis)
     started = now_ms()
 
-    begun = await store.begin("evt_1", [("a", 3)], started)
+    begun = await store.begin("evt_1", [("a", 3, b"")], started)
 
     assert begun is not None
     action, state = begun.actions["a"]
@@ -102,9 +102,9 @@ async def test_begin_counts_an_attempt_and_marks_the_handler_running(
 
 async def test_begin_counts_attempts_separately_for_each_handler(redis, store: EventStore) -> None:
     await record(redis)
-    await store.begin("evt_1", [("a", 5)], now_ms())
+    await store.begin("evt_1", [("a", 5, b"")], now_ms())
 
-    begun = await store.begin("evt_1", [("a", 5), ("b", 5)], now_ms())
+    begun = await store.begin("evt_1", [("a", 5, b""), ("b", 5, b"")], now_ms())
 
     assert begun is not None
     assert begun.actions["a"][1].attempts == 2
@@ -113,9 +113,9 @@ async def test_begin_counts_attempts_separately_for_each_handler(redis, store: E
 
 async def test_begin_keeps_the_first_attempt_time_across_attempts(redis, store: EventStore) -> None:
     await record(redis)
-    await store.begin("evt_1", [("a", 5)], 1_000)
+    await store.begin("evt_1", [("a", 5, b"")], 1_000)
 
-    begun = await store.begin("evt_1", [("a", 5)], 2_000)
+    begun = await store.begin("evt_1", [("a", 5, b"")], 2_000)
 
     assert begun is not None
     state = begun.actions["a"][1]
@@ -131,7 +131,7 @@ async def test_begin_waits_for_a_retry_that_is_not_due_yet_without_counting_an_a
     retry = HandlerState(status=HandlerStatus.RETRY, attempts=1, next_attempt_at=due)
     await store.finish(event, {"a": retry}, ["a"], now_ms=now_ms())
 
-    begun = await store.begin("evt_1", [("a", 5)], now_ms())
+    begun = await store.begin("evt_1", [("a", 5, b"")], now_ms())
 
     assert begun is not None
     assert begun.actions["a"] == (Action.WAIT, retry)
@@ -143,7 +143,7 @@ async def test_begin_runs_a_retry_once_it_is_due(redis, store: EventStore) -> No
     retry = HandlerState(status=HandlerStatus.RETRY, attempts=1, next_attempt_at=now_ms() - 1)
     await store.finish(event, {"a": retry}, ["a"], now_ms=now_ms())
 
-    begun = await store.begin("evt_1", [("a", 5)], now_ms())
+    begun = await store.begin("evt_1", [("a", 5, b"")], now_ms())
 
     assert begun is not None
     action, state = begun.actions["a"]
@@ -163,7 +163,7 @@ async def test_begin_skips_a_handler_whose_outcome_is_final(
         now_ms=now_ms(),
     )
 
-    begun = await store.begin("evt_1", [("a", 5), ("b", 5)], now_ms())
+    begun = await store.begin("evt_1", [("a", 5, b""), ("b", 5, b"")], now_ms())
 
     assert begun is not None
     assert begun.actions["a"][0] is Action.SKIP
@@ -175,10 +175,10 @@ async def test_begin_reports_spent_attempts_without_counting_another(
     redis, store: EventStore
 ) -> None:
     await record(redis)
-    await store.begin("evt_1", [("a", 2)], now_ms())
-    await store.begin("evt_1", [("a", 2)], now_ms())
+    await store.begin("evt_1", [("a", 2, b"")], now_ms())
+    await store.begin("evt_1", [("a", 2, b"")], now_ms())
 
-    begun = await store.begin("evt_1", [("a", 2)], now_ms())
+    begun = await store.begin("evt_1", [("a", 2, b"")], now_ms())
 
     assert begun is not None
     action, state = begun.actions["a"]
@@ -196,7 +196,7 @@ async def test_begin_counts_nothing_on_an_event_that_is_already_finished(
     event = await begun_event(store)
     await store.finish(event, {}, [], now_ms=now_ms())
 
-    begun = await store.begin("evt_1", [("a", 5)], now_ms())
+    begun = await store.begin("evt_1", [("a", 5, b"")], now_ms())
 
     assert begun is not None
     assert begun.event.status is EventStatus.DONE
@@ -354,7 +354,7 @@ async def test_a_handler_state_with_awkward_text_survives_the_round_trip_through
     )
     await store.finish(event, {"a": retry}, ["a"], now_ms=now_ms())
 
-    begun = await store.begin("evt_1", [("a", 5)], now_ms())
+    begun = await store.begin("evt_1", [("a", 5, b"")], now_ms())
 
     assert begun is not None
     state = begun.actions["a"][1]

@@ -99,9 +99,13 @@ def test_the_handlers_are_listed_as_json_from_the_app_dir(
         "pattern": "checkout.session.completed",
         "max_attempts": 3,
         "timeout_seconds": None,
+        "concurrency": None,
+        "rate": None,
         "async": True,
         "model": "CheckoutSessionEvent",
         "matches": ["checkout.session.completed"],
+        "paused": None,
+        "waiting": None,
     }
     assert len(listed["warnings"]) == 1
 
@@ -160,3 +164,28 @@ def test_a_missing_dependency_of_the_handler_module_shows_its_traceback(
     err = capsys.readouterr().err
     assert "Traceback" in err
     assert "No module named 'stripe_sdk_not_installed'" in err.splitlines()[-1]
+
+
+def test_a_handlers_limits_are_listed_in_text_and_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = shop_package(
+        tmp_path,
+        """
+from loops_webhooks.handlers import Router
+
+router = Router()
+
+
+@router.on("refund.created", name="erp", concurrency=2, rate="10/s")
+async def erp(event, ctx):
+    pass
+""",
+    )
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["handlers", "--handlers", spec]) == 0
+    assert "  limits: concurrency 2, rate 10/s" in capsys.readouterr().out.splitlines()
+    assert main(["handlers", "--handlers", spec, "--json"]) == 0
+    (erp,) = orjson.loads(capsys.readouterr().out)["handlers"]
+    assert (erp["concurrency"], erp["rate"]) == (2, "10/s")

@@ -362,3 +362,40 @@ def test_a_pattern_matching_a_known_type_gets_no_warning(pattern: str) -> None:
 
     assert pattern_warnings(router) == []
     assert router.handlers[0].known_event_types
+
+
+def test_concurrency_and_rate_are_kept_on_the_handler() -> None:
+    router = Router()
+    router.on("refund.created", name="erp", concurrency=3, rate="20/m")(handle)
+
+    (handler,) = router.handlers
+    assert handler.concurrency == 3
+    assert (handler.rate.limit, handler.rate.per_seconds) == (20, 60)  # type: ignore[union-attr]
+    assert str(handler.rate) == "20/m"
+
+
+def test_a_handler_without_limits_has_none() -> None:
+    (handler,) = routed("refund.created").handlers
+
+    assert (handler.concurrency, handler.rate) == (None, None)
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, 1.5, True, "2"])
+def test_a_concurrency_that_is_not_a_positive_integer_is_refused_at_registration(
+    concurrency: Any,
+) -> None:
+    with pytest.raises(RegistrationError, match="concurrency must be an integer >= 1"):
+        Router().on("refund.created", concurrency=concurrency)
+
+
+@pytest.mark.parametrize("rate", ["0/s", "5", "5/h", "5 /s", "-1/m", "1.5/s", 5, "/s", "05/s"])
+def test_a_rate_not_written_n_per_second_or_minute_is_refused_at_registration(
+    rate: Any,
+) -> None:
+    with pytest.raises(RegistrationError, match='rate must be "N/s" or "N/m"'):
+        Router().on("refund.created", rate=rate)
+
+
+def test_a_misspelled_limit_option_is_named_with_its_likely_meaning() -> None:
+    with pytest.raises(RegistrationError, match="did you mean 'concurrency'"):
+        Router().on("refund.created", concurency=2)

@@ -1,18 +1,24 @@
--- Loads one event and counts an attempt for each of its handlers that is due now, before
--- any of them runs: a handler that kills its worker is dead-lettered once its attempts are
--- spent instead of looping.
+-- Loads one event and counts an attempt for each of its handlers that is due now and that
+-- admission lets start, before any of them runs: a handler that kills its worker is
+-- dead-lettered once its attempts are spent instead of looping. A run admission holds back
+-- (paused, over a limit) uses no attempt.
 --
 -- KEYS[1] event           the event's hash
+-- KEYS[2] paused          hash of paused handlers (admission's)
 -- ARGV[1] now             ms
 -- ARGV[2] handler_prefix  of the handler-state fields in the event's hash
 -- ARGV[3] trace_field     of the event's trace context in its hash
--- ARGV[4..] per handler: its name, its max attempts
+-- ARGV[4] job_id
+-- ARGV[5] admission       admission's settings (see admission.lua)
+-- ARGV[6..] per handler: its name, its max attempts, its limits (JSON, '' for none)
 -- Returns false if the event is not stored; else status, raw, type, received_at, headers,
--- trace context (false when the event has none), then, for a pending event only, per handler: its action (run, skip, wait, exhausted) and
--- its state (JSON); then, per unfinished state of a handler not in ARGV (a replayed letter
--- or a retry of a handler this worker does not have): its name and its state (JSON).
-local event = KEYS[1]
+-- trace context (false when the event has none), then, for a pending event only, per
+-- handler: its action (run, skip, wait, exhausted, held) and its state (JSON); then, per
+-- unfinished state of a handler not in ARGV (a replayed letter or a retry of a handler this
+-- worker does not have): its name and its state (JSON).
+local event, paused = KEYS[1], KEYS[2]
 local now, handler_prefix, trace_field = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local FIRST_HANDLER = 6
 
 local stored_event = redis.call('HMGET', event, 'status', 'raw', 'type', 'received_at', 'headers',
                                 trace_field)
@@ -22,8 +28,9 @@ local out = {status, stored_event[2], stored_event[3], stored_event[4], stored_e
              stored_event[6]}
 if status ~= 'pending' then return out end
 
+local admission = admission_context(paused, nil, now, ARGV[4], ARGV[5])
 local known = {}
-for i = 4, #ARGV, 2 do
+for i = FIRST_HANDLER, #ARGV, 3 do
   local field = handler_prefix .. ARGV[i]
   known[field] = true
   local max_attempts = tonumber(ARGV[i + 1])
@@ -37,6 +44,8 @@ for i = 4, #ARGV, 2 do
     action = 'wait'
   elseif state.attempts >= max_attempts then
     action = 'exhausted'
+  elseif admission_admit(admission, ARGV[i], ARGV[i + 2]) then
+    action = 'held'
   else
     action = 'run'
     state.attempts = state.attempts + 1

@@ -1,5 +1,6 @@
 // The dashboard's only script: select dead letters, ask the API for a dry-run count, confirm,
-// then replay or purge; and log out. Every call sends the page's CSRF token.
+// then replay or purge; pause and resume a handler; run an event's retries now; and log out.
+// Every call sends the page's CSRF token.
 "use strict";
 
 const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
@@ -103,7 +104,43 @@ async function act(container, action) {
   }
 }
 
+async function controlHandler(row, action) {
+  const outcome = row.querySelector("[data-outcome]");
+  const name = row.dataset.handler;
+  const reasonBox = row.querySelector("[data-reason]");
+  const body = action === "pause" ? { reason: (reasonBox && reasonBox.value.trim()) || null } : undefined;
+  try {
+    const answer = await callApi(`/api/handlers/${encodeURIComponent(name)}/${action}`, body);
+    const said = action === "pause"
+      ? (answer.already_paused ? "Was already paused." : "Paused.")
+      : `Resumed: ${plural(answer.queued, "waiting event")} queued.`;
+    outcome.replaceChildren(said, " ", element("a", { href: window.location.href }, "Reload"));
+  } catch (error) {
+    outcome.replaceChildren(element("span", { className: "error" }, error.message));
+  }
+}
+
+async function retryNow(container) {
+  const outcome = container.querySelector("[data-outcome]");
+  const eventId = container.dataset.eventId;
+  try {
+    const answer = await callApi(`/api/events/${encodeURIComponent(eventId)}/retry-now`);
+    outcome.replaceChildren(`${answer.retries === 1 ? "1 retry" : `${answer.retries} retries`} due now.`);
+  } catch (error) {
+    outcome.replaceChildren(element("span", { className: "error" }, error.message));
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  for (const row of document.querySelectorAll("[data-handler]")) {
+    for (const button of row.querySelectorAll("[data-handler-action]")) {
+      button.addEventListener("click", () => controlHandler(row, button.dataset.handlerAction));
+    }
+  }
+  for (const container of document.querySelectorAll("[data-retry-now]")) {
+    const button = container.querySelector("[data-retry-now-button]");
+    button.addEventListener("click", () => retryNow(container));
+  }
   for (const container of document.querySelectorAll("[data-selection]")) {
     for (const button of container.querySelectorAll("[data-action]")) {
       button.addEventListener("click", () => act(container, button.dataset.action));
