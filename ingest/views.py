@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -29,6 +29,7 @@ from loops_webhooks.ingest.signature import SIGNATURE_HEADER
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers.connection import REDIS_FAILURES
 from loops_webhooks.workers.intake import ReceivedEvent
+from loops_webhooks.workers.sessions import created_ms, session_id
 
 __all__ = ["expect_continue", "healthz", "readyz", "receive_webhook"]
 
@@ -65,13 +66,22 @@ async def _store(request: web.Request, trace_context: str) -> tuple[ReceivedEven
     request.app[VERIFIER].verify(body, request.headers.getall(SIGNATURE_HEADER, []))
     headers = _headers_worth_keeping(request)
     try:
-        event_id, event_type = _event_identity(body)
+        event_id, event_type, document = _event_identity(body)
     except InvalidPayload as problem:
         intake = request.app[INTAKE]
         keep = intake.dead_letter_unparseable(body, headers, received_at_ms, str(problem))
         await _acknowledged(asyncio.wait_for(keep, request.app[SETTINGS].redis_timeout_seconds))
         raise
-    event = ReceivedEvent(event_id, event_type, body, headers, received_at_ms, trace_context)
+    event = ReceivedEvent(
+        event_id,
+        event_type,
+        body,
+        headers,
+        received_at_ms,
+        trace_context,
+        session_id=session_id(document),
+        created_ms=created_ms(document, received_at_ms),
+    )
     write_started = time.perf_counter()
     # The intake holds its batch to LOOPS_REDIS_TIMEOUT_SECONDS: one timer per batch, none here.
     created = await _acknowledged(request.app[INTAKE].submit(event))
@@ -158,7 +168,8 @@ async def _read_in_slot(request: web.Request, settings: Settings) -> bytes:
         slots.release()
 
 
-def _event_identity(body: bytes) -> tuple[str, str]:
+def _event_identity(body: bytes) -> tuple[str, str, dict[str, Any]]:
+    """The event's id and type, and the parsed body (its session is read from it)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -172,7 +183,7 @@ def _event_identity(body: bytes) -> tuple[str, str]:
         raise InvalidPayload(f"'id' is longer than {MAX_EVENT_ID_LENGTH} characters")
     if not isinstance(event_type, str) or not event_type:
         raise InvalidPayload("body has no string 'type'")
-    return event_id, event_type
+    return event_id, event_type, document
 
 
 def _headers_worth_keeping(request: web.Request) -> dict[str, str]:

@@ -64,7 +64,9 @@ def _record(event: ReceivedEvent, now_ms: int) -> bytes:
     received_at = b"%d" % event.received_at_ms
     payload = job_payload(event.event_id, event.event_type, now_ms)
     trace = event.trace_context.encode()
-    return b"%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b" % (
+    session = event.session_id.encode() if event.session_id is not None else b""
+    created = b"%d" % (event.received_at_ms if event.created_ms is None else event.created_ms)
+    return b"%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b" % (
         len(event_id), event_id,
         len(event_type), event_type,
         len(event.raw), event.raw,
@@ -72,6 +74,8 @@ def _record(event: ReceivedEvent, now_ms: int) -> bytes:
         len(received_at), received_at,
         len(payload), payload,
         len(trace), trace,
+        len(session), session,
+        len(created), created,
     )  # fmt: skip
 
 
@@ -89,6 +93,11 @@ class ReceivedEvent(NamedTuple):
     received_at_ms: int
     trace_context: str = ""
     """The receiver span's ``traceparent`` when traces are on (``loops_webhooks.tracing``)."""
+    session_id: str | None = None
+    """Its checkout session (``workers/sessions.py``): admission keeps its order among the
+    session's events. None: it has none, and is not held back."""
+    created_ms: int | None = None
+    """When Loops created it (ms); its place in its session. None: the receipt time."""
 
 
 def job_payload(event_id: str, event_type: str, enqueued_at_ms: int) -> bytes:
@@ -191,6 +200,7 @@ class EventIntake:
                     keys.JOB_ID_PREFIX,
                     keys.ARQ_JOB_PREFIX,
                     keys.TRACE_CONTEXT_FIELD,
+                    keys.SESSION_EVENTS_PREFIX,
                     *records,
                 ],
             )

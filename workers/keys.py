@@ -32,6 +32,9 @@ __all__ = [
     "PAUSED_HANDLERS",
     "PENDING_EVENTS",
     "REPLICATION_MARK",
+    "SESSION_EVENTS_PREFIX",
+    "SESSION_SLOTS_PREFIX",
+    "SESSION_WAITING_PREFIX",
     "TRACE_CONTEXT_FIELD",
     "arq_in_progress_key",
     "arq_job_key",
@@ -47,6 +50,7 @@ __all__ = [
     "handler_waiting_key",
     "job_id_for_event",
     "outcome_counts_key",
+    "session_events_key",
     "unparseable_dead_letter_id",
 ]
 
@@ -99,6 +103,26 @@ HANDLER_STARTS_PREFIX = PREFIX + "starts:"
 HANDLER_WAITING_PREFIX = PREFIX + "waiting:"
 """``waiting:<handler>``: sorted set of the event ids whose run of the handler admission
 held back (paused or over a limit), scored by receipt time (ms): oldest first."""
+
+
+SESSION_EVENTS_PREFIX = PREFIX + "session:"
+"""``session:<checkout session id>``: sorted set of the ids of the session's events, scored by
+their ``created`` (ms; the receipt time where it is unreadable), written at intake: the order
+in which admission lets a session's events start a handler."""
+
+SESSION_SLOTS_PREFIX = PREFIX + "session-slots:"
+"""``session-slots:<checkout session id>``: hash of handler name to the id of the job running
+that handler for one of the session's events; held only while that job's in-progress marker
+lives."""
+
+SESSION_WAITING_PREFIX = PREFIX + "session-waiting:"
+"""``session-waiting:<checkout session id>``: sorted set of the runs admission held back to
+keep the session's order, each ``<handler>\n<event id>``, scored by the event's ``created``;
+the earliest per handler goes back to the queue when a run of the session ends."""
+
+
+def session_events_key(session_id: str) -> str:
+    return SESSION_EVENTS_PREFIX + session_id
 
 
 def handler_slots_key(handler: str) -> str:

@@ -75,6 +75,28 @@ def test_the_context_carries_the_idempotency_key_the_worker_would_give() -> None
     assert make_context(event).handler == "tests:handler"
 
 
+def test_a_context_is_superseded_only_when_the_test_says_by_which_event() -> None:
+    event = make_event("checkout.session.expired")
+
+    assert make_context(event).superseded_by is None
+    assert make_context(event, superseded_by="evt_completed").superseded_by == "evt_completed"
+
+
+async def test_run_passes_superseded_by_to_every_handler() -> None:
+    seen: list[str | None] = []
+    late = Router()
+
+    @late.on("checkout.session.expired")
+    async def cancel_order(event: Event, ctx: HandlerContext) -> None:
+        seen.append(ctx.superseded_by)
+
+    event = make_event("checkout.session.expired")
+    await run(late, event)
+    await run(late, event, superseded_by="evt_completed")
+
+    assert seen == [None, "evt_completed"]
+
+
 def test_sign_matches_the_rfc_4231_hmac_sha256_test_vector() -> None:
     expected = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
 
