@@ -299,25 +299,32 @@ async def replay_letters(api: OperatorApi, args: argparse.Namespace) -> int:
     if not _has_selection(args):
         raise UsageError("say what to replay: dead letter ids, --all, or a filter")
     letters = await _select(api, args)
-    if args.dry_run:
-        for letter in letters:
-            print(f"would replay {letter.id}  ({letter.reason}, {letter.handler or '-'})")
-        print(f"{len(letters)} dead letter(s) would be replayed (dry run: nothing changed)")
-        return 0
 
     def progress(done: int, total: int) -> None:
         if total > PROGRESS_EVERY and done % PROGRESS_EVERY == 0:
             print(f"... {done}/{total}", file=sys.stderr)
 
-    report = await api.replay_dead_letters(letters, force=args.force, on_progress=progress)
+    report = await api.replay_dead_letters(
+        letters, force=args.force, dry_run=args.dry_run, on_progress=progress
+    )
+    skip = "would skip" if args.dry_run else "skipped"
+    if args.dry_run:
+        for letter_id in report.replayed:
+            print(f"would replay {letter_id}")
     for letter_id in report.no_event:
-        print(f"skipped {letter_id}: it holds no event to replay (a body that was not one)")
+        print(f"{skip} {letter_id}: it holds no event to replay (a body that was not one)")
     for letter_id in report.needs_force:
         print(
-            f"skipped {letter_id}: an invalid_payload letter (its stored event did not fit the "
+            f"{skip} {letter_id}: an invalid_payload letter (its stored event did not fit the "
             "handler's model), which would fail the same way again; fix the model, then "
             "replay it with --force"
         )
+    if args.dry_run:
+        print(
+            f"would replay {len(report.replayed)}, would skip {len(report.skipped)} "
+            "(dry run: nothing changed)"
+        )
+        return 0
     print(
         f"replayed {len(report.replayed)}, skipped {len(report.skipped)}, "
         f"already gone {len(report.gone)} (replayed or purged meanwhile by someone else)"

@@ -481,6 +481,29 @@ def test_replaying_an_invalid_payload_letter_without_force_says_it_would_fail_th
     assert dead_letter_ids(redis_url) == letters
 
 
+def test_a_dry_run_replay_of_invalid_payload_letters_says_what_the_real_run_would_do(
+    workspace: Workspace, dev: str, redis_url: str
+) -> None:
+    sent = send(workspace, dev, "--id", "evt_cli_dry_invalid", "--data", '{"status": 5}')
+    assert sent.returncode == 0, sent.stderr
+    letters = ["evt_cli_dry_invalid:fulfil", "evt_cli_dry_invalid:notify"]
+    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+
+    dry = run_cli("dlq", "replay", "evt_cli_dry_invalid", "--dry-run", env=workspace.env)
+    forced = run_cli(
+        "dlq", "replay", "evt_cli_dry_invalid", "--dry-run", "--force", env=workspace.env
+    )
+
+    assert dry.returncode == 0, dry.stderr
+    for letter_id in letters:
+        assert f"would skip {letter_id}: an invalid_payload letter" in dry.stdout
+        assert "replay it with --force" in dry.stdout
+        assert f"would replay {letter_id}" in forced.stdout
+    assert "would replay 0, would skip 2 (dry run: nothing changed)" in dry.stdout
+    assert "would replay 2, would skip 0 (dry run: nothing changed)" in forced.stdout
+    assert dead_letter_ids(redis_url) == letters
+
+
 def test_a_forced_replay_reruns_the_handlers_that_had_succeeded(
     workspace: Workspace, dead_lettered: str, redis_url: str
 ) -> None:
