@@ -57,8 +57,6 @@ SHOWN_FIELDS = (
     "received_at",
 )
 WATCH_INTERVAL_SECONDS = 2.0
-ERROR_MIN_WIDTH = 40
-"""Characters of the error ``dlq list`` keeps, however little room the terminal leaves."""
 
 OperatorCommand = Callable[[OperatorApi, argparse.Namespace], Awaitable[int]]
 
@@ -114,6 +112,11 @@ def _time(ms: int | None) -> str:
     if not ms:
         return "-"
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def _short_time(ms: int) -> str:
+    """To the second, in UTC (``2025-01-15T10:35:00Z``): for lines that must be short."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _print_json(value: Any) -> None:
@@ -241,15 +244,27 @@ async def list_letters(api: OperatorApi, args: argparse.Namespace) -> int:
     if not letters:
         print("no dead letters")
         return 0
-    columns = shutil.get_terminal_size().columns
+    columns = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     for letter in letters:
-        line = (
-            f"{letter.id}  {letter.event_type or '-'}  {letter.handler or '-'}  {letter.reason}  "
-            f"{letter.attempts} attempt(s)  {_time(letter.dead_lettered_at)}  "
+        line = "  ".join(
+            (
+                letter.event_id or letter.id,
+                _function_name(letter.handler) or "-",
+                letter.event_type or "-",
+                letter.reason,
+                f"{letter.attempts} attempt(s)",
+                _short_time(letter.dead_lettered_at),
+                " ".join(_error_of(letter).split()),
+            )
         )
-        room = max(ERROR_MIN_WIDTH, columns - len(line))
-        print(line + _shortened(_error_of(letter), room))
+        print(_shortened(line, columns) if columns else line)
     return 0
+
+
+def _function_name(handler: str) -> str:
+    """A handler's name without its module (``myshop.webhooks:award_points`` gives
+    ``award_points``): the full name is in ``dlq show`` and ``--json``."""
+    return handler.rpartition(":")[2]
 
 
 def _error_of(letter: DeadLetter) -> str:
@@ -258,10 +273,9 @@ def _error_of(letter: DeadLetter) -> str:
     return letter.error_type or letter.error_message or "-"
 
 
-def _shortened(text: str, width: int) -> str:
-    """``text`` on one line, cut to ``width`` characters with an ellipsis if it is longer."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+def _shortened(line: str, width: int) -> str:
+    """``line`` cut to ``width`` characters, with an ellipsis if it is longer."""
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 async def show_letter(api: OperatorApi, args: argparse.Namespace) -> int:
