@@ -386,9 +386,9 @@ async def show_stats(api: OperatorApi, args: argparse.Namespace) -> int:
             print(f"dead letters {stats.dead_letters}" + (f" ({reasons})" if reasons else ""))
             hour = stats.last_hour
             print(
-                f"last hour: processed {hour.get('done', 0)}, failed {hour.get('retry', 0)} "
-                f"(retried) + {hour.get('dead_letter', 0)} (dead-lettered), "
-                f"unhandled {hour.get('unhandled', 0)}"
+                f"last hour: handler attempts done {hour.get('done', 0)}, "
+                f"retried {hour.get('retry', 0)}, dead-lettered {hour.get('dead_letter', 0)}; "
+                f"events no handler matched {hour.get('unhandled', 0)}"
             )
             print("oldest pending event: " + ("none" if age is None else f"{age:.1f}s old"))
         if not args.watch:

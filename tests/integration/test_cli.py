@@ -596,6 +596,12 @@ def test_stats_count_the_dead_letter_by_reason_and_the_last_hour(
     assert stats["last_hour"]["done"] >= 1
     assert stats["last_hour"]["dead_letter"] == 1
     assert stats["pending_events"] == 0
+    text = run_cli("stats", env=workspace.env).stdout
+    hour = stats["last_hour"]
+    assert (
+        f"last hour: handler attempts done {hour['done']}, retried {hour.get('retry', 0)}, "
+        "dead-lettered 1; events no handler matched 0"
+    ) in text
 
 
 def test_an_interrupted_bulk_replay_loses_nothing(
