@@ -332,6 +332,18 @@ def dead_lettered(workspace: Workspace, dev: str, redis_url: str) -> str:
     return "evt_cli_dead:notify"
 
 
+def invalid_payload_letters(
+    workspace: Workspace, dev: str, redis_url: str, event_id: str
+) -> list[str]:
+    """Send ``event_id`` with a payload the handlers' model rejects, and wait for the
+    ``invalid_payload`` letters of both handlers; their ids."""
+    sent = send(workspace, dev, "--id", event_id, "--data", '{"status": 5}')
+    assert sent.returncode == 0, sent.stderr
+    letters = [f"{event_id}:fulfil", f"{event_id}:notify"]
+    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+    return letters
+
+
 def test_dlq_list_and_show_describe_the_dead_letter(
     workspace: Workspace, dead_lettered: str
 ) -> None:
@@ -362,9 +374,7 @@ def test_dlq_list_shows_each_letters_error(workspace: Workspace, dead_lettered: 
 def test_dlq_list_on_a_terminal_fits_each_letter_on_one_line_of_its_width(
     workspace: Workspace, dev: str, redis_url: str
 ) -> None:
-    send(workspace, dev, "--id", "evt_cli_long", "--data", '{"status": 5}')
-    letters = ["evt_cli_long:fulfil", "evt_cli_long:notify"]
-    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+    invalid_payload_letters(workspace, dev, redis_url, "evt_cli_long")
 
     lines = on_a_terminal("dlq", "list", env={**workspace.env, "COLUMNS": "150"}).splitlines()
 
@@ -378,9 +388,7 @@ def test_dlq_list_on_a_terminal_fits_each_letter_on_one_line_of_its_width(
 def test_dlq_list_piped_keeps_each_letters_whole_error(
     workspace: Workspace, dev: str, redis_url: str
 ) -> None:
-    send(workspace, dev, "--id", "evt_cli_piped", "--data", '{"status": 5}')
-    letters = ["evt_cli_piped:fulfil", "evt_cli_piped:notify"]
-    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+    invalid_payload_letters(workspace, dev, redis_url, "evt_cli_piped")
 
     listed = run_cli("dlq", "list", env={**workspace.env, "COLUMNS": "80"}).stdout.splitlines()
 
@@ -498,10 +506,7 @@ def test_dlq_replay_and_purge_help_say_an_id_may_be_an_event_id(workspace: Works
 def test_replaying_an_invalid_payload_letter_without_force_says_it_would_fail_the_same_way(
     workspace: Workspace, dev: str, redis_url: str
 ) -> None:
-    sent = send(workspace, dev, "--id", "evt_cli_invalid", "--data", '{"status": 5}')
-    assert sent.returncode == 0, sent.stderr
-    letters = ["evt_cli_invalid:fulfil", "evt_cli_invalid:notify"]
-    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+    letters = invalid_payload_letters(workspace, dev, redis_url, "evt_cli_invalid")
 
     replayed = run_cli("dlq", "replay", "evt_cli_invalid", env=workspace.env)
 
@@ -520,10 +525,7 @@ def test_replaying_an_invalid_payload_letter_without_force_says_it_would_fail_th
 def test_a_dry_run_replay_of_invalid_payload_letters_says_what_the_real_run_would_do(
     workspace: Workspace, dev: str, redis_url: str
 ) -> None:
-    sent = send(workspace, dev, "--id", "evt_cli_dry_invalid", "--data", '{"status": 5}')
-    assert sent.returncode == 0, sent.stderr
-    letters = ["evt_cli_dry_invalid:fulfil", "evt_cli_dry_invalid:notify"]
-    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+    letters = invalid_payload_letters(workspace, dev, redis_url, "evt_cli_dry_invalid")
 
     dry = run_cli("dlq", "replay", "evt_cli_dry_invalid", "--dry-run", env=workspace.env)
     forced = run_cli(
