@@ -18,13 +18,13 @@ serve: install  ## the receiver alone
 worker: install  ## one worker alone
 	$(BIN)/loops-webhooks worker
 
-test:  ## every test: unit (fakeredis) and integration (real Redis, real processes)
+test:  ## every test: unit (fakeredis), integration (real Redis, real processes) and faults
 	$(BOOTSTRAP) test
 
-unit:
+unit:  ## tests/unit alone
 	$(BOOTSTRAP) test tests/unit
 
-integration:
+integration:  ## tests/integration and tests/faults
 	$(BOOTSTRAP) test tests/integration tests/faults
 
 lint: install

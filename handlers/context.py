@@ -17,6 +17,11 @@ class HandlerContext:
     of this event to this handler, so a handler can pass it to a payment or email API, or
     store it with its side effect, to make running twice harmless. `log` is already bound
     with `event_id`, `event_type`, `handler` and `attempt`.
+
+    `superseded_by` is the id of an event of the same checkout session, created after this
+    one, that this handler has already finished (succeeded on); None if there is none (or
+    ordering is off). A late `checkout.session.expired` after a handled `.completed`:
+    ``if ctx.superseded_by: return``.
     """
 
     event_id: str
@@ -26,6 +31,7 @@ class HandlerContext:
     idempotency_key: str
     received_at: datetime
     log: FilteringBoundLogger
+    superseded_by: str | None = None
 
 
 def idempotency_key(event_id: str, handler_name: str) -> str:

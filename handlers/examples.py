@@ -1,6 +1,8 @@
 """Example handlers for the three checkout events, and the default ``LOOPS_HANDLERS``.
 
-Written as a shop's own module is, against the public names only. Copy it to start your own
+Written as a shop's own module is, against the public names only. They log ids that are
+not personal data (order, checkout session; the context binds the event's): never a
+customer's id, email or name, which logs must not hold. Copy it to start your own
 and point ``LOOPS_HANDLERS`` at its router, e.g.
 ``LOOPS_HANDLERS=myshop.webhooks:router``.
 """
@@ -29,7 +31,6 @@ async def fulfil_order(event: CheckoutSessionEvent, ctx: HandlerContext) -> None
         "order fulfilled",
         order_id=order_id,
         checkout_session_id=session.id,
-        idempotency_key=ctx.idempotency_key,
     )
 
 
@@ -52,5 +53,4 @@ async def note_failed_payment(event: CheckoutSessionEvent, ctx: HandlerContext) 
         "payment failed",
         order_id=session.metadata.get("orderId"),
         checkout_session_id=session.id,
-        external_customer_id=session.external_customer_id,
     )

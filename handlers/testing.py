@@ -75,10 +75,15 @@ def make_event(
 
 
 def make_context(
-    event: Event, *, handler: str = "tests:handler", attempt: int = 1
+    event: Event,
+    *,
+    handler: str = "tests:handler",
+    attempt: int = 1,
+    superseded_by: str | None = None,
 ) -> HandlerContext:
     """The context the worker would pass ``handler`` for ``event`` on attempt ``attempt``,
-    with the same idempotency key."""
+    with the same idempotency key; ``superseded_by`` as the worker would set it after the
+    handler finished a later event of the same session (that event's id)."""
     if attempt < 1:
         raise ValueError(f"attempt is 1-based, got {attempt!r}")
     return HandlerContext(
@@ -91,6 +96,7 @@ def make_context(
         log=structlog.get_logger().bind(
             event_id=event.id, event_type=event.type, handler=handler, attempt=attempt
         ),
+        superseded_by=superseded_by,
     )
 
 
@@ -105,9 +111,12 @@ def signed_request(event: Event, secret: str) -> tuple[bytes, dict[str, str]]:
     return body, {"content-type": "application/json", SIGNATURE_HEADER: sign(body, secret)}
 
 
-async def run(router: Router, event: Event, *, attempt: int = 1) -> list[HandlerResult]:
+async def run(
+    router: Router, event: Event, *, attempt: int = 1, superseded_by: str | None = None
+) -> list[HandlerResult]:
     """Run every handler of ``router`` that matches ``event`` once, as attempt ``attempt``,
-    under the worker's rules; one result per handler, in registration order.
+    under the worker's rules; one result per handler, in registration order. Each gets
+    ``superseded_by`` in its context (see `make_context`).
 
     As in the worker: each handler gets the event parsed into its own model (its annotation,
     else the type's), runs within its timeout (else the worker's default), concurrently with
@@ -118,10 +127,16 @@ async def run(router: Router, event: Event, *, attempt: int = 1) -> list[Handler
         raise ValueError(f"attempt is 1-based, got {attempt!r}")
     raw = event.model_dump_json(by_alias=True, exclude_unset=True).encode()
     handlers = router.handlers_for(event.type)
-    return list(await asyncio.gather(*(_run_one(h, event.type, raw, attempt) for h in handlers)))
+    return list(
+        await asyncio.gather(
+            *(_run_one(h, event.type, raw, attempt, superseded_by) for h in handlers)
+        )
+    )
 
 
-async def _run_one(handler: Handler, event_type: str, raw: bytes, attempt: int) -> HandlerResult:
+async def _run_one(
+    handler: Handler, event_type: str, raw: bytes, attempt: int, superseded_by: str | None
+) -> HandlerResult:
     policy = RetryPolicy(
         max_attempts=handler.max_attempts or int(_worker_default("max_attempts")),
         base_seconds=float(_worker_default("retry_base_seconds")),
@@ -131,7 +146,9 @@ async def _run_one(handler: Handler, event_type: str, raw: bytes, attempt: int) 
         parsed = parse_event(raw, handler.model_for(event_type))
     except pydantic.ValidationError as invalid:
         return _result(handler, attempt, invalid, policy)
-    context = make_context(parsed, handler=handler.name, attempt=attempt)
+    context = make_context(
+        parsed, handler=handler.name, attempt=attempt, superseded_by=superseded_by
+    )
     timeout = handler.timeout or float(_worker_default("handler_timeout_seconds"))
     error: BaseException | None = None
     try:

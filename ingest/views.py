@@ -30,6 +30,7 @@ from loops_webhooks.settings import Settings
 from loops_webhooks.workers.connection import REDIS_FAILURES
 from loops_webhooks.workers.intake import ReceivedEvent
 from loops_webhooks.workers.search import search_terms
+from loops_webhooks.workers.sessions import created_ms, session_id
 
 __all__ = ["expect_continue", "healthz", "readyz", "receive_webhook"]
 
@@ -74,7 +75,17 @@ async def _store(request: web.Request, trace_context: str) -> tuple[ReceivedEven
         await _acknowledged(asyncio.wait_for(keep, settings.redis_timeout_seconds))
         raise
     terms = search_terms(document, settings.search_metadata_keys)
-    event = ReceivedEvent(event_id, event_type, body, headers, received_at_ms, trace_context, terms)
+    event = ReceivedEvent(
+        event_id,
+        event_type,
+        body,
+        headers,
+        received_at_ms,
+        trace_context,
+        session_id=session_id(document),
+        created_ms=created_ms(document, received_at_ms),
+        search_terms=terms,
+    )
     write_started = time.perf_counter()
     # The intake holds its batch to LOOPS_REDIS_TIMEOUT_SECONDS: one timer per batch, none here.
     created = await _acknowledged(request.app[INTAKE].submit(event))
@@ -162,7 +173,8 @@ async def _read_in_slot(request: web.Request, settings: Settings) -> bytes:
 
 
 def _event_identity(body: bytes) -> tuple[str, str, dict[str, Any]]:
-    """The event's id and type, and the parsed body (its search terms are read from it)."""
+    """The event's id and type, and the parsed body (its session and search terms are read
+    from it)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:

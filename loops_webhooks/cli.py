@@ -12,6 +12,7 @@ import asyncio
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -53,9 +54,10 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 Command = Callable[[argparse.Namespace, Settings], int]
 
 LONG_RUNNING = ("serve", "worker", "dashboard", "dev")
-"""Commands that log their effective settings at info level (but not as children of ``dev``,
-which logged them once for all), and a line when they listen and when they stop; the other
-commands log the settings at debug."""
+"""Commands that log their effective settings at info level once their checks passed (so a
+failure to start is one line: its error), but not as children of ``dev``, which logged them
+once for all; and a line when they listen and when they stop. The other commands log the
+settings at debug."""
 
 LETTER_OR_EVENT_IDS = "dead letter ids, or event ids (every dead letter of that event)"
 
@@ -66,6 +68,33 @@ def _log() -> structlog.typing.FilteringBoundLogger:
         logger_name="loops_webhooks.cli"
     )
     return logger
+
+
+def _log_settings(args: argparse.Namespace, settings: Settings) -> None:
+    """A long-running command's settings line, logged once it is about to start: after
+    every check that may stop it."""
+    if not args.dev_child:
+        _log().info("effective settings", settings=effective_settings(settings))
+
+
+def _require_port(host: str, port: int, option: str) -> None:
+    """Fail now, in one line naming ``option``, if ``host``:``port`` cannot be listened on
+    (taken by another process, or no such address): before anything else binds a port or
+    logs that it started. Bound with SO_REUSEADDR, as aiohttp binds, then closed."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as error:
+        raise operator_commands.CommandFailed(_cannot_listen(host, port, error, option)) from None
+
+
+def _cannot_listen(host: str, port: int, error: OSError, option: str) -> str:
+    reason = error.strerror or str(error)
+    return f"cannot listen on {host}:{port}: {reason} (choose another port with {option})"
 
 
 def redis_url_for(settings: Settings) -> str:
@@ -205,6 +234,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from loops_webhooks.ingest.memory import keep_large_buffers_returnable
 
     settings.require_webhook_secrets()
+    _require_port(args.host, args.port, "--port")
+    _log_settings(args, settings)
     tracer = start_tracing("loops-webhooks-receiver")
     app = create_app(settings, redis_url_for(settings), tracer)
     keep_large_buffers_returnable()
@@ -244,9 +275,8 @@ def _run_app(
         web.run_app(app, host=args.host, port=args.port, access_log=None, print=listening,
                     handle_signals=False, loop=loop, **options)  # fmt: skip
     except OSError as error:
-        reason = error.strerror or str(error)
         raise operator_commands.CommandFailed(
-            f"cannot listen on {args.host}:{args.port}: {reason}"
+            _cannot_listen(args.host, args.port, error, "--port")
         ) from None
     _log().info(f"{name} stopped")
 
@@ -257,6 +287,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = _worker_settings(args, settings)
     router = _load_handlers(args, settings)
+    _log_settings(args, settings)
     for warning in pattern_warnings(router):
         _log().warning(warning)
     tracer = start_tracing("loops-webhooks-worker")
@@ -276,6 +307,9 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
         settings.require_dashboard_token()  # a short one stops dev here, not its dashboard
     settings = _worker_settings(args, settings)
     router = _load_handlers(args, settings)
+    _require_port(args.host, args.port, "--port")
+    _require_port(args.host, args.dashboard_port, "--dashboard-port")
+    _log_settings(args, settings)
     project_dir = Path(args.app_dir).resolve()
     worker_options = ["--handlers", settings.handlers, "--app-dir", str(project_dir)]
     worker_options += ["--concurrency", str(settings.worker_concurrency)]
@@ -329,19 +363,19 @@ def dashboard(args: argparse.Namespace, settings: Settings) -> int:
 
     from loops_webhooks.dashboard.app import create_app
 
+    if args.no_auth and not _is_loopback(args.host):
+        raise UsageError(
+            f"--no-auth is accepted on a loopback host only (127.0.0.1, ::1), not {args.host}"
+        )
+    token = None if args.no_auth else settings.require_dashboard_token()
+    _require_port(args.host, args.port, "--port")
+    _log_settings(args, settings)
     if args.no_auth:
-        if not _is_loopback(args.host):
-            raise UsageError(
-                f"--no-auth is accepted on a loopback host only (127.0.0.1, ::1), not {args.host}"
-            )
         structlog.get_logger(logger_name="loops_webhooks.dashboard").warning(
             "dashboard without authentication (--no-auth): anyone on this machine can use it",
             host=args.host,
             port=args.port,
         )
-        token = None
-    else:
-        token = settings.require_dashboard_token()
     app = create_app(settings, redis_url_for(settings), token=token)
     _run_app("dashboard", app, args, path="/")
     return EXIT_OK
@@ -706,8 +740,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     configure_logging(_log_format(args, settings), settings.log_level)
     log = _log()
-    report = log.info if args.command in LONG_RUNNING and not args.dev_child else log.debug
-    report("effective settings", settings=effective_settings(settings))
+    if args.command not in LONG_RUNNING:
+        log.debug("effective settings", settings=effective_settings(settings))
     if unread:
         log.debug("LOOPS_ variables that no setting reads, left to your code", names=unread)
     command: Command = args.run

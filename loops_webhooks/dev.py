@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +45,9 @@ log = structlog.get_logger(logger_name="loops_webhooks.dev")
 STOP_TIMEOUT_SECONDS = 30.0
 CHECK_CHILDREN_MILLISECONDS = 200
 """How often the wait for file changes stops to check that the children still run."""
+LISTEN_TIMEOUT_SECONDS = 60.0
+"""How long the receiver and the dashboard may take to listen (the banner waits for them)."""
+LISTEN_POLL_SECONDS = 0.1
 
 
 def watched_directories(project_dir: Path, router: Router) -> list[Path]:
@@ -86,27 +90,28 @@ def run_dev(
     env = dict(os.environ, REDIS_URL=redis_url, LOOPS_LOG_FORMAT=log_format)
     url = f"http://{host}:{port}{webhook_path}"
     handlers = worker_options[worker_options.index("--handlers") + 1]
-    print(f"loops-webhooks dev: receiver at {url}, worker with handlers {handlers}", flush=True)
+    banner = [f"loops-webhooks dev: receiver at {url}, worker with handlers {handlers}"]
     send = f"{send_command} send checkout.session.completed --url {url}"
     if secret_configured:
-        print("  signing secret: LOOPS_WEBHOOK_SECRET", flush=True)
-        print(f"  try: {send}", flush=True)
+        banner += ["  signing secret: LOOPS_WEBHOOK_SECRET", f"  try: {send}"]
     else:
         secret_file = dev_secret_file(data_dir)
         generated = dev_secret(secret_file)
         env["LOOPS_WEBHOOK_SECRET"] = generated
-        print(f"  no LOOPS_WEBHOOK_SECRET set; using the development secret in {secret_file}")
-        print(f"  try: {send} --secret {generated}", flush=True)
+        banner.append(
+            f"  no LOOPS_WEBHOOK_SECRET set; using the development secret in {secret_file}"
+        )
+        banner.append(f"  try: {send} --secret {generated}")
     if not dashboard_token_configured:
         env["LOOPS_DASHBOARD_TOKEN"] = secrets.token_urlsafe(24)
     dashboard_url = f"http://{host}:{dashboard_port}/"
     token = env["LOOPS_DASHBOARD_TOKEN"]
     if dashboard_token_configured:
-        print(f"  dashboard at {dashboard_url} (token: LOOPS_DASHBOARD_TOKEN)", flush=True)
+        banner.append(f"  dashboard at {dashboard_url} (token: LOOPS_DASHBOARD_TOKEN)")
     else:
-        print(f"  dashboard at {dashboard_url} (token for this session: {token})", flush=True)
+        banner.append(f"  dashboard at {dashboard_url} (token for this session: {token})")
     watched_list = ", ".join(str(directory) for directory in watched)
-    print(f"  the worker restarts when a Python file changes in {watched_list}", flush=True)
+    banner.append(f"  the worker restarts when a Python file changes in {watched_list}")
 
     command = child_command
 
@@ -131,35 +136,39 @@ def run_dev(
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    failure = ""
     worker_exit_logged = False
     try:
-        for changes in watchfiles.watch(
-            *watched,
-            watch_filter=watchfiles.PythonFilter(ignore_paths=[data_dir.resolve()]),
-            stop_event=stop,
-            yield_on_timeout=True,
-            rust_timeout=CHECK_CHILDREN_MILLISECONDS,
-            raise_interrupt=False,
-        ):
-            if stop.is_set():
-                break
-            exited = [name for name, child in others.items() if child.poll() is not None]
-            if exited:
-                failure = f"the {exited[0]} exited with code {others[exited[0]].returncode}"
-                break
-            if worker.poll() is not None and not worker_exit_logged:
-                worker_exit_logged = True
-                log.error(
-                    "the worker exited (its error is above); dev starts it again when a "
-                    "Python file changes",
-                    exit_code=worker.returncode,
-                )
-            if changes:
-                _stop_all([worker])
-                worker = start_worker()
-                worker_exit_logged = False
-                log.info("reloaded the worker", changed=_shown(changes, watched))
+        failure = _wait_listening(
+            others, host, {"receiver": port, "dashboard": dashboard_port}, stop
+        )
+        if not failure and not stop.is_set():
+            print("\n".join(banner), flush=True)
+            for changes in watchfiles.watch(
+                *watched,
+                watch_filter=watchfiles.PythonFilter(ignore_paths=[data_dir.resolve()]),
+                stop_event=stop,
+                yield_on_timeout=True,
+                rust_timeout=CHECK_CHILDREN_MILLISECONDS,
+                raise_interrupt=False,
+            ):
+                if stop.is_set():
+                    break
+                exited = [name for name, child in others.items() if child.poll() is not None]
+                if exited:
+                    failure = f"the {exited[0]} exited with code {others[exited[0]].returncode}"
+                    break
+                if worker.poll() is not None and not worker_exit_logged:
+                    worker_exit_logged = True
+                    log.error(
+                        "the worker exited (its error is above); dev starts it again when a "
+                        "Python file changes",
+                        exit_code=worker.returncode,
+                    )
+                if changes:
+                    log.info("restarting the worker", changed=_shown(changes, watched))
+                    _stop_all([worker])
+                    worker = start_worker()
+                    worker_exit_logged = False
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -170,6 +179,32 @@ def run_dev(
     _stop_all([*others.values(), worker])
     log.info("dev stopped")
     return 0 if stopped_by else 1
+
+
+def _wait_listening(
+    children: dict[str, subprocess.Popen[bytes]],
+    host: str,
+    ports: dict[str, int],
+    stop: threading.Event,
+) -> str:
+    """Wait until each child accepts connections on its port; "" then, else why not (a
+    child exited: its own one-line error is above; or it took ``LISTEN_TIMEOUT_SECONDS``).
+    Returns "" at once when ``stop`` is set."""
+    deadline = time.monotonic() + LISTEN_TIMEOUT_SECONDS
+    waiting = dict(ports)
+    while waiting and not stop.is_set():
+        for name, child_port in list(waiting.items()):
+            if children[name].poll() is not None:
+                return f"the {name} exited with code {children[name].returncode}"
+            try:
+                socket.create_connection((host, child_port), timeout=1).close()
+            except OSError:
+                continue
+            del waiting[name]
+        if waiting and time.monotonic() > deadline:
+            return f"the {', '.join(waiting)} did not listen within {LISTEN_TIMEOUT_SECONDS:g} s"
+        stop.wait(LISTEN_POLL_SECONDS)
+    return ""
 
 
 def _shown(changes: Iterable[tuple[watchfiles.Change, str]], watched: Sequence[Path]) -> list[str]:

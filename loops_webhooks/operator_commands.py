@@ -63,8 +63,6 @@ SHOWN_FIELDS = (
     "received_at",
 )
 WATCH_INTERVAL_SECONDS = 2.0
-ERROR_MIN_WIDTH = 40
-"""Characters of the error ``dlq list`` keeps, however little room the terminal leaves."""
 
 OperatorCommand = Callable[[OperatorApi, argparse.Namespace], Awaitable[int]]
 
@@ -132,6 +130,11 @@ def _time(ms: int | None) -> str:
     if not ms:
         return "-"
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def _short_time(ms: int) -> str:
+    """To the second, in UTC (``2025-01-15T10:35:00Z``): for lines that must be short."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _print_json(value: Any) -> None:
@@ -295,16 +298,28 @@ async def list_letters(api: OperatorApi, args: argparse.Namespace) -> int:
         _print_json([_letter_json(letter, full=False) for letter in letters])
     elif not letters:
         print("no dead letters")
-    columns = shutil.get_terminal_size().columns
+    columns = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     for letter in [] if args.json else letters:
-        line = (
-            f"{letter.id}  {letter.event_type or '-'}  {letter.handler or '-'}  {letter.reason}  "
-            f"{letter.attempts} attempt(s)  {_time(letter.dead_lettered_at)}  "
+        line = "  ".join(
+            (
+                letter.event_id or letter.id,
+                _function_name(letter.handler) or "-",
+                letter.event_type or "-",
+                letter.reason,
+                f"{letter.attempts} attempt(s)",
+                _short_time(letter.dead_lettered_at),
+                " ".join(_error_of(letter).split()),
+            )
         )
-        room = max(ERROR_MIN_WIDTH, columns - len(line))
-        print(line + _shortened(_error_of(letter), room))
+        print(_shortened(line, columns) if columns else line)
     _print_next_page(page)
     return 0
+
+
+def _function_name(handler: str) -> str:
+    """A handler's name without its module (``myshop.webhooks:award_points`` gives
+    ``award_points``): the full name is in ``dlq show`` and ``--json``."""
+    return handler.rpartition(":")[2]
 
 
 def _error_of(letter: DeadLetter) -> str:
@@ -313,10 +328,9 @@ def _error_of(letter: DeadLetter) -> str:
     return letter.error_type or letter.error_message or "-"
 
 
-def _shortened(text: str, width: int) -> str:
-    """``text`` on one line, cut to ``width`` characters with an ellipsis if it is longer."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+def _shortened(line: str, width: int) -> str:
+    """``line`` cut to ``width`` characters, with an ellipsis if it is longer."""
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 async def show_letter(api: OperatorApi, args: argparse.Namespace) -> int:
@@ -366,27 +380,35 @@ async def replay_letters(api: OperatorApi, args: argparse.Namespace) -> int:
     if not _has_selection(args):
         raise UsageError("say what to replay: dead letter ids, --all, or a filter")
     letters = await _select(api, args)
-    if args.dry_run:
-        for letter in letters:
-            print(f"would replay {letter.id}  ({letter.reason}, {letter.handler or '-'})")
-        print(f"{len(letters)} dead letter(s) would be replayed (dry run: nothing changed)")
-        return 0
 
     def progress(done: int, total: int) -> None:
         if total > PROGRESS_EVERY and done % PROGRESS_EVERY == 0:
             print(f"... {done}/{total}", file=sys.stderr)
 
-    report = await api.replay_dead_letters(letters, force=args.force, on_progress=progress)
+    report = await api.replay_dead_letters(
+        letters, force=args.force, dry_run=args.dry_run, on_progress=progress
+    )
+    skip = "would skip" if args.dry_run else "skipped"
+    if args.dry_run:
+        for letter_id in report.replayed:
+            print(f"would replay {letter_id}")
     for letter_id in report.no_event:
-        print(f"skipped {letter_id}: it holds no event to replay (a body that was not one)")
+        print(f"{skip} {letter_id}: it holds no event to replay (a body that was not one)")
     for letter_id in report.needs_force:
         print(
-            f"skipped {letter_id}: an invalid_payload letter (its stored event did not fit the "
+            f"{skip} {letter_id}: an invalid_payload letter (its stored event did not fit the "
             "handler's model), which would fail the same way again; fix the model, then "
             "replay it with --force"
         )
+    refuse = "would refuse" if args.dry_run else "refused"
     for letter_id in report.erased:
-        print(f"refused {letter_id}: its personal data was erased, no body is left to replay")
+        print(f"{refuse} {letter_id}: its personal data was erased, no body is left to replay")
+    if args.dry_run:
+        print(
+            f"would replay {len(report.replayed)}, would skip {len(report.skipped)} "
+            "(dry run: nothing changed)"
+        )
+        return 0
     print(
         f"replayed {len(report.replayed)}, skipped {len(report.skipped)}, "
         f"already gone {len(report.gone)} (replayed or purged meanwhile by someone else)"
@@ -481,9 +503,9 @@ async def show_stats(api: OperatorApi, args: argparse.Namespace) -> int:
             print(f"dead letters {stats.dead_letters}" + (f" ({reasons})" if reasons else ""))
             hour = stats.last_hour
             print(
-                f"last hour: processed {hour.get('done', 0)}, failed {hour.get('retry', 0)} "
-                f"(retried) + {hour.get('dead_letter', 0)} (dead-lettered), "
-                f"unhandled {hour.get('unhandled', 0)}"
+                f"last hour: handler attempts done {hour.get('done', 0)}, "
+                f"retried {hour.get('retry', 0)}, dead-lettered {hour.get('dead_letter', 0)}; "
+                f"events no handler matched {hour.get('unhandled', 0)}"
             )
             print("oldest pending event: " + ("none" if age is None else f"{age:.1f}s old"))
         if not args.watch:

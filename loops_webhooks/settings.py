@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     handler_timeout_seconds: float = Field(default=30.0, gt=0)
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
     unhandled: Literal["done", "dead-letter"] = "done"
+    ordering: bool = Field(
+        default=True,
+        description="One handler runs one checkout session's events one at a time, the "
+        "earliest created first; off lets them run in any order, at once.",
+    )
     poll_interval_seconds: float = Field(default=0.01, gt=0)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     reconcile_grace_seconds: float = Field(default=60.0, ge=0)

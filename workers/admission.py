@@ -2,16 +2,24 @@
 
 One step, ``lua/admission.lua``, runs inside the event store's ``begin`` for every handler
 about to start, and inside ``finish`` for what a run took or was held back for. Its gates,
-in order: the handler is paused (an operator's pause, kept in Redis), its ``concurrency``
-(runs at once) and its ``rate`` (starts per second or minute). A run a gate holds back uses
+in order: the handler is paused (an operator's pause, kept in Redis), ordering (one run of
+the handler at a time per checkout session, the session's earliest-created due event
+first; ``LOOPS_ORDERING``), its ``concurrency`` (runs at once) and its ``rate`` (starts per
+second or minute). A run a gate holds back uses
 no attempt: its job is rescheduled when the gate may open (a freed slot promotes the oldest
 waiter at once; a resume moves every waiter back to the queue, oldest first), and the event
 is kept on the handler's waiting list, which is what ``handlers`` and the metrics count.
 Slots lapse with the in-progress marker's lifetime unless the worker running them renews
-them (``InProgressKeeper``), so a killed worker's slots come back.
+them (``InProgressKeeper``), so a killed worker's slots come back; a session's slot is held
+only while its job's in-progress marker lives, so it comes back with it too. A run ordering
+holds back waits on its session's waiting list, not on the handler's; the earliest waiter
+per handler goes back to the queue when a run of the session ends (or an event of it
+finishes).
 
-The hot path stays as it was for a handler without limits that no one paused: its limits
-travel as an empty argument and admission asks Redis nothing. Each worker reads the paused
+The hot path stays as it was for a handler without limits that no one paused, on an event
+without a checkout session: its limits travel as an empty argument and admission asks Redis
+nothing. An event with a session is asked about its session's order (a few reads of the
+session's keys, inside the same script). Each worker reads the paused
 names at most once a second in the background (``PausedHandlers``) and has ``begin`` ask
 about the pause only of a handler it takes to be paused: no round trip is added per job.
 
@@ -44,6 +52,7 @@ __all__ = [
     "LIVE_HANDLER_SECONDS",
     "PAUSED_RECHECK_SECONDS",
     "PAUSED_REFRESH_SECONDS",
+    "SESSION_SLOT_CLEANUP_SECONDS",
     "Admission",
     "HandlerFlow",
     "HandlerNotLive",
@@ -74,6 +83,10 @@ DEFAULT_SLOT_TTL_SECONDS = 60.0
 
 PAUSED_REFRESH_SECONDS = 1.0
 """How old a worker's view of the paused handlers may get (``PausedHandlers``)."""
+
+SESSION_SLOT_CLEANUP_SECONDS = 86_400
+"""A session's slots and waiting list are removed this long after they were last written.
+Only for cleaning up: a slot holds no longer than its job's in-progress marker."""
 
 RESUME_BATCH = 1000
 """Waiting events moved back to the queue per script call of a resume."""
@@ -164,9 +177,11 @@ class PausedHandlers:
 class Admission:
     """What ``begin`` and ``finish`` pass to the admission step of their scripts."""
 
-    def __init__(self, *, slot_ttl_seconds: float) -> None:
+    def __init__(self, *, slot_ttl_seconds: float, ordering: bool) -> None:
         """``slot_ttl_seconds``: how long a slot holds unless renewed; the worker's
-        in-progress marker lifetime, so a dead worker's slots come back with its jobs."""
+        in-progress marker lifetime, so a dead worker's slots come back with its jobs.
+        ``ordering``: whether the runs of a checkout session's events keep its order
+        (``LOOPS_ORDERING``)."""
         self.keys = [keys.PAUSED_HANDLERS]
         self.settings = orjson.dumps(
             {
@@ -176,15 +191,24 @@ class Admission:
                 "waiting_prefix": keys.HANDLER_WAITING_PREFIX,
                 "paused_recheck_ms": PAUSED_RECHECK_SECONDS * 1000,
                 "job_id_prefix": keys.JOB_ID_PREFIX,
+                "ordering": ordering,
+                "event_prefix": keys.EVENT_PREFIX,
+                "handler_prefix": keys.HANDLER_FIELD_PREFIX,
+                "session_prefix": keys.SESSION_EVENTS_PREFIX,
+                "session_slots_prefix": keys.SESSION_SLOTS_PREFIX,
+                "session_waiting_prefix": keys.SESSION_WAITING_PREFIX,
+                "in_progress_prefix": keys.ARQ_IN_PROGRESS_PREFIX,
+                "session_slot_cleanup_ms": SESSION_SLOT_CLEANUP_SECONDS * 1000,
             }
         )
         """One constant argument, sent only when a gate may need it (empty otherwise)."""
 
     @staticmethod
-    def settled(held: Iterable[Handler], released: Iterable[Handler]) -> bytes:
+    def settled(held: Iterable[Handler], released: Iterable[Handler], *, ordered: bool) -> bytes:
         """``finish``'s admission argument: the runs held back in ``begin`` and the runs
-        whose slots to give back; empty when there are none."""
-        slots = [h for h in released if h.concurrency]
+        whose slots to give back (every run of an ``ordered`` event: its session's slot);
+        empty when there are none."""
+        slots = [h for h in released if h.concurrency or ordered]
         if not held and not slots:
             return b""
         held_limits = {h.name: _limits_object(h, ask_paused=True) for h in held}

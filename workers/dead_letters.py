@@ -18,7 +18,6 @@ per-reason counts in step.
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from loops_webhooks.handlers.outcomes import DeadLetterReason
-from loops_webhooks.workers import keys
+from loops_webhooks.workers import error_text, keys
 from loops_webhooks.workers.scripts import length_prefixed
 
 __all__ = [
@@ -104,9 +103,9 @@ def build_dead_letter(
     trace = ""
     if error is not None:
         error_type = type(error).__name__
-        error_message = str(error)
+        error_message = error_text.error_message(error)
         if error.__traceback__ is not None:
-            trace = "".join(traceback.format_exception(error))[-TRACEBACK_LIMIT:]
+            trace = error_text.error_traceback(error)[-TRACEBACK_LIMIT:]
     return DeadLetter(
         id=letter_id if letter_id is not None else keys.dead_letter_id(event_id, handler),
         reason=reason,

@@ -155,7 +155,7 @@ class Dispatcher:
                     Outcome(handler.name, state, 0.0, exhausted_by_crashes(state.attempts))
                 )
         try:
-            outcomes += await self._run_all(event, to_run)
+            outcomes += await self._run_all(event, to_run, begun.superseded_by)
         except _PartiallyRun as cancelled:
             outcomes += cancelled.finished
             finished = {outcome.handler for outcome in cancelled.finished}
@@ -165,7 +165,7 @@ class Dispatcher:
                 refunds = unfinished
             else:
                 outcomes += [self._cut_short(h, state) for h, state in unfinished]
-            admitted = Admission.settled(held, [handler for handler, _ in to_run])
+            admitted = Admission.settled(held, [h for h, _ in to_run], ordered=begun.ordered)
             await _despite_cancellation(
                 self._record(event, names, outcomes, refunds, settle_job=job_id, admitted=admitted)
             )
@@ -173,7 +173,7 @@ class Dispatcher:
             # 3.11's asyncio.timeout turns only the exact type into its TimeoutError, which
             # is how the worker tells the job's time limit from a shutdown.
             raise asyncio.CancelledError from None
-        admitted = Admission.settled(held, [handler for handler, _ in to_run])
+        admitted = Admission.settled(held, [h for h, _ in to_run], ordered=begun.ordered)
         await _despite_cancellation(
             self._record(event, names, outcomes, settle_job=job_id, admitted=admitted)
         )
@@ -198,26 +198,35 @@ class Dispatcher:
                 ]
                 names = [handler.name for handler in handlers]
                 held = [h for h in handlers if begun.actions[h.name][0] is Action.HELD]
-                admitted = Admission.settled(held, [handler for handler, _ in counted])
+                admitted = Admission.settled(
+                    held, [handler for handler, _ in counted], ordered=begun.ordered
+                )
                 await self._record(
                     begun.event, names, [], counted, settle_job=settle, admitted=admitted
                 )
             raise
 
     async def _run_all(
-        self, event: StoredEvent, to_run: list[tuple[Handler, HandlerState]]
+        self,
+        event: StoredEvent,
+        to_run: list[tuple[Handler, HandlerState]],
+        superseded_by: dict[str, str],
     ) -> list[Outcome]:
         """Run the due handlers concurrently; on cancellation, keep what finished."""
         models: dict[type[Event], Event | pydantic.ValidationError] = {}
         run_one = self._run_one if self._traces is None else self._run_traced
         if len(to_run) == 1:
             handler, state = to_run[0]
+            later = superseded_by.get(handler.name)
             try:
-                return [await run_one(event, handler, state, models)]
+                return [await run_one(event, handler, state, models, later)]
             except asyncio.CancelledError:
                 raise _PartiallyRun([]) from None
         tasks = [
-            asyncio.create_task(run_one(event, handler, state, models)) for handler, state in to_run
+            asyncio.create_task(
+                run_one(event, handler, state, models, superseded_by.get(handler.name))
+            )
+            for handler, state in to_run
         ]
         if not tasks:
             return []
@@ -236,6 +245,7 @@ class Dispatcher:
         handler: Handler,
         state: HandlerState,
         models: dict[type[Event], Event | pydantic.ValidationError],
+        superseded_by: str | None,
     ) -> Outcome:
         parsed = _parse_once(event, handler.model_for(event.event_type), models)
         if isinstance(parsed, pydantic.ValidationError):
@@ -243,7 +253,7 @@ class Dispatcher:
         started = time.perf_counter()
         self.running[handler.name] += 1
         try:
-            error = await self._call(event, handler, state, parsed)
+            error = await self._call(event, handler, state, parsed, superseded_by)
         finally:
             self.running[handler.name] -= 1
             if not self.running[handler.name]:
@@ -256,16 +266,22 @@ class Dispatcher:
         handler: Handler,
         state: HandlerState,
         models: dict[type[Event], Event | pydantic.ValidationError],
+        superseded_by: str | None,
     ) -> Outcome:
         """``_run_one`` as a span of the event's trace, the current span in this task."""
         assert self._traces is not None
         with self._traces.span(event, handler.name, state.attempts) as span:
-            outcome = await self._run_one(event, handler, state, models)
+            outcome = await self._run_one(event, handler, state, models, superseded_by)
             self._traces.finished(span, outcome.result)
         return outcome
 
     async def _call(
-        self, event: StoredEvent, handler: Handler, state: HandlerState, parsed: Event
+        self,
+        event: StoredEvent,
+        handler: Handler,
+        state: HandlerState,
+        parsed: Event,
+        superseded_by: str | None,
     ) -> BaseException | None:
         """Call the handler once; what it raised, or None. Only a cancellation of this job
         propagates: anything the handler raises, ``SystemExit`` and ``KeyboardInterrupt``
@@ -284,6 +300,7 @@ class Dispatcher:
             idempotency_key=idempotency_key(event.event_id, handler.name),
             received_at=datetime.fromtimestamp(event.received_at_ms / 1000, tz=UTC),
             log=bound_log,
+            superseded_by=superseded_by,
         )
         timeout = self._timeout_of(handler)
         try:

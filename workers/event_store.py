@@ -101,6 +101,8 @@ class StoredEvent:
     """Per handler, the states that replays replaced, oldest first."""
     trace_context: str = ""
     """The ``traceparent`` stored with the event when traces were on at its receipt."""
+    session_id: str | None = None
+    """Its checkout session (``workers/sessions.py``), None for none."""
     search_terms: tuple[str, ...] = ()
     """What it is found by (``workers/search.py``); none for an event stored before search
     existed and not yet reindexed."""
@@ -121,6 +123,12 @@ class Begun:
     unknown: dict[str, HandlerState] = field(default_factory=dict)
     """Unfinished states of handlers that were not asked about: owed a run by a handler
     the caller does not have (a replayed letter, or a retry scheduled by another version)."""
+    ordered: bool = False
+    """Admission keeps the event's place in its checkout session: every run of it holds the
+    session's slot for its handler, given back in ``finish``."""
+    superseded_by: dict[str, str] = field(default_factory=dict)
+    """Per handler to run: a later-created event of the same session that the handler has
+    already finished (``HandlerContext.superseded_by``)."""
 
 
 class EventStore:
@@ -131,13 +139,16 @@ class EventStore:
         dedupe_ttl_seconds: int,
         queue_name: str = "",
         slot_ttl_seconds: float = DEFAULT_SLOT_TTL_SECONDS,
+        ordering: bool = True,
     ) -> None:
         """``slot_ttl_seconds``: how long a concurrency slot taken in ``begin`` holds unless
-        renewed: the worker's in-progress marker lifetime."""
+        renewed: the worker's in-progress marker lifetime. ``ordering``: admission keeps the
+        order of a checkout session's events (``LOOPS_ORDERING``)."""
         self._redis = redis
         self._queue_name = queue_name
         self._dedupe_ttl_ms = dedupe_ttl_seconds * 1000
-        self._admission = Admission(slot_ttl_seconds=slot_ttl_seconds)
+        self._admission = Admission(slot_ttl_seconds=slot_ttl_seconds, ordering=ordering)
+        self._ordering = ordering
         self._begin = BatchedScript(redis, "begin")
         self._finish = BatchedScript(redis, "finish")
         self._retry_now = register_script(redis, "retry_now")
@@ -158,7 +169,7 @@ class EventStore:
         the event, in whose name concurrency slots are held. None if the event is not in the
         store (purged, or expired after it finished).
         """
-        gated = any(admission_limits for _, _, admission_limits in limits)
+        gated = self._ordering or any(admission_limits for _, _, admission_limits in limits)
         settings = self._admission.settings if gated else b""
         args: list[Any] = [now_ms, keys.HANDLER_FIELD_PREFIX, keys.TRACE_CONTEXT_FIELD, job_id]
         args.append(settings)
@@ -167,14 +178,18 @@ class EventStore:
         reply = await self._begin(keys=[keys.event_key(event_id), *self._admission.keys], args=args)
         if not reply:
             return None
-        status, raw, event_type, received_at, headers, trace_context = reply[:6]
+        status, raw, event_type, received_at, headers, trace_context, session = reply[:7]
         actions: dict[str, tuple[Action, HandlerState]] = {}
         unknown: dict[str, HandlerState] = {}
-        rest = reply[6:]
+        superseded_by: dict[str, str] = {}
+        rest = reply[7:]
         if rest:  # the script decides per handler only for a pending event
-            asked, others = rest[: 2 * len(limits)], rest[2 * len(limits) :]
-            for (name, *_), action, state in zip(limits, asked[0::2], asked[1::2], strict=True):
+            asked, others = rest[: 3 * len(limits)], rest[3 * len(limits) :]
+            decided = zip(limits, asked[0::3], asked[1::3], asked[2::3], strict=True)
+            for (name, *_), action, state, superseded in decided:
                 actions[name] = (Action(action.decode()), HandlerState.from_json(state))
+                if superseded:
+                    superseded_by[name] = superseded.decode()
             for name, state in zip(others[0::2], others[1::2], strict=True):
                 unknown[name.decode()] = HandlerState.from_json(state)
         event = StoredEvent(
@@ -185,8 +200,10 @@ class EventStore:
             received_at_ms=int(received_at),
             status=EventStatus(status.decode()),
             trace_context=trace_context.decode() if trace_context else "",
+            session_id=session.decode() or None,
         )
-        return Begun(event, actions, unknown)
+        ordered = self._ordering and event.session_id is not None
+        return Begun(event, actions, unknown, ordered, superseded_by)
 
     async def finish(
         self,
@@ -243,7 +260,8 @@ class EventStore:
                 settle_job,
                 keys.HANDLER_FIELD_PREFIX,
                 admitted,
-                self._admission.settings if admitted else b"",
+                self._admission.settings if admitted or event.session_id else b"",
+                event.session_id or "",
                 *(encode_dead_letter(letter) for letter in dead_letters),
             ],
         )
@@ -295,6 +313,7 @@ class EventStore:
             outcome=outcome.decode() if outcome else None,
             finished_at_ms=int(finished) if finished else None,
             history=history,
+            session_id=stored[b"session"].decode() if b"session" in stored else None,
             search_terms=unpack_terms(terms) if terms else (),
             erased_at_ms=int(stored[b"erased_at"]) if b"erased_at" in stored else None,
         )

@@ -65,8 +65,10 @@ def _record(event: ReceivedEvent, now_ms: int) -> bytes:
     received_at = b"%d" % event.received_at_ms
     payload = job_payload(event.event_id, event.event_type, now_ms)
     trace = event.trace_context.encode()
+    session = event.session_id.encode() if event.session_id is not None else b""
+    created = b"%d" % (event.received_at_ms if event.created_ms is None else event.created_ms)
     terms = pack_terms(event.search_terms) if event.search_terms else b""
-    return b"%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b" % (
+    return b"%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b%d:%b" % (
         len(event_id), event_id,
         len(event_type), event_type,
         len(event.raw), event.raw,
@@ -74,6 +76,8 @@ def _record(event: ReceivedEvent, now_ms: int) -> bytes:
         len(received_at), received_at,
         len(payload), payload,
         len(trace), trace,
+        len(session), session,
+        len(created), created,
         len(terms), terms,
     )  # fmt: skip
 
@@ -92,6 +96,11 @@ class ReceivedEvent(NamedTuple):
     received_at_ms: int
     trace_context: str = ""
     """The receiver span's ``traceparent`` when traces are on (``loops_webhooks.tracing``)."""
+    session_id: str | None = None
+    """Its checkout session (``workers/sessions.py``): admission keeps its order among the
+    session's events. None: it has none, and is not held back."""
+    created_ms: int | None = None
+    """When Loops created it (ms); its place in its session. None: the receipt time."""
     search_terms: tuple[str, ...] = ()
     """What the event is found by (``workers/search.py``), indexed in the same script."""
 
@@ -196,6 +205,7 @@ class EventIntake:
                     keys.JOB_ID_PREFIX,
                     keys.ARQ_JOB_PREFIX,
                     keys.TRACE_CONTEXT_FIELD,
+                    keys.SESSION_EVENTS_PREFIX,
                     keys.SEARCH_PREFIX,
                     *records,
                 ],

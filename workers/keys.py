@@ -34,6 +34,9 @@ __all__ = [
     "REPLICATION_MARK",
     "SEARCH_PREFIX",
     "SEARCH_TERMS",
+    "SESSION_EVENTS_PREFIX",
+    "SESSION_SLOTS_PREFIX",
+    "SESSION_WAITING_PREFIX",
     "TRACE_CONTEXT_FIELD",
     "TRIM_LOCK",
     "arq_in_progress_key",
@@ -53,6 +56,7 @@ __all__ = [
     "metadata_term",
     "outcome_counts_key",
     "search_key",
+    "session_events_key",
     "session_term",
     "term_parts",
     "unparseable_dead_letter_id",
@@ -150,6 +154,26 @@ HANDLER_STARTS_PREFIX = PREFIX + "starts:"
 HANDLER_WAITING_PREFIX = PREFIX + "waiting:"
 """``waiting:<handler>``: sorted set of the event ids whose run of the handler admission
 held back (paused or over a limit), scored by receipt time (ms): oldest first."""
+
+
+SESSION_EVENTS_PREFIX = PREFIX + "session:"
+"""``session:<checkout session id>``: sorted set of the ids of the session's events, scored by
+their ``created`` (ms; the receipt time where it is unreadable), written at intake: the order
+in which admission lets a session's events start a handler."""
+
+SESSION_SLOTS_PREFIX = PREFIX + "session-slots:"
+"""``session-slots:<checkout session id>``: hash of handler name to the id of the job running
+that handler for one of the session's events; held only while that job's in-progress marker
+lives."""
+
+SESSION_WAITING_PREFIX = PREFIX + "session-waiting:"
+"""``session-waiting:<checkout session id>``: sorted set of the runs admission held back to
+keep the session's order, each ``<handler>\n<event id>``, scored by the event's ``created``;
+the earliest per handler goes back to the queue when a run of the session ends."""
+
+
+def session_events_key(session_id: str) -> str:
+    return SESSION_EVENTS_PREFIX + session_id
 
 
 def handler_slots_key(handler: str) -> str:

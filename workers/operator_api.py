@@ -41,7 +41,12 @@ from loops_webhooks.workers.event_store import (
     HandlerStatus,
     StoredEvent,
 )
-from loops_webhooks.workers.replay import ReplayResult, purge_dead_letter, replay_dead_letter
+from loops_webhooks.workers.replay import (
+    ReplayResult,
+    purge_dead_letter,
+    replay_dead_letter,
+    replay_refused,
+)
 from loops_webhooks.workers.scripts import register_script
 from loops_webhooks.workers.search import (
     BusinessKeys,
@@ -388,20 +393,26 @@ class OperatorApi:
         letters: Sequence[DeadLetter],
         *,
         force: bool = False,
+        dry_run: bool = False,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> ReplayReport:
         """Put each letter's event back on the queue with fresh attempts for its handler (for
         every handler with ``force``); ``on_progress(done, total)`` after each one. Each
-        letter moves in one atomic step, so an interrupted run can simply be repeated."""
+        letter moves in one atomic step, so an interrupted run can simply be repeated. With
+        ``dry_run`` nothing changes: the report says what a real run would do (``replayed``:
+        would be; ``gone`` stays empty, as that is known only when trying)."""
         outcomes: dict[ReplayResult, list[str]] = {result: [] for result in ReplayResult}
         for done, letter in enumerate(letters, start=1):
-            result = await replay_dead_letter(
-                self._redis,
-                letter,
-                queue_name=self._queue_name,
-                history_limit=self._replay_history_limit,
-                force=force,
-            )
+            if dry_run:
+                result = replay_refused(letter, force=force) or ReplayResult.REPLAYED
+            else:
+                result = await replay_dead_letter(
+                    self._redis,
+                    letter,
+                    queue_name=self._queue_name,
+                    history_limit=self._replay_history_limit,
+                    force=force,
+                )
             outcomes[result].append(letter.id)
             if on_progress is not None:
                 on_progress(done, len(letters))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from loops_webhooks.handlers.outcomes import AttemptOutcome, DeadLetterReason, Verdict
+from loops_webhooks.workers.error_text import error_message
 from loops_webhooks.workers.event_store import HandlerState, HandlerStatus
 
 __all__ = [
@@ -69,4 +70,4 @@ def refunded(state: HandlerState, *, now_ms: int) -> HandlerState:
 
 def describe(error: BaseException) -> str:
     """``Type: message``, bounded, as kept in the handler state and logged."""
-    return f"{type(error).__name__}: {error}"[:2000]
+    return f"{type(error).__name__}: {error_message(error)}"[:2000]

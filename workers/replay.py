@@ -18,7 +18,7 @@ from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason
 from loops_webhooks.workers.intake import JOB_TTL_MS, job_payload
 from loops_webhooks.workers.scripts import register_script
 
-__all__ = ["ReplayResult", "purge_dead_letter", "replay_dead_letter"]
+__all__ = ["ReplayResult", "purge_dead_letter", "replay_dead_letter", "replay_refused"]
 
 ERASED_MEANWHILE = 2
 
@@ -36,6 +36,18 @@ class ReplayResult(StrEnum):
     GONE = "gone"
     """The letter was replayed or purged since it was read, or dead-lettered anew (another
     replay running at the same time got there first): nothing done, nothing failed."""
+
+
+def replay_refused(letter: DeadLetter, *, force: bool) -> ReplayResult | None:
+    """Why ``letter`` is not replayed (ERASED, NO_EVENT or NEEDS_FORCE), or None if it is: the
+    one decision that both a replay and its dry run make."""
+    if letter.erased_at:
+        return ReplayResult.ERASED
+    if not letter.event_id:
+        return ReplayResult.NO_EVENT
+    if letter.reason == DeadLetterReason.INVALID_PAYLOAD and not force:
+        return ReplayResult.NEEDS_FORCE
+    return None
 
 
 async def replay_dead_letter(
@@ -58,12 +70,9 @@ async def replay_dead_letter(
     anew since it was read: another replay (or a purge) took it, and replaying it again
     would run its handler one more round.
     """
-    if letter.erased_at:
-        return ReplayResult.ERASED
-    if not letter.event_id:
-        return ReplayResult.NO_EVENT
-    if letter.reason == DeadLetterReason.INVALID_PAYLOAD and not force:
-        return ReplayResult.NEEDS_FORCE
+    refused = replay_refused(letter, force=force)
+    if refused is not None:
+        return refused
     now_ms = int(time.time() * 1000)
     job_id = keys.job_id_for_event(letter.event_id)
     replayed = await register_script(redis, "replay")(

@@ -290,6 +290,7 @@ def build_worker(
                 dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
                 queue_name=settings.queue_name,
                 slot_ttl_seconds=worker.in_progress_timeout_s,
+                ordering=settings.ordering,
             ),
             paused=PausedHandlers(redis),
             retry_policy=retry_policy,

@@ -6,8 +6,11 @@ line in a file, so a test counts how often a handler ran for an event.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -204,6 +207,7 @@ def dev_without_a_secret(
     dev = start_loops_webhooks(
         "dev", "--port", str(port), "--dashboard-port", str(free_port()), env=env, port=port
     )
+    wait_until(lambda: "the worker restarts when" in dev.output(), "the banner, once all listen")
     return f"http://127.0.0.1:{port}/webhooks/loops", env, dev.output()
 
 
@@ -328,6 +332,18 @@ def dead_lettered(workspace: Workspace, dev: str, redis_url: str) -> str:
     return "evt_cli_dead:notify"
 
 
+def invalid_payload_letters(
+    workspace: Workspace, dev: str, redis_url: str, event_id: str
+) -> list[str]:
+    """Send ``event_id`` with a payload the handlers' model rejects, and wait for the
+    ``invalid_payload`` letters of both handlers; their ids."""
+    sent = send(workspace, dev, "--id", event_id, "--data", '{"status": 5}')
+    assert sent.returncode == 0, sent.stderr
+    letters = [f"{event_id}:fulfil", f"{event_id}:notify"]
+    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+    return letters
+
+
 def test_dlq_list_and_show_describe_the_dead_letter(
     workspace: Workspace, dead_lettered: str
 ) -> None:
@@ -351,26 +367,54 @@ def test_dlq_list_shows_each_letters_error(workspace: Workspace, dead_lettered: 
 
     assert listed.returncode == 0, listed.stderr
     [line] = listed.stdout.splitlines()
-    assert line.startswith(f"{dead_lettered}  checkout.session.completed  notify  max_attempts  ")
+    assert line.startswith("evt_cli_dead  notify  checkout.session.completed  max_attempts  ")
     assert line.endswith("  RuntimeError: mail server said no")
 
 
-def test_dlq_list_cuts_a_long_error_to_the_terminal_width_on_one_line(
+def test_dlq_list_on_a_terminal_fits_each_letter_on_one_line_of_its_width(
     workspace: Workspace, dev: str, redis_url: str
 ) -> None:
-    send(workspace, dev, "--id", "evt_cli_long", "--data", '{"status": 5}')
-    letters = ["evt_cli_long:fulfil", "evt_cli_long:notify"]
-    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+    invalid_payload_letters(workspace, dev, redis_url, "evt_cli_long")
 
-    narrow = run_cli("dlq", "list", env={**workspace.env, "COLUMNS": "180"}).stdout.splitlines()
-    wide = run_cli("dlq", "list", env={**workspace.env, "COLUMNS": "1000"}).stdout.splitlines()
+    lines = on_a_terminal("dlq", "list", env={**workspace.env, "COLUMNS": "150"}).splitlines()
 
-    assert len(narrow) == len(wide) == 2
-    for line in narrow:
-        assert len(line) == 180
-        assert "  ValidationError: 1 validation error for " in line and line.endswith("…")
-    for line in wide:
-        assert "data.status Input should be a valid string" in line
+    assert len(lines) == 2
+    for line, handler in zip(lines, ("notify", "fulfil"), strict=True):
+        assert len(line) == 150
+        assert line.startswith(f"evt_cli_long  {handler}  checkout.session.completed  ")
+        assert "  ValidationError: 1 validation error" in line and line.endswith("…")
+
+
+def test_dlq_list_piped_keeps_each_letters_whole_error(
+    workspace: Workspace, dev: str, redis_url: str
+) -> None:
+    invalid_payload_letters(workspace, dev, redis_url, "evt_cli_piped")
+
+    listed = run_cli("dlq", "list", env={**workspace.env, "COLUMNS": "80"}).stdout.splitlines()
+
+    assert len(listed) == 2
+    for line in listed:
+        assert line.endswith(
+            "  ValidationError: 1 validation error(s) for CheckoutSessionEvent: "
+            "data.status: Input should be a valid string [type=string_type]"
+        )
+
+
+def on_a_terminal(*args: str, env: Mapping[str, str]) -> str:
+    """What ``loops-webhooks *args`` prints with a terminal (a pseudo-terminal) as stdout."""
+    leader, follower = pty.openpty()
+    try:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("LOOPS_")}
+        subprocess.run([LOOPS_WEBHOOKS, *args], env={**base, **env}, stdout=follower,
+                       stdin=subprocess.DEVNULL, timeout=60, check=True)  # fmt: skip
+    finally:
+        os.close(follower)
+    output = b""
+    with contextlib.suppress(OSError):  # EIO: everything written was read
+        while chunk := os.read(leader, 65536):
+            output += chunk
+    os.close(leader)
+    return output.decode()
 
 
 def test_dlq_show_with_the_event_id_shows_that_events_letters(
@@ -462,10 +506,7 @@ def test_dlq_replay_and_purge_help_say_an_id_may_be_an_event_id(workspace: Works
 def test_replaying_an_invalid_payload_letter_without_force_says_it_would_fail_the_same_way(
     workspace: Workspace, dev: str, redis_url: str
 ) -> None:
-    sent = send(workspace, dev, "--id", "evt_cli_invalid", "--data", '{"status": 5}')
-    assert sent.returncode == 0, sent.stderr
-    letters = ["evt_cli_invalid:fulfil", "evt_cli_invalid:notify"]
-    wait_until(lambda: dead_letter_ids(redis_url) == letters, "the invalid_payload letters")
+    letters = invalid_payload_letters(workspace, dev, redis_url, "evt_cli_invalid")
 
     replayed = run_cli("dlq", "replay", "evt_cli_invalid", env=workspace.env)
 
@@ -478,6 +519,26 @@ def test_replaying_an_invalid_payload_letter_without_force_says_it_would_fail_th
         ) in replayed.stdout
     assert "holds no event" not in replayed.stdout
     assert "replayed 0, skipped 2, already gone 0" in replayed.stdout
+    assert dead_letter_ids(redis_url) == letters
+
+
+def test_a_dry_run_replay_of_invalid_payload_letters_says_what_the_real_run_would_do(
+    workspace: Workspace, dev: str, redis_url: str
+) -> None:
+    letters = invalid_payload_letters(workspace, dev, redis_url, "evt_cli_dry_invalid")
+
+    dry = run_cli("dlq", "replay", "evt_cli_dry_invalid", "--dry-run", env=workspace.env)
+    forced = run_cli(
+        "dlq", "replay", "evt_cli_dry_invalid", "--dry-run", "--force", env=workspace.env
+    )
+
+    assert dry.returncode == 0, dry.stderr
+    for letter_id in letters:
+        assert f"would skip {letter_id}: an invalid_payload letter" in dry.stdout
+        assert "replay it with --force" in dry.stdout
+        assert f"would replay {letter_id}" in forced.stdout
+    assert "would replay 0, would skip 2 (dry run: nothing changed)" in dry.stdout
+    assert "would replay 2, would skip 0 (dry run: nothing changed)" in forced.stdout
     assert dead_letter_ids(redis_url) == letters
 
 
@@ -537,6 +598,12 @@ def test_stats_count_the_dead_letter_by_reason_and_the_last_hour(
     assert stats["last_hour"]["done"] >= 1
     assert stats["last_hour"]["dead_letter"] == 1
     assert stats["pending_events"] == 0
+    text = run_cli("stats", env=workspace.env).stdout
+    hour = stats["last_hour"]
+    assert (
+        f"last hour: handler attempts done {hour['done']}, retried {hour.get('retry', 0)}, "
+        "dead-lettered 1; events no handler matched 0"
+    ) in text
 
 
 def test_an_interrupted_bulk_replay_loses_nothing(
@@ -640,6 +707,90 @@ def test_a_handler_module_that_exits_at_import_makes_the_worker_exit_2_saying_so
     last_line = result.stderr.strip().splitlines()[-1]
     assert "importing 'exits_at_import' failed: SystemExit: 7" in last_line
     assert f'File "{tmp_path / "exits_at_import.py"}", line 2' in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "unset", "extra", "error"),
+    [
+        (("dashboard",), (), {"LOOPS_DASHBOARD_TOKEN": "short"}, "LOOPS_DASHBOARD_TOKEN"),
+        (("serve",), ("LOOPS_WEBHOOK_SECRET",), {}, "LOOPS_WEBHOOK_SECRET"),
+        (("worker",), (), {"LOOPS_HANDLERS": "nope.mod:router"}, "nope.mod"),
+    ],
+    ids=["dashboard with a short token", "serve without a secret", "worker without handlers"],
+)
+def test_a_long_running_command_that_cannot_start_says_so_in_one_line_and_nothing_else(
+    workspace: Workspace,
+    args: tuple[str, ...],
+    unset: tuple[str, ...],
+    extra: dict[str, str],
+    error: str,
+) -> None:
+    env = {k: v for k, v in workspace.env.items() if k not in unset} | extra
+
+    result = run_cli(*args, env=env)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("loops-webhooks: ") and error in line, line
+
+
+@pytest.mark.parametrize("command", ["serve", "dashboard"])
+def test_serve_or_dashboard_on_a_busy_port_fails_in_one_line_naming_the_option(
+    workspace: Workspace, free_port: Callable[[], int], command: str
+) -> None:
+    metrics_port = free_port()
+    env = {**workspace.env, "LOOPS_METRICS_PORT": str(metrics_port),
+           "LOOPS_DASHBOARD_TOKEN": "a-dashboard-token-of-some-length"}  # fmt: skip
+    with busy_port() as port, busy_port(metrics_port):
+        result = run_cli(command, "--port", str(port), env=env)
+
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stderr.splitlines() == [
+        f"loops-webhooks: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(choose another port with --port)"
+    ]
+
+
+@pytest.mark.parametrize("option", ["--port", "--dashboard-port"])
+def test_dev_with_a_busy_port_fails_in_one_line_naming_the_option_and_prints_no_banner(
+    workspace: Workspace, free_port: Callable[[], int], option: str
+) -> None:
+    env = {**workspace.env, "LOOPS_DATA_DIR": str(workspace.root / "data")}
+    with busy_port() as port:
+        ports = {"--port": str(free_port()), "--dashboard-port": str(free_port())}
+        ports[option] = str(port)
+        result = run_cli("dev", *(word for pair in ports.items() for word in pair), env=env)
+
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"loops-webhooks: cannot listen on 127.0.0.1:{port}: Address already in use "
+        f"(choose another port with {option})"
+    ]
+
+
+def test_dev_prints_its_banner_once_the_receiver_and_the_dashboard_listen(
+    workspace: Workspace, start_loops_webhooks: StartLoopsWebhooks, free_port: Callable[[], int]
+) -> None:
+    env = {**workspace.env, "LOOPS_DATA_DIR": str(workspace.root / "data")}
+    port, dashboard_port = free_port(), free_port()
+    dev = start_loops_webhooks("dev", "--port", str(port), "--dashboard-port",
+                               str(dashboard_port), env=env, port=port)  # fmt: skip
+    wait_until(lambda: "the worker restarts when" in dev.output(), "the banner")
+
+    output = dev.output()
+    banner = output.index("loops-webhooks dev: receiver at")
+    assert output.index("receiver listening") < banner
+    assert output.index("dashboard listening") < banner
+
+
+@contextlib.contextmanager
+def busy_port(port: int = 0) -> Iterator[int]:
+    """A loopback port another process's socket listens on (``port``, else a free one)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        yield taken.getsockname()[1]
 
 
 def test_an_unknown_event_exits_1(workspace: Workspace) -> None:

@@ -4,7 +4,8 @@ Playwright, against a real dashboard process, a real worker and a real Redis.
 Without ``/usr/bin/chromium`` (or Playwright) the test is skipped, saying why, so the README's
 test command needs no system package; CI sets ``LOOPS_REQUIRE_BROWSER=1``, which turns that
 skip into a failure. The data is what a shop's looks like: handler names such as
-``myshop.webhooks:award_loyalty_points``, long event ids, an error message of several hundred
+``myshop.webhooks:award_loyalty_points``, long event ids (up to the 255 characters the receiver
+accepts, some one long hex run), an error message of several hundred
 characters with a URL in it. Each page visited is measured at a desktop's and a phone's width
 (no page may be wider than its window) and saved as a screenshot in
 ``tests/results/screenshots/`` (git-ignored), to be looked at.
@@ -17,6 +18,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from redis.asyncio import Redis
@@ -69,6 +71,17 @@ async def send_order_confirmation_email(event, ctx: HandlerContext) -> None:
 
 def long_event_id(number: int) -> str:
     return f"evt_01JF8ZQ4N6X2W3V7K9M5B1C0D8_checkout_session_completed_{number:04d}_7f3a9c2e"
+
+
+def hex_event_id(length: int) -> str:
+    """An id of ``length`` characters (the receiver accepts up to 255) with no seam to wrap
+    at after ``evt_``: one long hex run."""
+    digits = "0f5e8c1a9b7d4e2f" * 16
+    return "evt_" + digits[: length - 4]
+
+
+LONGEST_ID = hex_event_id(255)
+HEX_ID = hex_event_id(89)
 
 
 def _missing() -> str | None:
@@ -153,8 +166,8 @@ async def test_an_operator_logs_in_opens_a_dead_letter_replays_it_and_sees_the_e
     broken = bench.directory / "broken"
     broken.touch()
     bench.start_worker()
-    for number in range(3):
-        await bench.submit(event_id=long_event_id(number))
+    for other_id in (LONGEST_ID, HEX_ID, long_event_id(2)):
+        await bench.submit(event_id=other_id)
     event_id = await bench.submit(event_id=long_event_id(3))
     await bench.wait_for_status(event_id, "dead")
     dashboard = Dashboard(start_loops_webhooks, free_port(), redis_url)
@@ -211,6 +224,13 @@ async def test_an_operator_logs_in_opens_a_dead_letter_replays_it_and_sees_the_e
     await page.wait_for_selector("text=not found")
     await widths.check("09-not-found")
     assert [line for line in console if "404 (Not Found)" not in line] == []
+
+    await page.goto(dashboard.base_url + "/events/" + LONGEST_ID)
+    await page.locator("h1 .status-dead").wait_for()
+    await widths.check("10-event-longest-id")
+    await page.goto(dashboard.base_url + "/dead-letters/" + quote(f"{LONGEST_ID}:{AWARD}"))
+    await page.wait_for_selector("text=the loyalty partner refused the award")
+    await widths.check("11-dead-letter-longest-id")
 
     assert widths.too_wide == [], "\n".join(widths.too_wide)
 

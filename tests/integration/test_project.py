@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from loops_webhooks.workers.event_store import EventStore
 from tests.support.loops_sender import WEBHOOK_SECRET
-from tests.support.processes import StartLoopsWebhooks
+from tests.support.processes import Service, StartLoopsWebhooks
 from tests.support.waiting import eventually
 
 LOOPS_WEBHOOKS = str(Path(sys.executable).parent / "loops-webhooks")
@@ -109,6 +109,15 @@ def test_handlers_lists_the_package_from_another_directory_with_app_dir(tmp_path
     assert names == ["myshop.webhooks:fulfil", "typo"]
 
 
+async def banner_printed(dev: Service) -> None:
+    """Once the receiver and the dashboard listen, ``dev`` prints what to try."""
+
+    async def printed() -> bool:
+        return "try: " in dev.output()
+
+    await eventually(printed, within=30, what="dev's banner", details=dev.output)
+
+
 def test_dev_prints_a_send_command_that_works_as_printed_and_keeps_its_secret(
     tmp_path: Path,
     redis_url: str,
@@ -119,6 +128,7 @@ def test_dev_prints_a_send_command_that_works_as_printed_and_keeps_its_secret(
     port = free_port()
     ports = ("--port", str(port), "--dashboard-port", str(free_port()))
     dev = start_loops_webhooks("dev", *ports, env=env, port=port)
+    asyncio.run(banner_printed(dev))
     [command] = [line.split("try: ", 1)[1] for line in dev.output().splitlines() if "try: " in line]
 
     pasted = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True,
@@ -136,6 +146,7 @@ def test_dev_prints_a_send_command_that_works_as_printed_and_keeps_its_secret(
     port = free_port()
     ports = ("--port", str(port), "--dashboard-port", str(free_port()))
     again = start_loops_webhooks("dev", *ports, env=env, port=port)
+    asyncio.run(banner_printed(again))
     assert f"--secret {secret}" in again.output()
 
 
@@ -188,7 +199,7 @@ async def test_dev_reloads_the_worker_when_a_handler_is_edited_so_a_replay_runs_
     store = EventStore(redis, dedupe_ttl_seconds=3600)
 
     def reloads() -> int:
-        return dev.output().count("reloaded the worker")
+        return dev.output().count("restarting the worker")
 
     async def started(count: int) -> bool:
         return dev.output().count("worker started") == count
@@ -218,8 +229,10 @@ async def test_dev_reloads_the_worker_when_a_handler_is_edited_so_a_replay_runs_
 
     await eventually(lambda: started(2), within=30, what="the fixed worker", details=dev.output)
     assert reloads() == 2
-    [line] = [line for line in dev.output().splitlines() if "reloaded the worker" in line][-1:]
+    [line] = [line for line in dev.output().splitlines() if "restarting the worker" in line][-1:]
     assert "myshop/webhooks.py" in line
+    # Said before it happens: the first restart stopped a running worker, after the line.
+    assert dev.output().index("restarting the worker") < dev.output().index("worker stopped")
     replayed = cli("dlq", "replay", "--all", env=env, cwd=tmp_path)
     assert replayed.returncode == 0, replayed.stderr
 

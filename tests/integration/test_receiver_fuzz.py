@@ -468,7 +468,8 @@ async def assert_answer_keeps_the_contract(
         assert answer.status == 200, answer
         assert document == {"received": True, "id": event_id, "duplicate": False}
         job_key = keys.arq_job_key(keys.job_id_for_event(event_id))
-        search_indexes = {key for key in stored if key.startswith(keys.SEARCH_PREFIX.encode())}
+        index_prefixes = (keys.SEARCH_PREFIX.encode(), keys.SESSION_EVENTS_PREFIX.encode())
+        search_indexes = {key for key in stored if key.startswith(index_prefixes)}
         assert set(stored) - search_indexes == {
             keys.event_key(event_id).encode(),
             job_key.encode(),

@@ -21,16 +21,18 @@ class LoopsSender:
     def event(
         self, event_id: str | None = None, event_type: str = "checkout.session.completed"
     ) -> bytes:
-        """A JSON event body; a fresh ``evt_...`` id unless one is given."""
+        """A JSON event body; a fresh ``evt_...`` id unless one is given, and a checkout
+        session of its own (so admission runs events of different ids side by side)."""
         event_id = event_id or f"evt_{uuid.uuid4().hex}"
+        session_id = "cs_" + event_id.removeprefix("evt_")
         return orjson.dumps(
             {
                 "id": event_id,
                 "type": event_type,
                 "created": "2025-01-15T10:35:00Z",
                 "data": {
-                    "id": "cs_abc123",
-                    "url": "https://checkout.loops.fi/cs_abc123",
+                    "id": session_id,
+                    "url": f"https://checkout.loops.fi/{session_id}",
                     "status": "completed",
                     "paymentLinkId": "pl_1234567890",
                     "externalCustomerId": "customer_123",

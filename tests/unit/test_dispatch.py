@@ -16,6 +16,7 @@ from typing import Any
 import fakeredis
 import orjson
 import pytest
+import structlog.testing
 
 from loops_webhooks.handlers import HandlerContext, Reject, RetryLater, Router
 from loops_webhooks.handlers.context import idempotency_key
@@ -442,6 +443,30 @@ async def test_a_payload_the_model_rejects_is_dead_lettered_as_invalid_without_r
     assert "status" in letter.error_message
     assert letter.raw == body
     assert await deliveries.status(event_id) is EventStatus.DEAD
+
+
+async def test_a_payload_the_model_rejects_leaves_its_values_out_of_the_letter_and_the_log(
+    deliveries: Deliveries,
+) -> None:
+    customer = {"email": "jane.doe@example.com", "name": "Jane Doe"}
+    data = {"id": "cs_1", "metadata": customer}  # no status: the whole object fails
+    body = orjson.dumps({"id": "evt_1", "type": COMPLETED, "created": "2025-01-15", "data": data})
+    event_id = await deliveries.record(body=body)
+
+    with structlog.testing.capture_logs() as logged:
+        await deliveries.run_job(
+            deliveries.dispatcher(router_with(("fulfil", Calls().recording()))), event_id
+        )
+
+    letter = await deliveries.dead_letter(event_id, "fulfil")
+    state = await deliveries.state(event_id, "fulfil")
+    [line] = [entry for entry in logged if entry["event"] == "handler dead-lettered"]
+    assert "data.status: Field required [type=missing]" in letter.error_message
+    assert "ValidationError: 1 validation error(s) for CheckoutSessionEvent" in letter.traceback
+    for text in (letter.error_message, letter.traceback, state.last_error, line["error"]):
+        assert "jane.doe" not in text
+        assert "Jane Doe" not in text
+        assert "input_value" not in text
 
 
 async def test_an_event_type_no_handler_matches_is_recorded_done_with_outcome_unhandled(

@@ -258,7 +258,6 @@ async def test_the_example_fulfilment_logs_the_order_it_fulfilled() -> None:
             "log_level": "info",
             "order_id": "order_456",
             "checkout_session_id": "cs_abc123",
-            "idempotency_key": idempotency_key("evt_abc123", handler.name),
         }
     ]
 

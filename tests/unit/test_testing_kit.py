@@ -12,10 +12,12 @@ from collections.abc import Callable
 import orjson
 import pydantic
 import pytest
+from structlog.testing import capture_logs
 
 from loops_webhooks import HandlerContext, Reject, RetryLater, Router
 from loops_webhooks.events import CheckoutSessionEvent, Event
 from loops_webhooks.handlers.context import idempotency_key
+from loops_webhooks.handlers.examples import router as example_router
 from loops_webhooks.ingest.signature import SignatureVerifier
 from loops_webhooks.settings import Settings
 from loops_webhooks.testing import make_context, make_event, run, sign, signed_request
@@ -73,6 +75,28 @@ def test_the_context_carries_the_idempotency_key_the_worker_would_give() -> None
     assert context.idempotency_key == idempotency_key(event.id, "shop:fulfil")
     assert (context.event_id, context.event_type, context.attempt) == (event.id, COMPLETED, 3)
     assert make_context(event).handler == "tests:handler"
+
+
+def test_a_context_is_superseded_only_when_the_test_says_by_which_event() -> None:
+    event = make_event("checkout.session.expired")
+
+    assert make_context(event).superseded_by is None
+    assert make_context(event, superseded_by="evt_completed").superseded_by == "evt_completed"
+
+
+async def test_run_passes_superseded_by_to_every_handler() -> None:
+    seen: list[str | None] = []
+    late = Router()
+
+    @late.on("checkout.session.expired")
+    async def cancel_order(event: Event, ctx: HandlerContext) -> None:
+        seen.append(ctx.superseded_by)
+
+    event = make_event("checkout.session.expired")
+    await run(late, event)
+    await run(late, event, superseded_by="evt_completed")
+
+    assert seen == [None, "evt_completed"]
 
 
 def test_sign_matches_the_rfc_4231_hmac_sha256_test_vector() -> None:
@@ -242,3 +266,23 @@ async def test_each_handler_gets_the_model_it_is_annotated_with() -> None:
 async def test_an_event_no_handler_matches_runs_nothing() -> None:
     assert await run(router, make_event("refund.created")) == []
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    ["checkout.session.completed", "checkout.session.expired", "checkout.session.failed"],
+)
+async def test_the_example_handlers_log_no_customer_id_nor_idempotency_key(
+    event_type: str,
+) -> None:
+    event = make_event(event_type, data={"externalCustomerId": "cus_jane_doe"})
+    keys = {idempotency_key(event.id, handler.name) for handler in example_router.handlers}
+
+    with capture_logs() as logged:
+        results = await run(example_router, event)
+
+    assert [result.error for result in results] == [None]
+    assert logged, "the example handler logs its outcome"
+    values = {str(value) for entry in logged for value in entry.values()}
+    assert "cus_jane_doe" not in values
+    assert not values & keys

@@ -5,6 +5,8 @@
 --   check(ctx, handler, limits) -> nil when it lets the run start, else when to look again (ms)
 --   take(ctx, handler, limits)     what a started run holds (optional)
 --   release(ctx, handler, limits)  at the end of that run (optional)
+--   wait(ctx, handler, limits, received_at)  where a run it holds waits to be woken
+--                                  (optional; else on the handler's waiting list)
 -- Gates are asked in order; a run starts only if every gate lets it, and only then does any
 -- gate take anything.
 --
@@ -14,17 +16,20 @@
 -- now           ms
 -- job_id
 -- settings      one ARGV: JSON {slot_ttl_ms, slots_prefix, starts_prefix, waiting_prefix,
---               paused_recheck_ms, job_id_prefix}, decoded only when a gate needs it (a
---               handler without limits needs none of it)
+--               paused_recheck_ms, job_id_prefix, ordering (LOOPS_ORDERING), event_prefix,
+--               handler_prefix, session_prefix, session_slots_prefix, session_waiting_prefix,
+--               in_progress_prefix, session_slot_cleanup_ms}, decoded only when a gate
+--               needs it (a handler without limits of an event without a session needs none)
+-- session       the event's checkout session id ('' or nil for none)
 -- limits: a handler's limits ({concurrency = N, rate = N, window_ms = W, paused = true}, the
 -- last when the pause is to be asked: the worker's view says paused, or the run was held).
 -- admission_admit takes them as begin got them (JSON, '' for none); the gates,
 -- admission_hold and admission_release as a table (finish gets them inside its one JSON
 -- argument).
 
-local function admission_context(paused, queue, now, job_id, settings)
+local function admission_context(paused, queue, now, job_id, settings, session)
   return {paused = paused, queue = queue, now = tonumber(now), job_id = job_id,
-          settings = settings}
+          settings = settings, session_id = session}
 end
 
 -- The context with its settings decoded (once) and the event id (the job id's tail).
@@ -40,6 +45,111 @@ local function admission_is_paused(ctx, handler)
   return redis.call('HEXISTS', ctx.paused, handler) == 1
 end
 
+-- The event's checkout session if admission keeps its order (settings.ordering), else false;
+-- session_events (its session's events, by created) whether ordering is on or not, where the
+-- caller sent the settings (begin: ordering on, or limits to ask; finish: the event has a
+-- session). An event without a session decodes nothing.
+local function ordering_session(ctx)
+  if ctx.session == nil then
+    ctx.session = false
+    if ctx.session_id and ctx.session_id ~= '' and ctx.settings ~= '' then
+      admission_settled(ctx)
+      ctx.session_events = ctx.session_prefix .. ctx.session_id
+      if ctx.ordering then
+        ctx.session = ctx.session_id
+        ctx.session_slots = ctx.session_slots_prefix .. ctx.session_id
+        ctx.session_waiting = ctx.session_waiting_prefix .. ctx.session_id
+      end
+    end
+  end
+  return ctx.session
+end
+
+-- The session's event ids, earliest created first, and this event's place among them (1:
+-- the earliest; false if it is not there: its list lapsed before it finished); read once
+-- a script (a session has a few events).
+local function ordering_place(ctx)
+  if ctx.members == nil then
+    ctx.members = redis.call('ZRANGE', ctx.session_events, 0, -1)
+    ctx.place = false
+    for i, member in ipairs(ctx.members) do
+      if member == ctx.event_id then ctx.place = i end
+    end
+  end
+  return ctx.members, ctx.place
+end
+
+-- Ordering per checkout session: whether another event's run of `handler` comes before this
+-- one's (it is earlier in the session and due: not finished for the handler, and not
+-- waiting for a retry scheduled later). An event not begun yet is due for every handler; once
+-- begun, it records which handlers it has ('routed'), so one that lacks the handler does not
+-- hold the others back.
+local function ordering_is_due(ctx, other, handler)
+  local stored = redis.call('HMGET', ctx.event_prefix .. other, 'status',
+                            ctx.handler_prefix .. handler, 'routed')
+  if stored[1] ~= 'pending' then return false end
+  if stored[3] and not string.find(stored[3], '\n' .. handler .. '\n', 1, true) then
+    return false
+  end
+  if not stored[2] then return true end
+  local state = cjson.decode(stored[2])
+  if state.status == 'done' or state.status == 'dead' then return false end
+  return not (state.status == 'retry' and state.next_attempt_at and state.next_attempt_at > ctx.now)
+end
+
+-- The id of the latest event of the session, created after this one, for which `handler`
+-- has finished (done); '' if none.
+local function ordering_superseded_by(ctx, handler)
+  if not ordering_session(ctx) then return '' end
+  local members, place = ordering_place(ctx)
+  if not place then return '' end
+  for i = #members, place + 1, -1 do
+    local stored = redis.call('HGET', ctx.event_prefix .. members[i], ctx.handler_prefix .. handler)
+    if stored and cjson.decode(stored).status == 'done' then return members[i] end
+  end
+  return ''
+end
+
+-- What a begun event records for the ordering gate of its session's other events: the
+-- handlers it has, each between newlines (added to `writes`, field and value, for its HSET).
+local function ordering_routed(ctx, writes, names)
+  if ordering_session(ctx) then
+    writes[#writes + 1] = 'routed'
+    writes[#writes + 1] = '\n' .. table.concat(names, '\n') .. '\n'
+  end
+end
+
+-- Moves back to the queue, for each handler, the earliest-created event of the session that
+-- waits for it: the one that may start now, if any may (its run's end wakes the next). Once
+-- per script, however many of its runs end.
+local function ordering_wake(ctx)
+  if not ordering_session(ctx) or not ctx.queue or ctx.woken then return end
+  ctx.woken = true
+  local woken = {}
+  for _, member in ipairs(redis.call('ZRANGE', ctx.session_waiting, 0, -1)) do
+    local cut = string.find(member, '\n', 1, true)
+    local handler, other = string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
+    if not woken[handler] then
+      redis.call('ZREM', ctx.session_waiting, member)
+      -- an entry of a run finished since (started on its own recheck) is dropped
+      if ordering_is_due(ctx, other, handler) then
+        woken[handler] = true
+        redis.call('ZADD', ctx.queue, 'XX', ctx.now, ctx.job_id_prefix .. other)
+      end
+    end
+  end
+end
+
+-- The event is finished: its session's list lives as long as its record (that of the last
+-- event finished), and the runs it held back (it had not begun, so it counted as due for
+-- every handler) may start.
+local function ordering_finished(ctx, expire_at)
+  ordering_session(ctx)
+  if not ctx.session_events then return end
+  redis.call('PEXPIREAT', ctx.session_events, expire_at)
+  ordering_wake(ctx)
+end
+
 local admission_gate_list = nil
 
 -- The gates, built on first use: a script call whose handlers have no limits and are not
@@ -53,6 +163,47 @@ local function admission_gates()
         if limits.paused and admission_is_paused(ctx, handler) then
           return ctx.now + admission_settled(ctx).paused_recheck_ms
         end
+      end,
+    },
+    {
+      -- One run of a handler at a time per checkout session, the earliest created first. The
+      -- slot is held in the job's name while its in-progress marker lives: a killed worker's
+      -- slot lapses with its marker. A held run waits on the session's waiting list (not on
+      -- the handler's: a freed concurrency slot must go to a run that can take it); finish
+      -- wakes the earliest waiter per handler when a run of the session changed state or an
+      -- event of it finished (ordering_wake).
+      name = 'ordering',
+      check = function(ctx, handler, limits)
+        if not ordering_session(ctx) then return nil end
+        local holder = redis.call('HGET', ctx.session_slots, handler)
+        if holder and holder ~= ctx.job_id then
+          local lapse = redis.call('PTTL', ctx.in_progress_prefix .. holder)
+          if lapse ~= -2 then
+            if lapse < 0 then lapse = ctx.slot_ttl_ms end
+            return ctx.now + lapse
+          end
+        end
+        local members, place = ordering_place(ctx)
+        for i = 1, (place or 1) - 1 do
+          -- woken when that run ends; looked at again by then at the latest
+          if ordering_is_due(ctx, members[i], handler) then return ctx.now + ctx.slot_ttl_ms end
+        end
+      end,
+      take = function(ctx, handler, limits)
+        if not ordering_session(ctx) then return end
+        redis.call('HSET', ctx.session_slots, handler, ctx.job_id)
+        redis.call('PEXPIRE', ctx.session_slots, ctx.session_slot_cleanup_ms)
+      end,
+      release = function(ctx, handler, limits)
+        if not ordering_session(ctx) then return end
+        if redis.call('HGET', ctx.session_slots, handler) == ctx.job_id then
+          redis.call('HDEL', ctx.session_slots, handler)
+        end
+      end,
+      wait = function(ctx, handler, limits, received_at)
+        local created = redis.call('ZSCORE', ctx.session_events, ctx.event_id) or received_at
+        redis.call('ZADD', ctx.session_waiting, 'NX', created, handler .. '\n' .. ctx.event_id)
+        redis.call('PEXPIRE', ctx.session_waiting, ctx.session_slot_cleanup_ms)
       end,
     },
     {
@@ -108,10 +259,12 @@ end
 
 -- nil if the run may start now (and it has taken what it holds), else when to look again
 -- (ms) and the name of the gate that held it. ``encoded_limits`` as the caller got them: ''
--- (no limits, and the worker knows of no pause) lets the run start with nothing asked.
+-- (no limits, and the worker knows of no pause) lets a run of an event without a session
+-- start with nothing asked.
 local function admission_admit(ctx, handler, encoded_limits)
-  if encoded_limits == '' then return nil end
-  local limits = cjson.decode(encoded_limits)
+  if encoded_limits == '' and not ordering_session(ctx) then return nil end
+  local limits = {}
+  if encoded_limits ~= '' then limits = cjson.decode(encoded_limits) end
   for _, gate in ipairs(admission_gates()) do
     local again = gate.check(ctx, handler, limits)
     if again then return again, gate.name end
@@ -127,13 +280,18 @@ local function admission_admit(ctx, handler, encoded_limits)
 end
 
 -- For a run admission held back: when it looks again, asked again now (a gate may have
--- opened since begin); a run still held waits on the handler's waiting list, oldest first.
+-- opened since begin); a run still held waits where its gate wakes it (gate.wait), by
+-- default on the handler's waiting list, oldest first.
 local function admission_hold(ctx, handler, limits, received_at)
   local waiting = admission_settled(ctx).waiting_prefix .. handler
   for _, gate in ipairs(admission_gates()) do
     local again = gate.check(ctx, handler, limits)
     if again then
-      redis.call('ZADD', waiting, 'NX', received_at, ctx.event_id)
+      if gate.wait then
+        gate.wait(ctx, handler, limits, received_at)
+      else
+        redis.call('ZADD', waiting, 'NX', received_at, ctx.event_id)
+      end
       return again
     end
   end

@@ -12,27 +12,33 @@
 -- ARGV[5] admission       admission's settings (see admission.lua)
 -- ARGV[6..] per handler: its name, its max attempts, its limits (JSON, '' for none)
 -- Returns false if the event is not stored; else status, raw, type, received_at, headers,
--- trace context (false when the event has none), then, for a pending event only, per
--- handler: its action (run, skip, wait, exhausted, held) and its state (JSON); then, per
--- unfinished state of a handler not in ARGV (a replayed letter or a retry of a handler this
--- worker does not have): its name and its state (JSON).
+-- trace context (false when the event has none), its checkout session id ('' for none), then,
+-- for a pending event only, per handler: its action (run, skip, wait, exhausted, held), its
+-- state (JSON) and, for a run, the id of a later event of its session the handler has
+-- already finished ('' for none); then, per unfinished state of a handler not in ARGV (a
+-- replayed letter or a retry of a handler this worker does not have): its name and its
+-- state (JSON).
 local event, paused = KEYS[1], KEYS[2]
 local now, handler_prefix, trace_field = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local FIRST_HANDLER = 6
 
 local stored_event = redis.call('HMGET', event, 'status', 'raw', 'type', 'received_at', 'headers',
-                                trace_field)
+                                trace_field, 'session')
 local status = stored_event[1]
 if not stored_event[2] then return false end
+local session = stored_event[7] or ''
 local out = {status, stored_event[2], stored_event[3], stored_event[4], stored_event[5],
-             stored_event[6]}
+             stored_event[6], session}
 if status ~= 'pending' then return out end
 
-local admission = admission_context(paused, nil, now, ARGV[4], ARGV[5])
+local admission = admission_context(paused, nil, now, ARGV[4], ARGV[5], session)
 local known = {}
+local names = {}
+local writes = {}
 for i = FIRST_HANDLER, #ARGV, 3 do
   local field = handler_prefix .. ARGV[i]
   known[field] = true
+  names[#names + 1] = ARGV[i]
   local max_attempts = tonumber(ARGV[i + 1])
   local stored = redis.call('HGET', event, field)
   local state = {status = 'pending', attempts = 0}
@@ -54,11 +60,19 @@ for i = FIRST_HANDLER, #ARGV, 3 do
     state.last_attempt_at = now
     state.next_attempt_at = nil
     stored = cjson.encode(state)
-    redis.call('HSET', event, field, stored)
+    writes[#writes + 1] = field
+    writes[#writes + 1] = stored
   end
   out[#out + 1] = action
   out[#out + 1] = stored or cjson.encode(state)
+  if action == 'run' then
+    out[#out + 1] = ordering_superseded_by(admission, ARGV[i])
+  else
+    out[#out + 1] = ''
+  end
 end
+ordering_routed(admission, writes, names)
+if writes[1] then redis.call('HSET', event, unpack(writes)) end
 
 for _, field in ipairs(redis.call('HKEYS', event)) do
   if not known[field] and string.sub(field, 1, #handler_prefix) == handler_prefix then

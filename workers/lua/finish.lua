@@ -13,7 +13,7 @@
 -- KEYS[9] event_letters      set of the event's dead-letter ids
 -- KEYS[10] reason_counts     hash of the number of dead letters per reason
 -- KEYS[11] paused            hash of paused handlers (admission's)
--- KEYS[12..] one key per dead letter, in the order of ARGV[13..]
+-- KEYS[12..] one key per dead letter, in the order of ARGV[14..]
 -- ARGV[1] now                ms
 -- ARGV[2] expire_at          ms: when a finished event's record (and dedupe) expires
 -- ARGV[3] event_id
@@ -28,7 +28,8 @@
 --                            limits}}: the runs admission held back in begin, and the runs
 --                            that took something (a slot) to give back now
 -- ARGV[12] admission_settings  admission's settings (see admission.lua)
--- ARGV[13..] dead letters    each as encode_dead_letter wrote it; the event's raw body,
+-- ARGV[13] session           the event's checkout session id, '' for none
+-- ARGV[14..] dead letters    each as encode_dead_letter wrote it; the event's raw body,
 --                            headers, receipt time and type are copied into each
 -- Returns the next handler's due time (ms), -1 if the event is gone, -2 if it is finished.
 local event, pending, dead_letter_index, outcome_counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -40,9 +41,9 @@ local outcome, counts, counts_ttl_s = ARGV[6], cjson.decode(ARGV[7]), ARGV[8]
 local job_id, handler_prefix = ARGV[9], ARGV[10]
 local admitted = {held = {}, released = {}}
 if ARGV[11] ~= '' then admitted = cjson.decode(ARGV[11]) end
-local FIRST_LETTER_KEY, FIRST_LETTER = 12, 13
+local FIRST_LETTER_KEY, FIRST_LETTER = 12, 14
 local letter_count = #ARGV - FIRST_LETTER + 1
-local admission = admission_context(paused, queue, now, job_id, ARGV[12])
+local admission = admission_context(paused, queue, now, job_id, ARGV[12], ARGV[13])
 for name, limits in pairs(admitted.released) do
   admission_release(admission, name, limits)
 end
@@ -69,6 +70,9 @@ redis.call('EXPIRE', outcome_counts, counts_ttl_s)
 for name, state in pairs(states) do
   redis.call('HSET', event, handler_prefix .. name, state)
 end
+-- A run's state changed (it ended, was crashed out, given back): a run of the session that
+-- waited may start now. A finish that only records held runs wakes nobody.
+if next(states) then ordering_wake(admission) end
 if letter_count > 0 then
   local kept = redis.call('HMGET', event, 'raw', 'headers', 'received_at', 'type')
   local copied = {'raw', kept[1], 'headers', kept[2], 'received_at', kept[3],
@@ -114,4 +118,5 @@ redis.call('HSET', event, 'status', status, 'finished_at', now)
 if outcome ~= '' then redis.call('HSET', event, 'outcome', outcome) end
 redis.call('ZREM', pending, event_id)
 if status == 'done' then redis.call('PEXPIREAT', event, expire_at) end
+ordering_finished(admission, expire_at)
 return -2
