@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from processes import pinned_process
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, run as a script
 from worker import event_body, start_redis
 
 from loops_webhooks.settings import Settings
@@ -55,6 +56,8 @@ from loops_webhooks.workers import keys
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
 from loops_webhooks.workers.reconciler import Reconciler
 from loops_webhooks.workers.search import search_terms
+from loops_webhooks.workers.sessions import created_ms, session_id
+from tests.support.processes import pinned_process
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HANDLERS = """
@@ -92,14 +95,18 @@ class Load:
         raw = event_body(n)
         if event_type != COMPLETED:
             raw = raw.replace(COMPLETED.encode(), event_type.encode())
-        terms = search_terms(orjson.loads(raw), self._metadata_keys) if searchable else ()
+        document = orjson.loads(raw)
+        terms = search_terms(document, self._metadata_keys) if searchable else ()
         headers = {"content-type": "application/json", "loops-signature": "0" * 64}
+        now_ms = int(time.time() * 1000)
         return ReceivedEvent(
             f"evt_bench_{n:09d}",
             event_type,
             raw,
             headers,
-            int(time.time() * 1000),
+            now_ms,
+            session_id=session_id(document),
+            created_ms=created_ms(document, now_ms),
             search_terms=terms,
         )
 
