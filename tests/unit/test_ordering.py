@@ -102,7 +102,7 @@ async def finish(
         [h.name],
         now_ms=now_ms(),
         settle_job=job(begun.event.event_id),
-        admitted=Admission.settled([] if ran else [h], [h] if ran else [], ordered=begun.ordered),
+        admitted=Admission.settled([] if ran else [h], [h] if ran else []),
     )
 
 
@@ -291,7 +291,6 @@ async def test_events_of_other_sessions_or_of_none_are_not_held_back(
     assert await action(store, "evt_b") is Action.RUN
     no_session = await begin(store, "evt_c")
     assert no_session.actions["fulfil"][0] is Action.RUN
-    assert not no_session.ordered
 
 
 async def test_with_ordering_off_a_sessions_events_run_at_once_in_any_order(
@@ -305,7 +304,6 @@ async def test_with_ordering_off_a_sessions_events_run_at_once_in_any_order(
     earlier = await begin(store, "evt_failed")
 
     assert [later.actions["fulfil"][0], earlier.actions["fulfil"][0]] == [Action.RUN] * 2
-    assert not later.ordered
 
 
 def test_the_session_id_is_data_id_when_it_is_a_usable_value() -> None:
