@@ -197,6 +197,36 @@ async def test_a_killed_workers_hold_on_a_session_lapses_with_its_in_progress_ma
     assert await action(store, "evt_expired") is Action.RUN
 
 
+async def test_a_killed_workers_hold_by_a_later_created_event_lapses_with_its_marker(
+    store: EventStore, redis: FakeAsyncRedis
+) -> None:
+    await record(redis, "evt_completed", T0 + 2000)
+    await begin(store, "evt_completed")
+    await record(redis, "evt_failed", T0 + 1000)  # created first, arrived while the other ran
+    assert await action(store, "evt_failed") is Action.HELD
+
+    await redis.delete(keys.arq_in_progress_key(job("evt_completed")))  # the marker lapsed
+
+    assert await action(store, "evt_failed") is Action.RUN
+
+
+async def test_the_run_of_a_lone_event_of_a_session_writes_nothing_for_its_order(
+    store: EventStore, redis: FakeAsyncRedis
+) -> None:
+    await record(redis, "evt_completed", T0 + 2000)
+    await redis.set(keys.arq_in_progress_key(job("evt_completed")), b"1", px=30_000)
+    before = set(await redis.keys())
+
+    begun = await begin(store, "evt_completed")
+    assert begun.actions["fulfil"][0] is Action.RUN
+    assert set(await redis.keys()) == before
+    await finish(store, begun)
+
+    # finish removed the job's own keys; the session's list outlives the event with its record
+    assert set(await redis.keys()) <= before
+    assert await redis.pttl(keys.SESSION_EVENTS_PREFIX + SESSION) > 0
+
+
 async def test_a_waiter_that_started_on_its_own_recheck_does_not_take_the_next_wake(
     store: EventStore, redis: FakeAsyncRedis
 ) -> None:
