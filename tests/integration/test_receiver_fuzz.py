@@ -45,6 +45,7 @@ from redis.asyncio import Redis
 from loops_webhooks.ingest.views import MAX_EVENT_ID_LENGTH
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.sessions import session_id
 
 LIMIT = 4096
 """``max_body_bytes`` of the fuzzed receiver: small, so bodies around it are cheap to send."""
@@ -468,13 +469,14 @@ async def assert_answer_keeps_the_contract(
         assert answer.status == 200, answer
         assert document == {"received": True, "id": event_id, "duplicate": False}
         job_key = keys.arq_job_key(keys.job_id_for_event(event_id))
+        session = session_id(orjson.loads(request.body))
         assert set(stored) == {
             keys.event_key(event_id).encode(),
             job_key.encode(),
             keys.PENDING_EVENTS.encode(),
             keys.EVENT_INDEX.encode(),
             QUEUE.encode(),
-        }
+        } | ({keys.session_events_key(session).encode()} if session is not None else set())
         record = await redis.hgetall(keys.event_key(event_id))
         assert record[b"raw"] == request.body
         assert record[b"type"] == event_type.encode()
