@@ -10,8 +10,8 @@ no attempt: its job is rescheduled when the gate may open (a freed slot promotes
 waiter at once; a resume moves every waiter back to the queue, oldest first), and the event
 is kept on the handler's waiting list, which is what ``handlers`` and the metrics count.
 Slots lapse with the in-progress marker's lifetime unless the worker running them renews
-them (``InProgressKeeper``), so a killed worker's slots come back; a session's slot is held
-only while its job's in-progress marker lives, so it comes back with it too. A run ordering
+them (``InProgressKeeper``), so a killed worker's slots come back; a run holds its session's
+order only while its job's in-progress marker lives, so it comes back with it too. A run ordering
 holds back waits on its session's waiting list, not on the handler's; the earliest waiter
 per handler goes back to the queue when a run of the session ends (or an event of it
 finishes).
@@ -85,8 +85,8 @@ PAUSED_REFRESH_SECONDS = 1.0
 """How old a worker's view of the paused handlers may get (``PausedHandlers``)."""
 
 SESSION_SLOT_CLEANUP_SECONDS = 86_400
-"""A session's slots and waiting list are removed this long after they were last written.
-Only for cleaning up: a slot holds no longer than its job's in-progress marker."""
+"""A session's waiting list is removed this long after it was last written. Only for cleaning
+up: a woken or rechecked waiter leaves it."""
 
 RESUME_BATCH = 1000
 """Waiting events moved back to the queue per script call of a resume."""
@@ -195,7 +195,6 @@ class Admission:
                 "event_prefix": keys.EVENT_PREFIX,
                 "handler_prefix": keys.HANDLER_FIELD_PREFIX,
                 "session_prefix": keys.SESSION_EVENTS_PREFIX,
-                "session_slots_prefix": keys.SESSION_SLOTS_PREFIX,
                 "session_waiting_prefix": keys.SESSION_WAITING_PREFIX,
                 "in_progress_prefix": keys.ARQ_IN_PROGRESS_PREFIX,
                 "session_slot_cleanup_ms": SESSION_SLOT_CLEANUP_SECONDS * 1000,
@@ -204,11 +203,11 @@ class Admission:
         """One constant argument, sent only when a gate may need it (empty otherwise)."""
 
     @staticmethod
-    def settled(held: Iterable[Handler], released: Iterable[Handler], *, ordered: bool) -> bytes:
+    def settled(held: Iterable[Handler], released: Iterable[Handler]) -> bytes:
         """``finish``'s admission argument: the runs held back in ``begin`` and the runs
-        whose slots to give back (every run of an ``ordered`` event: its session's slot);
-        empty when there are none."""
-        slots = [h for h in released if h.concurrency or ordered]
+        whose concurrency slots to give back; empty when there are none (a session's order
+        takes nothing: a run's state is its hold)."""
+        slots = [h for h in released if h.concurrency]
         if not held and not slots:
             return b""
         held_limits = {h.name: _limits_object(h, ask_paused=True) for h in held}

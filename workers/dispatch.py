@@ -165,7 +165,7 @@ class Dispatcher:
                 refunds = unfinished
             else:
                 outcomes += [self._cut_short(h, state) for h, state in unfinished]
-            admitted = Admission.settled(held, [h for h, _ in to_run], ordered=begun.ordered)
+            admitted = Admission.settled(held, [h for h, _ in to_run])
             await _despite_cancellation(
                 self._record(event, names, outcomes, refunds, settle_job=job_id, admitted=admitted)
             )
@@ -173,7 +173,7 @@ class Dispatcher:
             # 3.11's asyncio.timeout turns only the exact type into its TimeoutError, which
             # is how the worker tells the job's time limit from a shutdown.
             raise asyncio.CancelledError from None
-        admitted = Admission.settled(held, [h for h, _ in to_run], ordered=begun.ordered)
+        admitted = Admission.settled(held, [h for h, _ in to_run])
         await _despite_cancellation(
             self._record(event, names, outcomes, settle_job=job_id, admitted=admitted)
         )
@@ -198,9 +198,7 @@ class Dispatcher:
                 ]
                 names = [handler.name for handler in handlers]
                 held = [h for h in handlers if begun.actions[h.name][0] is Action.HELD]
-                admitted = Admission.settled(
-                    held, [handler for handler, _ in counted], ordered=begun.ordered
-                )
+                admitted = Admission.settled(held, [handler for handler, _ in counted])
                 await self._record(
                     begun.event, names, [], counted, settle_job=settle, admitted=admitted
                 )

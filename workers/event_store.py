@@ -123,9 +123,6 @@ class Begun:
     unknown: dict[str, HandlerState] = field(default_factory=dict)
     """Unfinished states of handlers that were not asked about: owed a run by a handler
     the caller does not have (a replayed letter, or a retry scheduled by another version)."""
-    ordered: bool = False
-    """Admission keeps the event's place in its checkout session: every run of it holds the
-    session's slot for its handler, given back in ``finish``."""
     superseded_by: dict[str, str] = field(default_factory=dict)
     """Per handler to run: a later-created event of the same session that the handler has
     already finished (``HandlerContext.superseded_by``)."""
@@ -202,8 +199,7 @@ class EventStore:
             trace_context=trace_context.decode() if trace_context else "",
             session_id=session.decode() or None,
         )
-        ordered = self._ordering and event.session_id is not None
-        return Begun(event, actions, unknown, ordered, superseded_by)
+        return Begun(event, actions, unknown, superseded_by)
 
     async def finish(
         self,

@@ -35,7 +35,6 @@ __all__ = [
     "SEARCH_PREFIX",
     "SEARCH_TERMS",
     "SESSION_EVENTS_PREFIX",
-    "SESSION_SLOTS_PREFIX",
     "SESSION_WAITING_PREFIX",
     "TRACE_CONTEXT_FIELD",
     "TRIM_LOCK",
@@ -160,11 +159,6 @@ SESSION_EVENTS_PREFIX = PREFIX + "session:"
 """``session:<checkout session id>``: sorted set of the ids of the session's events, scored by
 their ``created`` (ms; the receipt time where it is unreadable), written at intake: the order
 in which admission lets a session's events start a handler."""
-
-SESSION_SLOTS_PREFIX = PREFIX + "session-slots:"
-"""``session-slots:<checkout session id>``: hash of handler name to the id of the job running
-that handler for one of the session's events; held only while that job's in-progress marker
-lives."""
 
 SESSION_WAITING_PREFIX = PREFIX + "session-waiting:"
 """``session-waiting:<checkout session id>``: sorted set of the runs admission held back to

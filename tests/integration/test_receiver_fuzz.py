@@ -45,6 +45,7 @@ from redis.asyncio import Redis
 from loops_webhooks.ingest.views import MAX_EVENT_ID_LENGTH
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.sessions import session_id
 
 LIMIT = 4096
 """``max_body_bytes`` of the fuzzed receiver: small, so bodies around it are cheap to send."""
@@ -468,8 +469,8 @@ async def assert_answer_keeps_the_contract(
         assert answer.status == 200, answer
         assert document == {"received": True, "id": event_id, "duplicate": False}
         job_key = keys.arq_job_key(keys.job_id_for_event(event_id))
-        index_prefixes = (keys.SEARCH_PREFIX.encode(), keys.SESSION_EVENTS_PREFIX.encode())
-        search_indexes = {key for key in stored if key.startswith(index_prefixes)}
+        session = session_id(orjson.loads(request.body))
+        search_indexes = {key for key in stored if key.startswith(keys.SEARCH_PREFIX.encode())}
         assert set(stored) - search_indexes == {
             keys.event_key(event_id).encode(),
             job_key.encode(),
@@ -477,7 +478,7 @@ async def assert_answer_keeps_the_contract(
             keys.EVENT_INDEX.encode(),
             keys.SEARCH_TERMS.encode(),
             QUEUE.encode(),
-        }
+        } | ({keys.session_events_key(session).encode()} if session is not None else set())
         for index in search_indexes:
             assert await redis.zrange(index, 0, -1) == [event_id.encode()]
         record = await redis.hgetall(keys.event_key(event_id))

@@ -92,7 +92,7 @@ async def finish(
         [h.name],
         now_ms=now_ms(),
         settle_job=keys.job_id_for_event(begun.event.event_id),
-        admitted=Admission.settled([] if ran else [h], [h] if ran else [], ordered=begun.ordered),
+        admitted=Admission.settled([] if ran else [h], [h] if ran else []),
     )
 
 
@@ -211,7 +211,7 @@ async def test_a_rate_lets_n_starts_through_per_window_and_holds_the_next_until_
 
 async def test_a_handler_without_limits_that_is_not_paused_travels_as_an_empty_argument() -> None:
     assert limits_of(handler(), ask_paused=False) == b""
-    assert Admission.settled([], [handler()], ordered=False) == b""
+    assert Admission.settled([], [handler()]) == b""
 
 
 async def test_a_handler_the_worker_does_not_take_to_be_paused_is_not_asked_about(

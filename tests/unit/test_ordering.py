@@ -102,7 +102,7 @@ async def finish(
         [h.name],
         now_ms=now_ms(),
         settle_job=job(begun.event.event_id),
-        admitted=Admission.settled([] if ran else [h], [h] if ran else [], ordered=begun.ordered),
+        admitted=Admission.settled([] if ran else [h], [h] if ran else []),
     )
 
 
@@ -195,6 +195,36 @@ async def test_a_killed_workers_hold_on_a_session_lapses_with_its_in_progress_ma
     assert rerun.actions["fulfil"][0] is Action.RUN
     await finish(store, rerun)
     assert await action(store, "evt_expired") is Action.RUN
+
+
+async def test_a_killed_workers_hold_by_a_later_created_event_lapses_with_its_marker(
+    store: EventStore, redis: FakeAsyncRedis
+) -> None:
+    await record(redis, "evt_completed", T0 + 2000)
+    await begin(store, "evt_completed")
+    await record(redis, "evt_failed", T0 + 1000)  # created first, arrived while the other ran
+    assert await action(store, "evt_failed") is Action.HELD
+
+    await redis.delete(keys.arq_in_progress_key(job("evt_completed")))  # the marker lapsed
+
+    assert await action(store, "evt_failed") is Action.RUN
+
+
+async def test_the_run_of_a_lone_event_of_a_session_writes_nothing_for_its_order(
+    store: EventStore, redis: FakeAsyncRedis
+) -> None:
+    await record(redis, "evt_completed", T0 + 2000)
+    await redis.set(keys.arq_in_progress_key(job("evt_completed")), b"1", px=30_000)
+    before = set(await redis.keys())
+
+    begun = await begin(store, "evt_completed")
+    assert begun.actions["fulfil"][0] is Action.RUN
+    assert set(await redis.keys()) == before
+    await finish(store, begun)
+
+    # finish removed the job's own keys; the session's list outlives the event with its record
+    assert set(await redis.keys()) <= before
+    assert await redis.pttl(keys.SESSION_EVENTS_PREFIX + SESSION) > 0
 
 
 async def test_a_waiter_that_started_on_its_own_recheck_does_not_take_the_next_wake(
@@ -291,7 +321,6 @@ async def test_events_of_other_sessions_or_of_none_are_not_held_back(
     assert await action(store, "evt_b") is Action.RUN
     no_session = await begin(store, "evt_c")
     assert no_session.actions["fulfil"][0] is Action.RUN
-    assert not no_session.ordered
 
 
 async def test_with_ordering_off_a_sessions_events_run_at_once_in_any_order(
@@ -305,7 +334,6 @@ async def test_with_ordering_off_a_sessions_events_run_at_once_in_any_order(
     earlier = await begin(store, "evt_failed")
 
     assert [later.actions["fulfil"][0], earlier.actions["fulfil"][0]] == [Action.RUN] * 2
-    assert not later.ordered
 
 
 def test_the_session_id_is_data_id_when_it_is_a_usable_value() -> None:

@@ -17,7 +17,7 @@
 -- job_id
 -- settings      one ARGV: JSON {slot_ttl_ms, slots_prefix, starts_prefix, waiting_prefix,
 --               paused_recheck_ms, job_id_prefix, ordering (LOOPS_ORDERING), event_prefix,
---               handler_prefix, session_prefix, session_slots_prefix, session_waiting_prefix,
+--               handler_prefix, session_prefix, session_waiting_prefix,
 --               in_progress_prefix, session_slot_cleanup_ms}, decoded only when a gate
 --               needs it (a handler without limits of an event without a session needs none)
 -- session       the event's checkout session id ('' or nil for none)
@@ -57,7 +57,6 @@ local function ordering_session(ctx)
       ctx.session_events = ctx.session_prefix .. ctx.session_id
       if ctx.ordering then
         ctx.session = ctx.session_id
-        ctx.session_slots = ctx.session_slots_prefix .. ctx.session_id
         ctx.session_waiting = ctx.session_waiting_prefix .. ctx.session_id
       end
     end
@@ -79,14 +78,12 @@ local function ordering_place(ctx)
   return ctx.members, ctx.place
 end
 
--- Ordering per checkout session: whether another event's run of `handler` comes before this
--- one's (it is earlier in the session and due: not finished for the handler, and not
--- waiting for a retry scheduled later). An event not begun yet is due for every handler; once
--- begun, it records which handlers it has ('routed'), so one that lacks the handler does not
--- hold the others back.
-local function ordering_is_due(ctx, other, handler)
-  local stored = redis.call('HMGET', ctx.event_prefix .. other, 'status',
-                            ctx.handler_prefix .. handler, 'routed')
+local function ordering_read(ctx, other, handler)
+  return redis.call('HMGET', ctx.event_prefix .. other, 'status', ctx.handler_prefix .. handler,
+                    'routed')
+end
+
+local function ordering_stored_is_due(ctx, stored, handler)
   if stored[1] ~= 'pending' then return false end
   if stored[3] and not string.find(stored[3], '\n' .. handler .. '\n', 1, true) then
     return false
@@ -95,6 +92,38 @@ local function ordering_is_due(ctx, other, handler)
   local state = cjson.decode(stored[2])
   if state.status == 'done' or state.status == 'dead' then return false end
   return not (state.status == 'retry' and state.next_attempt_at and state.next_attempt_at > ctx.now)
+end
+
+-- Whether another event's run of `handler` is due (see ordering_holds): the earliest such
+-- waiter is woken.
+local function ordering_is_due(ctx, other, handler)
+  return ordering_stored_is_due(ctx, ordering_read(ctx, other, handler), handler)
+end
+
+-- Ordering per checkout session: when to look again if another event's run of `handler`
+-- holds this one back, else nil. Any other event of the session holds it while its run of
+-- the handler is in progress (state running and its job's in-progress marker alive: a
+-- killed worker's hold lapses with its marker). An `earlier` one also holds it while due:
+-- not finished for the handler, and not waiting for a retry scheduled later. An event not
+-- begun yet is due for every handler; once begun, it records which handlers it has
+-- ('routed'), so one that lacks the handler does not hold the others back. The run's state
+-- is the hold: nothing is taken or given back, and a session of one event reads only its
+-- list.
+local function ordering_holds(ctx, other, handler, earlier)
+  local stored = ordering_read(ctx, other, handler)
+  if stored[1] ~= 'pending' then return nil end
+  if stored[2] and cjson.decode(stored[2]).status == 'running' then
+    local lapse = redis.call('PTTL', ctx.in_progress_prefix .. ctx.job_id_prefix .. other)
+    if lapse ~= -2 then
+      if lapse < 0 then lapse = ctx.slot_ttl_ms end
+      return ctx.now + lapse
+    end
+  end
+  -- woken when that run ends; looked at again by then at the latest
+  if earlier and ordering_stored_is_due(ctx, stored, handler) then
+    return ctx.now + ctx.slot_ttl_ms
+  end
+  return nil
 end
 
 -- The id of the latest event of the session, created after this one, for which `handler`
@@ -166,38 +195,20 @@ local function admission_gates()
       end,
     },
     {
-      -- One run of a handler at a time per checkout session, the earliest created first. The
-      -- slot is held in the job's name while its in-progress marker lives: a killed worker's
-      -- slot lapses with its marker. A held run waits on the session's waiting list (not on
-      -- the handler's: a freed concurrency slot must go to a run that can take it); finish
-      -- wakes the earliest waiter per handler when a run of the session changed state or an
-      -- event of it finished (ordering_wake).
+      -- One run of a handler at a time per checkout session, the earliest created first
+      -- (ordering_holds). A held run waits on the session's waiting list (not on the
+      -- handler's: a freed concurrency slot must go to a run that can take it); finish wakes
+      -- the earliest waiter per handler when a run of the session changed state or an event
+      -- of it finished (ordering_wake).
       name = 'ordering',
       check = function(ctx, handler, limits)
         if not ordering_session(ctx) then return nil end
-        local holder = redis.call('HGET', ctx.session_slots, handler)
-        if holder and holder ~= ctx.job_id then
-          local lapse = redis.call('PTTL', ctx.in_progress_prefix .. holder)
-          if lapse ~= -2 then
-            if lapse < 0 then lapse = ctx.slot_ttl_ms end
-            return ctx.now + lapse
-          end
-        end
         local members, place = ordering_place(ctx)
-        for i = 1, (place or 1) - 1 do
-          -- woken when that run ends; looked at again by then at the latest
-          if ordering_is_due(ctx, members[i], handler) then return ctx.now + ctx.slot_ttl_ms end
-        end
-      end,
-      take = function(ctx, handler, limits)
-        if not ordering_session(ctx) then return end
-        redis.call('HSET', ctx.session_slots, handler, ctx.job_id)
-        redis.call('PEXPIRE', ctx.session_slots, ctx.session_slot_cleanup_ms)
-      end,
-      release = function(ctx, handler, limits)
-        if not ordering_session(ctx) then return end
-        if redis.call('HGET', ctx.session_slots, handler) == ctx.job_id then
-          redis.call('HDEL', ctx.session_slots, handler)
+        for i, other in ipairs(members) do
+          if i ~= place then
+            local again = ordering_holds(ctx, other, handler, place and i < place)
+            if again then return again end
+          end
         end
       end,
       wait = function(ctx, handler, limits, received_at)
