@@ -15,9 +15,9 @@ from typing import Any
 
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.scripts import length_prefixed
+from loops_webhooks.workers.sessions import business_value, session_id
 
 __all__ = [
-    "MAX_VALUE_LENGTH",
     "BusinessKeys",
     "SearchTerms",
     "UnsearchableKey",
@@ -26,22 +26,9 @@ __all__ = [
     "unpack_terms",
 ]
 
-MAX_VALUE_LENGTH = 200
-"""Longer values are not indexed: a search index's name holds the value."""
-
 
 class UnsearchableKey(ValueError):
     """A filter names a metadata key that is not indexed (not in LOOPS_SEARCH_METADATA_KEYS)."""
-
-
-def _value(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        value = str(value)
-    if isinstance(value, str) and 0 < len(value) <= MAX_VALUE_LENGTH:
-        return value
-    return None
 
 
 def search_terms(document: dict[str, Any], metadata_keys: Sequence[str]) -> tuple[str, ...]:
@@ -50,16 +37,16 @@ def search_terms(document: dict[str, Any], metadata_keys: Sequence[str]) -> tupl
     if not isinstance(data, dict):
         return ()
     terms: list[str] = []
-    session = _value(data.get("id"))
+    session = session_id(document)
     if session is not None:
         terms.append(keys.session_term(session))
-    customer = _value(data.get("externalCustomerId"))
+    customer = business_value(data.get("externalCustomerId"))
     if customer is not None:
         terms.append(keys.customer_term(customer))
     metadata = data.get("metadata")
     if metadata_keys and isinstance(metadata, dict):
         for name in metadata_keys:
-            value = _value(metadata.get(name))
+            value = business_value(metadata.get(name))
             if value is not None:
                 terms.append(keys.metadata_term(name, value))
     return tuple(terms)

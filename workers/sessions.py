@@ -13,24 +13,33 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["MAX_SESSION_ID_LENGTH", "created_ms", "session_id"]
+__all__ = ["MAX_BUSINESS_VALUE_LENGTH", "business_value", "created_ms", "session_id"]
 
-MAX_SESSION_ID_LENGTH = 200
-"""A longer ``data.id`` is not taken as a session id: it becomes part of Redis key names."""
+MAX_BUSINESS_VALUE_LENGTH = 200
+"""A longer value is not taken as a session id or a search term: it becomes part of Redis key
+names."""
+
+
+def business_value(value: Any) -> str | None:
+    """A value of an event's body fit to be a key (a session id, a customer, a metadata value):
+    a non-empty string of at most `MAX_BUSINESS_VALUE_LENGTH` characters, or a number (as
+    text); None for anything else, booleans included."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        value = str(value)
+    if isinstance(value, str) and 0 < len(value) <= MAX_BUSINESS_VALUE_LENGTH:
+        return value
+    return None
 
 
 def session_id(document: Mapping[str, Any]) -> str | None:
-    """``data.id`` of a parsed event: a non-empty string of at most `MAX_SESSION_ID_LENGTH`
-    characters, or a number (as text); None where the event has none."""
+    """``data.id`` of a parsed event, where it is a `business_value`; None where the event has
+    none."""
     data = document.get("data")
     if not isinstance(data, dict):
         return None
-    value = data.get("id")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(value)
-    if isinstance(value, str) and 0 < len(value) <= MAX_SESSION_ID_LENGTH:
-        return value
-    return None
+    return business_value(data.get("id"))
 
 
 def created_ms(document: Mapping[str, Any], received_at_ms: int) -> int:
