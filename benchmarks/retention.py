@@ -53,10 +53,8 @@ from worker import event_body, start_redis
 
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers import keys
-from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.intake import EventIntake, ReceivedEvent, received_event
 from loops_webhooks.workers.reconciler import Reconciler
-from loops_webhooks.workers.search import search_terms
-from loops_webhooks.workers.sessions import created_ms, session_id
 from tests.support.processes import pinned_process
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -95,20 +93,18 @@ class Load:
         raw = event_body(n)
         if event_type != COMPLETED:
             raw = raw.replace(COMPLETED.encode(), event_type.encode())
-        document = orjson.loads(raw)
-        terms = search_terms(document, self._metadata_keys) if searchable else ()
         headers = {"content-type": "application/json", "loops-signature": "0" * 64}
-        now_ms = int(time.time() * 1000)
-        return ReceivedEvent(
+        metadata_keys = self._metadata_keys if searchable else ()
+        event = received_event(
             f"evt_bench_{n:09d}",
             event_type,
             raw,
             headers,
-            now_ms,
-            session_id=session_id(document),
-            created_ms=created_ms(document, now_ms),
-            search_terms=terms,
+            int(time.time() * 1000),
+            orjson.loads(raw),
+            metadata_keys=metadata_keys,
         )
+        return event if searchable else event._replace(search_terms=())
 
     async def submit(self, events: list[ReceivedEvent]) -> None:
         created = await asyncio.gather(*(self._intake.submit(event) for event in events))

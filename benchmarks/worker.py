@@ -144,9 +144,7 @@ async def preload_loops(redis_url: str, count: int) -> None:
     from redis.asyncio import Redis
 
     from loops_webhooks.settings import Settings
-    from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
-    from loops_webhooks.workers.search import search_terms
-    from loops_webhooks.workers.sessions import created_ms, session_id
+    from loops_webhooks.workers.intake import EventIntake, received_event
 
     settings = Settings()
     redis = Redis.from_url(redis_url)
@@ -157,17 +155,15 @@ async def preload_loops(redis_url: str, count: int) -> None:
             events = []
             for n in range(start, min(start + 1000, count)):
                 body = event_body(n)
-                document = orjson.loads(body)
                 events.append(
-                    ReceivedEvent(
+                    received_event(
                         f"evt_bench_{n:09d}",
                         EVENT_TYPE,
                         body,
                         {"content-type": "application/json", "loops-signature": "0" * 64},
                         now_ms,
-                        session_id=session_id(document),
-                        created_ms=created_ms(document, now_ms),
-                        search_terms=search_terms(document, settings.search_metadata_keys),
+                        orjson.loads(body),
+                        metadata_keys=settings.search_metadata_keys,
                     )
                 )
             created = await asyncio.gather(*(intake.submit(event) for event in events))

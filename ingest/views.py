@@ -28,9 +28,7 @@ from loops_webhooks.ingest.metrics import RECEIVER_METRICS
 from loops_webhooks.ingest.signature import SIGNATURE_HEADER
 from loops_webhooks.settings import Settings
 from loops_webhooks.workers.connection import REDIS_FAILURES
-from loops_webhooks.workers.intake import ReceivedEvent
-from loops_webhooks.workers.search import search_terms
-from loops_webhooks.workers.sessions import created_ms, session_id
+from loops_webhooks.workers.intake import ReceivedEvent, received_event
 
 __all__ = ["expect_continue", "healthz", "readyz", "receive_webhook"]
 
@@ -74,17 +72,15 @@ async def _store(request: web.Request, trace_context: str) -> tuple[ReceivedEven
         keep = intake.dead_letter_unparseable(body, headers, received_at_ms, str(problem))
         await _acknowledged(asyncio.wait_for(keep, settings.redis_timeout_seconds))
         raise
-    terms = search_terms(document, settings.search_metadata_keys)
-    event = ReceivedEvent(
+    event = received_event(
         event_id,
         event_type,
         body,
         headers,
         received_at_ms,
-        trace_context,
-        session_id=session_id(document),
-        created_ms=created_ms(document, received_at_ms),
-        search_terms=terms,
+        document,
+        metadata_keys=settings.search_metadata_keys,
+        trace_context=trace_context,
     )
     write_started = time.perf_counter()
     # The intake holds its batch to LOOPS_REDIS_TIMEOUT_SECONDS: one timer per batch, none here.

@@ -32,9 +32,17 @@ from loops_webhooks.workers.dead_letters import (
     encode_dead_letter,
 )
 from loops_webhooks.workers.scripts import register_script
-from loops_webhooks.workers.search import pack_terms
+from loops_webhooks.workers.search import pack_terms, search_terms
+from loops_webhooks.workers.sessions import created_ms, session_id
 
-__all__ = ["PROCESS_EVENT_JOB", "EventIntake", "NotReplicated", "ReceivedEvent", "job_payload"]
+__all__ = [
+    "PROCESS_EVENT_JOB",
+    "EventIntake",
+    "NotReplicated",
+    "ReceivedEvent",
+    "job_payload",
+    "received_event",
+]
 
 PROCESS_EVENT_JOB = "process_event"
 JOB_TTL_MS = 86_400_000
@@ -103,6 +111,33 @@ class ReceivedEvent(NamedTuple):
     """When Loops created it (ms); its place in its session. None: the receipt time."""
     search_terms: tuple[str, ...] = ()
     """What the event is found by (``workers/search.py``), indexed in the same script."""
+
+
+def received_event(
+    event_id: str,
+    event_type: str,
+    raw: bytes,
+    headers: Mapping[str, str],
+    received_at_ms: int,
+    document: Mapping[str, Any],
+    *,
+    metadata_keys: tuple[str, ...],
+    trace_context: str = "",
+) -> ReceivedEvent:
+    """The event as the receiver stores it, its session, ``created`` and search terms taken
+    from ``document`` (its parsed body): the one way to build it, for the receiver and for
+    what stores events as the receiver does (the benchmarks)."""
+    return ReceivedEvent(
+        event_id,
+        event_type,
+        raw,
+        headers,
+        received_at_ms,
+        trace_context,
+        session_id=session_id(document),
+        created_ms=created_ms(document, received_at_ms),
+        search_terms=search_terms(document, metadata_keys),
+    )
 
 
 def job_payload(event_id: str, event_type: str, enqueued_at_ms: int) -> bytes:

@@ -9,7 +9,7 @@ index entries in the same round trip as the event.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ class UnsearchableKey(ValueError):
     """A filter names a metadata key that is not indexed (not in LOOPS_SEARCH_METADATA_KEYS)."""
 
 
-def search_terms(document: dict[str, Any], metadata_keys: Sequence[str]) -> tuple[str, ...]:
+def search_terms(document: Mapping[str, Any], metadata_keys: Sequence[str]) -> tuple[str, ...]:
     """The terms of one parsed event; absent, empty or non-scalar values give none."""
     data = document.get("data")
     if not isinstance(data, dict):
