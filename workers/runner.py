@@ -62,6 +62,10 @@ STARTUP_REDIS_TRIES = 5
 own ``create_pool`` would), before it exits."""
 
 
+WAKE_WHEN_FREE_FRACTION = 4
+"""A full worker polls again, before its poll interval is up, once a quarter of its slots
+(at least one) have freed: one poll then claims a batch, not one job per poll."""
+
 HEALTH_KEY_INTERVAL_SECONDS = 5
 """How often arq's health key is written: the write that notices a full Redis when idle."""
 
@@ -82,7 +86,10 @@ class EventWorker(Worker):
     return value, so arq's own pre-job pipeline and finishing step are skipped. Riding out
     Redis: a Redis error in a poll or a job never leaves the worker (arq would exit); it is
     reported to ``redis_health``, the poll loop backs off, and work goes on when Redis
-    answers. The in-progress markers of running jobs are kept alive by a thread
+    answers. Pacing: arq's loop sleeps a fixed step between polls, so a full worker whose
+    jobs end early sits idle until the step is up; ``_until_next_poll`` sleeps the poll
+    interval too, but a full worker's sleep ends as soon as a batch of slots has freed
+    (``slots_freed``). The in-progress markers of running jobs are kept alive by a thread
     (``InProgressKeeper``), so a handler blocking the loop cannot let another worker in.
     """
 
@@ -93,6 +100,10 @@ class EventWorker(Worker):
     handlers: tuple[Handler, ...]
     in_progress: InProgressKeeper
     redis_health: RedisHealth
+    poll_interval_s: float
+    """The sleep between polls (``LOOPS_POLL_INTERVAL_SECONDS``); arq's own step is 0."""
+    slots_freed: asyncio.Event
+    """Set when a full worker has room for a batch again: its next poll need not wait."""
 
     async def main(self) -> None:
         """arq's main loop, after waiting a little for a Redis that is not there yet."""
@@ -136,6 +147,23 @@ class EventWorker(Worker):
             await super()._poll_iteration()
         except REDIS_FAILURES as error:
             self.redis_health.failed(error)
+        await self._until_next_poll()
+
+    async def _until_next_poll(self) -> None:
+        """Sleep the poll interval; a worker left full by this poll wakes as soon as a batch
+        of its slots is free (a worker with room is waiting for due jobs, not slots)."""
+        self.slots_freed.clear()
+        if self.job_counter < self.max_jobs:
+            await asyncio.sleep(self.poll_interval_s)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.poll_interval_s):
+                await self.slots_freed.wait()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        if (self.max_jobs - self.job_counter) * WAKE_WHEN_FREE_FRACTION >= self.max_jobs:
+            self.slots_freed.set()
 
     async def record_health(self) -> None:
         """arq's health key, and with it (as often) the handlers this worker has, so that
@@ -359,7 +387,7 @@ def build_worker(
         max_jobs=settings.worker_concurrency,
         job_timeout=job_timeout,
         keep_result=0,
-        poll_delay=settings.poll_interval_seconds,
+        poll_delay=0,  # EventWorker._until_next_poll sleeps between polls
         max_tries=NEVER_BY_ARQ,
         job_serializer=orjson.dumps,
         job_deserializer=orjson.loads,
@@ -370,6 +398,8 @@ def build_worker(
     # timeout already bounds it, so a shorter margin redelivers sooner without overlap.
     worker.in_progress_timeout_s = job_timeout + IN_PROGRESS_MARGIN_SECONDS
     worker.redis_health = RedisHealth()
+    worker.poll_interval_s = settings.poll_interval_seconds
+    worker.slots_freed = asyncio.Event()
     worker.handlers = router.handlers
     worker.in_progress = InProgressKeeper(
         redis_url,
