@@ -305,6 +305,7 @@ def measure(
             "LOOPS_METRICS_PORT": str(free_port()),
             "LOOPS_LOG_FORMAT": "json",
             "LOOPS_LOG_LEVEL": "warning" if contender == "loops_webhooks_quiet" else "info",
+            "LOOPS_ORDERING": args.ordering,
         }
     reset_stats(redis_url)
     with pinned_process(command, WORKER_CORE, log, env) as worker:
@@ -379,6 +380,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--poll-delay", type=float, help="seconds (default: LOOPS_POLL_INTERVAL_SECONDS's)"
     )
+    parser.add_argument(
+        "--ordering",
+        choices=["on", "off"],
+        default="on",
+        help="LOOPS_ORDERING of our worker (%(default)s): off measures ordering's cost",
+    )
     commands = parser.add_subparsers(dest="command")
     bare = commands.add_parser("bare-arq-worker", help="run the baseline (used internally)")
     bare.add_argument("--redis-url", required=True)
@@ -444,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rounds": args.rounds,
             "concurrency": args.concurrency,
             "poll_delay_s": args.poll_delay,
+            "ordering": args.ordering,
             "worker_core": WORKER_CORE,
             "redis_core": REDIS_CORE,
             "redis": "dedicated redis-server on loopback, no persistence",
