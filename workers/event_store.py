@@ -145,9 +145,8 @@ class EventStore:
         self._queue_name = queue_name
         self._dedupe_ttl_ms = dedupe_ttl_seconds * 1000
         self._admission = Admission(slot_ttl_seconds=slot_ttl_seconds, ordering=ordering)
-        self._ordering = ordering
-        self._begin = BatchedScript(redis, "begin")
-        self._finish = BatchedScript(redis, "finish")
+        self._begin = BatchedScript(redis, "begin", self._admission.settings)
+        self._finish = BatchedScript(redis, "finish", self._admission.settings)
         self._retry_now = register_script(redis, "retry_now")
 
     async def begin(
@@ -166,10 +165,7 @@ class EventStore:
         the event, in whose name concurrency slots are held. None if the event is not in the
         store (purged, or expired after it finished).
         """
-        gated = self._ordering or any(admission_limits for _, _, admission_limits in limits)
-        settings = self._admission.settings if gated else b""
         args: list[Any] = [now_ms, keys.HANDLER_FIELD_PREFIX, keys.TRACE_CONTEXT_FIELD, job_id]
-        args.append(settings)
         for name, limit, admission_limits in limits:
             args += [name, limit, admission_limits]
         reply = await self._begin(keys=[keys.event_key(event_id), *self._admission.keys], args=args)
@@ -256,7 +252,6 @@ class EventStore:
                 settle_job,
                 keys.HANDLER_FIELD_PREFIX,
                 admitted,
-                self._admission.settings if admitted or event.session_id else b"",
                 event.session_id or "",
                 *(encode_dead_letter(letter) for letter in dead_letters),
             ],

@@ -4,13 +4,15 @@ Each script opens with a header naming its KEYS and ARGV and binds them to local
 prefixes come from ``loops_webhooks.workers.keys`` as arguments. A script that enqueues a job
 has the library ``enqueue_job.lua`` prepended, one that stores or removes a dead letter
 ``dead_letter.lua``, one that starts or ends a handler's run ``admission.lua``, so each of
-those steps is written once.
+those steps is written once. A library's constants of one worker (admission's settings) come
+first, as a Lua table built at start-up (``lua_table``): no call sends them, no script
+decodes them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -19,7 +21,14 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-__all__ = ["SCRIPTS", "BatchedScript", "length_prefixed", "register_script", "script_source"]
+__all__ = [
+    "SCRIPTS",
+    "BatchedScript",
+    "length_prefixed",
+    "lua_table",
+    "register_script",
+    "script_source",
+]
 
 SCRIPTS: dict[str, tuple[str, ...]] = {
     "record_and_enqueue": ("length_prefixed", "search_entries", "enqueue_job"),
@@ -41,10 +50,29 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
 
 
 @cache
-def script_source(name: str) -> str:
-    """The script's Lua source, its libraries first."""
+def script_source(name: str, constants: str = "") -> str:
+    """The script's Lua source, its libraries first, and before them ``constants`` (Lua that
+    its libraries read, as ``lua_table`` writes it)."""
     parts = [*SCRIPTS[name], name]
-    return "\n".join((files(__package__) / "lua" / f"{part}.lua").read_text() for part in parts)
+    sources = [(files(__package__) / "lua" / f"{part}.lua").read_text() for part in parts]
+    return "\n".join([constants, *sources] if constants else sources)
+
+
+def lua_table(name: str, values: Mapping[str, str | int | bool]) -> str:
+    """``local <name> = {...}``: constants for a script's source (``script_source``). Strings
+    are printable ASCII (key prefixes), written as Lua string literals."""
+    fields = []
+    for field, value in values.items():
+        if isinstance(value, bool):
+            literal = "true" if value else "false"
+        elif isinstance(value, int):
+            literal = str(value)
+        elif value.isascii() and value.isprintable():
+            literal = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        else:
+            raise ValueError(f"not a printable ASCII string: {value!r}")
+        fields.append(f"{field} = {literal}")
+    return f"local {name} = {{{', '.join(fields)}}}"
 
 
 def length_prefixed(values: Iterable[bytes | str | int]) -> bytes:
@@ -58,9 +86,9 @@ def length_prefixed(values: Iterable[bytes | str | int]) -> bytes:
     return b"".join(parts)
 
 
-def register_script(redis: Redis, name: str) -> AsyncScript:
+def register_script(redis: Redis, name: str, constants: str = "") -> AsyncScript:
     """The script, bound to ``redis`` (EVALSHA, loading it once if Redis does not know it)."""
-    return redis.register_script(script_source(name))
+    return redis.register_script(script_source(name, constants))
 
 
 class BatchedScript:
@@ -74,9 +102,9 @@ class BatchedScript:
     Calls are independent, as before: no transaction joins them.
     """
 
-    def __init__(self, redis: Redis, name: str) -> None:
+    def __init__(self, redis: Redis, name: str, constants: str = "") -> None:
         self._redis = redis
-        self._script = register_script(redis, name)
+        self._script = register_script(redis, name, constants)
         self._waiting: list[tuple[Sequence[Any], Sequence[Any], asyncio.Future[Any]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
 

@@ -10,9 +10,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from loops_webhooks.workers import keys
+from loops_webhooks.workers.admission import Admission
 from loops_webhooks.workers.scripts import BatchedScript
 
 CALLS = 20
+SETTINGS = Admission(slot_ttl_seconds=30, ordering=True).settings
 
 
 async def store_event(redis: Redis, event_id: str) -> None:
@@ -47,7 +49,7 @@ async def test_calls_of_one_tick_share_one_round_trip_and_each_gets_its_own_repl
     for n in range(0, CALLS, 2):
         await store_event(redis, f"evt_batch_{n}")
     async with Redis.from_url(redis_url) as client:
-        begin = BatchedScript(client, "begin")
+        begin = BatchedScript(client, "begin", SETTINGS)
         await begin_call(begin, "evt_warm_up")  # connection opened, script cached
         before = await reads_processed(redis)
 
@@ -63,7 +65,7 @@ async def test_a_call_that_fails_fails_alone(redis_url: str, redis: Redis) -> No
     await store_event(redis, "evt_fine")
     await redis.set(keys.event_key("evt_not_a_hash"), b"x")
     async with Redis.from_url(redis_url) as client:
-        begin = BatchedScript(client, "begin")
+        begin = BatchedScript(client, "begin", SETTINGS)
         fine, broken = begin_call(begin, "evt_fine"), begin_call(begin, "evt_not_a_hash")
 
         assert (await fine)[0] == b"done"
@@ -76,7 +78,7 @@ async def test_a_batch_loads_the_script_again_after_redis_forgot_it(
 ) -> None:
     await store_event(redis, "evt_after_flush")
     async with Redis.from_url(redis_url) as client:
-        begin = BatchedScript(client, "begin")
+        begin = BatchedScript(client, "begin", SETTINGS)
         await begin_call(begin, "evt_warm_up")
         await redis.script_flush()
 

@@ -15,30 +15,25 @@
 -- queue         KEYS: arq's queue, or nil where nothing is rescheduled
 -- now           ms
 -- job_id
--- settings      one ARGV: JSON {slot_ttl_ms, slots_prefix, starts_prefix, waiting_prefix,
---               paused_recheck_ms, job_id_prefix, ordering (LOOPS_ORDERING), event_prefix,
---               handler_prefix, session_prefix, session_waiting_prefix,
---               in_progress_prefix, session_slot_cleanup_ms}, decoded only when a gate
---               needs it (a handler without limits of an event without a session needs none)
 -- session       the event's checkout session id ('' or nil for none)
+-- and the worker's settings, the table admission_settings that the script's source opens
+-- with (Admission.settings): {slot_ttl_ms, slots_prefix, starts_prefix, waiting_prefix,
+-- paused_recheck_ms, job_id_prefix, ordering (LOOPS_ORDERING), event_prefix,
+-- handler_prefix, session_prefix, session_waiting_prefix, in_progress_prefix,
+-- session_slot_cleanup_ms}, read through the context (ctx.slot_ttl_ms).
 -- limits: a handler's limits ({concurrency = N, rate = N, window_ms = W, paused = true}, the
 -- last when the pause is to be asked: the worker's view says paused, or the run was held).
 -- admission_admit takes them as begin got them (JSON, '' for none); the gates,
 -- admission_hold and admission_release as a table (finish gets them inside its one JSON
 -- argument).
 
-local function admission_context(paused, queue, now, job_id, settings, session)
-  return {paused = paused, queue = queue, now = tonumber(now), job_id = job_id,
-          settings = settings, session_id = session}
-end
+local admission_with_settings = {__index = admission_settings}
 
--- The context with its settings decoded (once) and the event id (the job id's tail).
-local function admission_settled(ctx)
-  if not ctx.event_id then
-    for name, value in pairs(cjson.decode(ctx.settings)) do ctx[name] = value end
-    ctx.event_id = string.sub(ctx.job_id, #ctx.job_id_prefix + 1)
-  end
-  return ctx
+-- The context: the call's values, the event id (the job id's tail) and the settings.
+local function admission_context(paused, queue, now, job_id, session)
+  return setmetatable({paused = paused, queue = queue, now = tonumber(now), job_id = job_id,
+                       event_id = string.sub(job_id, #admission_settings.job_id_prefix + 1),
+                       session_id = session}, admission_with_settings)
 end
 
 local function admission_is_paused(ctx, handler)
@@ -46,14 +41,11 @@ local function admission_is_paused(ctx, handler)
 end
 
 -- The event's checkout session if admission keeps its order (settings.ordering), else false;
--- session_events (its session's events, by created) whether ordering is on or not, where the
--- caller sent the settings (begin: ordering on, or limits to ask; finish: the event has a
--- session). An event without a session decodes nothing.
+-- session_events (its session's events, by created) whether ordering is on or not.
 local function ordering_session(ctx)
   if ctx.session == nil then
     ctx.session = false
-    if ctx.session_id and ctx.session_id ~= '' and ctx.settings ~= '' then
-      admission_settled(ctx)
+    if ctx.session_id and ctx.session_id ~= '' then
       ctx.session_events = ctx.session_prefix .. ctx.session_id
       if ctx.ordering then
         ctx.session = ctx.session_id
@@ -76,6 +68,14 @@ local function ordering_place(ctx)
     end
   end
   return ctx.members, ctx.place
+end
+
+-- Whether the ordering gate has anything to ask: another event of the session (a session of
+-- one event, most of them, asks no gate and builds none).
+local function ordering_may_hold(ctx)
+  if not ordering_session(ctx) then return false end
+  local members, place = ordering_place(ctx)
+  return #members > (place and 1 or 0)
 end
 
 local function ordering_read(ctx, other, handler)
@@ -190,7 +190,7 @@ local function admission_gates()
       name = 'paused',
       check = function(ctx, handler, limits)
         if limits.paused and admission_is_paused(ctx, handler) then
-          return ctx.now + admission_settled(ctx).paused_recheck_ms
+          return ctx.now + ctx.paused_recheck_ms
         end
       end,
     },
@@ -221,7 +221,7 @@ local function admission_gates()
       name = 'concurrency',
       check = function(ctx, handler, limits)
         if not limits.concurrency then return nil end
-        local slots = admission_settled(ctx).slots_prefix .. handler
+        local slots = ctx.slots_prefix .. handler
         redis.call('ZREMRANGEBYSCORE', slots, '-inf', ctx.now)
         if redis.call('ZCARD', slots) < limits.concurrency then return nil end
         if redis.call('ZSCORE', slots, ctx.job_id) then return nil end
@@ -230,12 +230,10 @@ local function admission_gates()
       end,
       take = function(ctx, handler, limits)
         if not limits.concurrency then return end
-        admission_settled(ctx)
         redis.call('ZADD', ctx.slots_prefix .. handler, ctx.now + ctx.slot_ttl_ms, ctx.job_id)
       end,
       release = function(ctx, handler, limits)
         if not limits.concurrency then return end
-        admission_settled(ctx)
         redis.call('ZREM', ctx.slots_prefix .. handler, ctx.job_id)
         if ctx.queue and not admission_is_paused(ctx, handler) then
           local next_in_line = redis.call('ZPOPMIN', ctx.waiting_prefix .. handler)
@@ -249,7 +247,7 @@ local function admission_gates()
       name = 'rate',
       check = function(ctx, handler, limits)
         if not limits.rate then return nil end
-        local starts = admission_settled(ctx).starts_prefix .. handler
+        local starts = ctx.starts_prefix .. handler
         redis.call('ZREMRANGEBYSCORE', starts, '-inf', ctx.now - limits.window_ms)
         if redis.call('ZCARD', starts) < limits.rate then return nil end
         local oldest = tonumber(redis.call('ZRANGE', starts, 0, 0, 'WITHSCORES')[2])
@@ -259,7 +257,7 @@ local function admission_gates()
       end,
       take = function(ctx, handler, limits)
         if not limits.rate then return end
-        local starts = admission_settled(ctx).starts_prefix .. handler
+        local starts = ctx.starts_prefix .. handler
         redis.call('ZADD', starts, ctx.now, ctx.now .. ':' .. ctx.job_id)
         redis.call('PEXPIRE', starts, limits.window_ms)
       end,
@@ -270,10 +268,10 @@ end
 
 -- nil if the run may start now (and it has taken what it holds), else when to look again
 -- (ms) and the name of the gate that held it. ``encoded_limits`` as the caller got them: ''
--- (no limits, and the worker knows of no pause) lets a run of an event without a session
--- start with nothing asked.
+-- (no limits, and the worker knows of no pause) lets a run start with no gate asked, unless
+-- another event of its session may hold it back.
 local function admission_admit(ctx, handler, encoded_limits)
-  if encoded_limits == '' and not ordering_session(ctx) then return nil end
+  if encoded_limits == '' and not ordering_may_hold(ctx) then return nil end
   local limits = {}
   if encoded_limits ~= '' then limits = cjson.decode(encoded_limits) end
   for _, gate in ipairs(admission_gates()) do
@@ -284,7 +282,6 @@ local function admission_admit(ctx, handler, encoded_limits)
     if gate.take then gate.take(ctx, handler, limits) end
   end
   if next(limits) then
-    admission_settled(ctx)
     redis.call('ZREM', ctx.waiting_prefix .. handler, ctx.event_id)
   end
   return nil
@@ -294,7 +291,7 @@ end
 -- opened since begin); a run still held waits where its gate wakes it (gate.wait), by
 -- default on the handler's waiting list, oldest first.
 local function admission_hold(ctx, handler, limits, received_at)
-  local waiting = admission_settled(ctx).waiting_prefix .. handler
+  local waiting = ctx.waiting_prefix .. handler
   for _, gate in ipairs(admission_gates()) do
     local again = gate.check(ctx, handler, limits)
     if again then

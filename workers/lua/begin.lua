@@ -9,8 +9,7 @@
 -- ARGV[2] handler_prefix  of the handler-state fields in the event's hash
 -- ARGV[3] trace_field     of the event's trace context in its hash
 -- ARGV[4] job_id
--- ARGV[5] admission       admission's settings (see admission.lua)
--- ARGV[6..] per handler: its name, its max attempts, its limits (JSON, '' for none)
+-- ARGV[5..] per handler: its name, its max attempts, its limits (JSON, '' for none)
 -- Returns false if the event is not stored; else status, raw, type, received_at, headers,
 -- trace context (false when the event has none), its checkout session id ('' for none), then,
 -- for a pending event only, per handler: its action (run, skip, wait, exhausted, held), its
@@ -20,7 +19,7 @@
 -- state (JSON).
 local event, paused = KEYS[1], KEYS[2]
 local now, handler_prefix, trace_field = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local FIRST_HANDLER = 6
+local FIRST_HANDLER = 5
 
 local stored_event = redis.call('HMGET', event, 'status', 'raw', 'type', 'received_at', 'headers',
                                 trace_field, 'session')
@@ -31,7 +30,7 @@ local out = {status, stored_event[2], stored_event[3], stored_event[4], stored_e
              stored_event[6], session}
 if status ~= 'pending' then return out end
 
-local admission = admission_context(paused, nil, now, ARGV[4], ARGV[5], session)
+local admission = admission_context(paused, nil, now, ARGV[4], session)
 local known = {}
 local names = {}
 local writes = {}
