@@ -18,7 +18,7 @@ the time from the last look at a full queue to the first look at an empty one (p
 2 ms), so start-up is not counted. Prints a table and the ratio; writes the figures as JSON
 to ``benchmarks/results/worker-<timestamp>.json``.
 
-    python benchmarks/worker.py [--events 5000] [--rounds 3]
+    python benchmarks/worker.py [--events 5000] [--rounds 3] [--ordering off]
 """
 
 from __future__ import annotations
