@@ -52,7 +52,6 @@ __all__ = [
     "LIVE_HANDLER_SECONDS",
     "PAUSED_RECHECK_SECONDS",
     "PAUSED_REFRESH_SECONDS",
-    "SESSION_SLOT_CLEANUP_SECONDS",
     "Admission",
     "HandlerFlow",
     "HandlerNotLive",
@@ -84,7 +83,7 @@ DEFAULT_SLOT_TTL_SECONDS = 60.0
 PAUSED_REFRESH_SECONDS = 1.0
 """How old a worker's view of the paused handlers may get (``PausedHandlers``)."""
 
-SESSION_SLOT_CLEANUP_SECONDS = 86_400
+SESSION_WAITING_TTL_SECONDS = 86_400
 """A session's waiting list is removed this long after it was last written. Only for cleaning
 up: a woken or rechecked waiter leaves it."""
 
@@ -198,7 +197,7 @@ class Admission:
                 "session_prefix": keys.SESSION_EVENTS_PREFIX,
                 "session_waiting_prefix": keys.SESSION_WAITING_PREFIX,
                 "in_progress_prefix": keys.ARQ_IN_PROGRESS_PREFIX,
-                "session_slot_cleanup_ms": SESSION_SLOT_CLEANUP_SECONDS * 1000,
+                "session_waiting_ttl_ms": SESSION_WAITING_TTL_SECONDS * 1000,
             },
         )
         """This worker's settings, the constants ``begin`` and ``finish`` are built with

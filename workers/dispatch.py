@@ -154,6 +154,7 @@ class Dispatcher:
                 outcomes.append(
                     Outcome(handler.name, state, 0.0, exhausted_by_crashes(state.attempts))
                 )
+        admitted = Admission.settled(held, [h for h, _ in to_run])
         try:
             outcomes += await self._run_all(event, to_run, begun.superseded_by)
         except _PartiallyRun as cancelled:
@@ -165,7 +166,6 @@ class Dispatcher:
                 refunds = unfinished
             else:
                 outcomes += [self._cut_short(h, state) for h, state in unfinished]
-            admitted = Admission.settled(held, [h for h, _ in to_run])
             await _despite_cancellation(
                 self._record(event, names, outcomes, refunds, settle_job=job_id, admitted=admitted)
             )
@@ -173,7 +173,6 @@ class Dispatcher:
             # 3.11's asyncio.timeout turns only the exact type into its TimeoutError, which
             # is how the worker tells the job's time limit from a shutdown.
             raise asyncio.CancelledError from None
-        admitted = Admission.settled(held, [h for h, _ in to_run])
         await _despite_cancellation(
             self._record(event, names, outcomes, settle_job=job_id, admitted=admitted)
         )

@@ -165,7 +165,7 @@ class EventStore:
         the event, in whose name concurrency slots are held. None if the event is not in the
         store (purged, or expired after it finished).
         """
-        args: list[Any] = [now_ms, keys.HANDLER_FIELD_PREFIX, keys.TRACE_CONTEXT_FIELD, job_id]
+        args: list[Any] = [now_ms, keys.TRACE_CONTEXT_FIELD, job_id, event_id]
         for name, limit, admission_limits in limits:
             args += [name, limit, admission_limits]
         reply = await self._begin(keys=[keys.event_key(event_id), *self._admission.keys], args=args)
@@ -250,7 +250,6 @@ class EventStore:
                 orjson.dumps(counts or {}) if counts else b"{}",
                 keys.OUTCOME_COUNTS_TTL_SECONDS,
                 settle_job,
-                keys.HANDLER_FIELD_PREFIX,
                 admitted,
                 event.session_id or "",
                 *(encode_dead_letter(letter) for letter in dead_letters),

@@ -1,6 +1,7 @@
 """Every Redis key and id format that loops-webhooks reads or writes is built here, and nowhere
-else. Lua scripts receive keys as KEYS and prefixes as ARGV from this module; they never
-spell one out.
+else. Lua scripts receive keys as KEYS and prefixes as ARGV from this module, or, for
+``begin`` and ``finish``, in the constants their source opens with (``Admission.settings``);
+they never spell one out.
 
 arq's own keys (job payloads, in-progress markers, retry counters) come from
 ``arq.constants``, so that the receiver can enqueue a job in the same atomic step that
@@ -49,7 +50,6 @@ __all__ = [
     "event_dead_letters_key",
     "event_key",
     "handler_slots_key",
-    "handler_starts_key",
     "handler_waiting_key",
     "job_id_for_event",
     "metadata_term",
@@ -172,10 +172,6 @@ def session_events_key(session_id: str) -> str:
 
 def handler_slots_key(handler: str) -> str:
     return HANDLER_SLOTS_PREFIX + handler
-
-
-def handler_starts_key(handler: str) -> str:
-    return HANDLER_STARTS_PREFIX + handler
 
 
 def handler_waiting_key(handler: str) -> str:

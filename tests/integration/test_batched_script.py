@@ -34,7 +34,7 @@ def begin_call(begin: BatchedScript, event_id: str) -> asyncio.Future[object]:
     return asyncio.ensure_future(
         begin(
             keys=[keys.event_key(event_id)],
-            args=[0, keys.HANDLER_FIELD_PREFIX, keys.TRACE_CONTEXT_FIELD],
+            args=[0, keys.TRACE_CONTEXT_FIELD, "", event_id],
         )
     )
 

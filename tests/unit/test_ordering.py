@@ -355,14 +355,14 @@ def test_created_is_read_as_iso_8601_else_the_receipt_time_stands_in() -> None:
     assert created_ms({}, 7) == 7
 
 
-async def test_intake_keeps_the_session_and_created_with_the_event(
+async def test_intake_keeps_the_session_with_the_event_and_created_in_its_session_list(
     redis: FakeAsyncRedis,
 ) -> None:
     await record(redis, "evt_1", T0)
     await record(redis, "evt_2", T0, session=None)
 
-    stored = await redis.hmget(keys.event_key("evt_1"), ["session", "created"])
-    assert stored == [SESSION.encode(), str(T0).encode()]
+    assert await redis.hmget(keys.event_key("evt_1"), ["session"]) == [SESSION.encode()]
+    assert await redis.zscore(keys.session_events_key(SESSION), "evt_1") == T0
     assert await redis.zrange(keys.session_events_key(SESSION), 0, -1) == [b"evt_1"]
     assert await redis.hmget(keys.event_key("evt_2"), ["session"]) == [None]
     assert orjson.loads(await redis.hget(keys.event_key("evt_1"), "headers")) == {}

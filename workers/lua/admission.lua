@@ -20,7 +20,7 @@
 -- with (Admission.settings): {slot_ttl_ms, slots_prefix, starts_prefix, waiting_prefix,
 -- paused_recheck_ms, job_id_prefix, ordering (LOOPS_ORDERING), event_prefix,
 -- handler_prefix, session_prefix, session_waiting_prefix, in_progress_prefix,
--- session_slot_cleanup_ms}, read through the context (ctx.slot_ttl_ms).
+-- session_waiting_ttl_ms}, read through the context (ctx.slot_ttl_ms).
 -- limits: a handler's limits ({concurrency = N, rate = N, window_ms = W, paused = true}, the
 -- last when the pause is to be asked: the worker's view says paused, or the run was held).
 -- admission_admit takes them as begin got them (JSON, '' for none); the gates,
@@ -29,11 +29,10 @@
 
 local admission_with_settings = {__index = admission_settings}
 
--- The context: the call's values, the event id (the job id's tail) and the settings.
-local function admission_context(paused, queue, now, job_id, session)
+-- The context: the call's values and the settings.
+local function admission_context(paused, queue, now, job_id, event_id, session)
   return setmetatable({paused = paused, queue = queue, now = tonumber(now), job_id = job_id,
-                       event_id = string.sub(job_id, #admission_settings.job_id_prefix + 1),
-                       session_id = session}, admission_with_settings)
+                       event_id = event_id, session_id = session}, admission_with_settings)
 end
 
 local function admission_is_paused(ctx, handler)
@@ -214,7 +213,7 @@ local function admission_gates()
       wait = function(ctx, handler, limits, received_at)
         local created = redis.call('ZSCORE', ctx.session_events, ctx.event_id) or received_at
         redis.call('ZADD', ctx.session_waiting, 'NX', created, handler .. '\n' .. ctx.event_id)
-        redis.call('PEXPIRE', ctx.session_waiting, ctx.session_slot_cleanup_ms)
+        redis.call('PEXPIRE', ctx.session_waiting, ctx.session_waiting_ttl_ms)
       end,
     },
     {

@@ -6,9 +6,9 @@
 -- KEYS[1] event           the event's hash
 -- KEYS[2] paused          hash of paused handlers (admission's)
 -- ARGV[1] now             ms
--- ARGV[2] handler_prefix  of the handler-state fields in the event's hash
--- ARGV[3] trace_field     of the event's trace context in its hash
--- ARGV[4] job_id
+-- ARGV[2] trace_field     of the event's trace context in its hash
+-- ARGV[3] job_id          '' for none (a call outside a worker's job)
+-- ARGV[4] event_id
 -- ARGV[5..] per handler: its name, its max attempts, its limits (JSON, '' for none)
 -- Returns false if the event is not stored; else status, raw, type, received_at, headers,
 -- trace context (false when the event has none), its checkout session id ('' for none), then,
@@ -18,7 +18,8 @@
 -- replayed letter or a retry of a handler this worker does not have): its name and its
 -- state (JSON).
 local event, paused = KEYS[1], KEYS[2]
-local now, handler_prefix, trace_field = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local now, trace_field, job_id, event_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local handler_prefix = admission_settings.handler_prefix
 local FIRST_HANDLER = 5
 
 local stored_event = redis.call('HMGET', event, 'status', 'raw', 'type', 'received_at', 'headers',
@@ -30,7 +31,7 @@ local out = {status, stored_event[2], stored_event[3], stored_event[4], stored_e
              stored_event[6], session}
 if status ~= 'pending' then return out end
 
-local admission = admission_context(paused, nil, now, ARGV[4], session)
+local admission = admission_context(paused, nil, now, job_id, event_id, session)
 local known = {}
 local names = {}
 local writes = {}

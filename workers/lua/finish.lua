@@ -13,7 +13,7 @@
 -- KEYS[9] event_letters      set of the event's dead-letter ids
 -- KEYS[10] reason_counts     hash of the number of dead letters per reason
 -- KEYS[11] paused            hash of paused handlers (admission's)
--- KEYS[12..] one key per dead letter, in the order of ARGV[13..]
+-- KEYS[12..] one key per dead letter, in the order of ARGV[12..]
 -- ARGV[1] now                ms
 -- ARGV[2] expire_at          ms: when a finished event's record (and dedupe) expires
 -- ARGV[3] event_id
@@ -23,12 +23,11 @@
 -- ARGV[7] counts             JSON object: outcome name to count
 -- ARGV[8] counts_ttl_s
 -- ARGV[9] job_id             '' to leave the job to arq
--- ARGV[10] handler_prefix    of the handler-state fields in the event's hash
--- ARGV[11] admission         '' or JSON {"held": {handler: limits}, "released": {handler:
+-- ARGV[10] admission         '' or JSON {"held": {handler: limits}, "released": {handler:
 --                            limits}}: the runs admission held back in begin, and the runs
 --                            that took something (a slot) to give back now
--- ARGV[12] session           the event's checkout session id, '' for none
--- ARGV[13..] dead letters    each as encode_dead_letter wrote it; the event's raw body,
+-- ARGV[11] session           the event's checkout session id, '' for none
+-- ARGV[12..] dead letters    each as encode_dead_letter wrote it; the event's raw body,
 --                            headers, receipt time and type are copied into each
 -- Returns the next handler's due time (ms), -1 if the event is gone, -2 if it is finished.
 local event, pending, dead_letter_index, outcome_counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -37,12 +36,12 @@ local event_letters, reason_counts, paused = KEYS[9], KEYS[10], KEYS[11]
 local now, expire_at, event_id = ARGV[1], ARGV[2], ARGV[3]
 local states, handler_names = cjson.decode(ARGV[4]), cjson.decode(ARGV[5])
 local outcome, counts, counts_ttl_s = ARGV[6], cjson.decode(ARGV[7]), ARGV[8]
-local job_id, handler_prefix = ARGV[9], ARGV[10]
+local job_id, handler_prefix = ARGV[9], admission_settings.handler_prefix
 local admitted = {held = {}, released = {}}
-if ARGV[11] ~= '' then admitted = cjson.decode(ARGV[11]) end
-local FIRST_LETTER_KEY, FIRST_LETTER = 12, 13
+if ARGV[10] ~= '' then admitted = cjson.decode(ARGV[10]) end
+local FIRST_LETTER_KEY, FIRST_LETTER = 12, 12
 local letter_count = #ARGV - FIRST_LETTER + 1
-local admission = admission_context(paused, queue, now, job_id, ARGV[12])
+local admission = admission_context(paused, queue, now, job_id, event_id, ARGV[11])
 for name, limits in pairs(admitted.released) do
   admission_release(admission, name, limits)
 end

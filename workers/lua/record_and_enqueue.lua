@@ -1,7 +1,7 @@
 -- Records verified events and enqueues their jobs in one atomic step, so that an event is
 -- never stored without its job. An id already recorded is left untouched: a redelivery.
--- An event of a checkout session keeps its session id and `created` in its hash and joins
--- the session's events, ordered by `created` (what admission's ordering gate reads).
+-- An event of a checkout session keeps its session id in its hash and joins the session's
+-- events, scored by `created` (what admission's ordering gate reads).
 --
 -- KEYS[1] pending      sorted set of unfinished event ids, by receipt time
 -- KEYS[2] event_index  sorted set of every stored event id, by receipt time
@@ -40,7 +40,6 @@ for i = 8, #ARGV do
     end
     if session ~= '' then
       fields[#fields + 1], fields[#fields + 2] = 'session', session
-      fields[#fields + 1], fields[#fields + 2] = 'created', created
       redis.call('ZADD', session_prefix .. session, created, event_id)
     end
     redis.call('HSET', event_key, unpack(fields))
