@@ -187,6 +187,7 @@ class DeadLetterFilter:
             (self.event_type is None or letter.event_type == self.event_type)
             and (self.handler is None or letter.handler == self.handler)
             and (self.reason is None or letter.reason == self.reason)
+            and (self.since_ms is None or letter.dead_lettered_at >= self.since_ms)
         )
 
 
@@ -336,14 +337,15 @@ class OperatorApi:
                     pipe.hget(keys.SEARCH_TERMS, event_id)
                     pipe.smembers(keys.event_dead_letters_key(event_id))
                 replies = await pipe.execute()
-            found: list[list[DeadLetter]] = []
+            per_event: list[list[str]] = []
             for terms, letter_ids in zip(replies[0::2], replies[1::2], strict=True):
-                if not terms or not letter_ids or not search.held_by(unpack_terms(terms)):
-                    found.append([])
-                    continue
-                letters = await self._letter_summaries(sorted(i.decode() for i in letter_ids))
-                found.append([letter for letter in letters if letter and where.matches(letter)])
-            return found
+                held = terms and letter_ids and search.held_by(unpack_terms(terms))
+                per_event.append(sorted(i.decode() for i in letter_ids) if held else [])
+            letters = iter(await self._letter_summaries([i for ids in per_event for i in ids]))
+            return [
+                [letter for _ in ids if (letter := next(letters)) and where.matches(letter)]
+                for ids in per_event
+            ]
 
         return await _search_page(self._redis, search, None, load, limit, cursor)
 

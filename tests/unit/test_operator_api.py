@@ -11,7 +11,7 @@ from fakeredis import FakeAsyncRedis
 from loops_webhooks.workers import keys
 from loops_webhooks.workers.dead_letters import DeadLetter, DeadLetterReason
 from loops_webhooks.workers.event_store import EventStatus, EventStore, HandlerState, HandlerStatus
-from loops_webhooks.workers.intake import EventIntake, ReceivedEvent
+from loops_webhooks.workers.intake import EventIntake, ReceivedEvent, received_event
 from loops_webhooks.workers.operator_api import (
     DeadLetterFilter,
     EventFilter,
@@ -125,6 +125,25 @@ async def test_since_keeps_only_letters_dead_lettered_from_then(
 
     assert [letter.event_id for letter in page.items] == ["evt_3", "evt_2"]
     assert page.next_cursor is None
+
+
+async def test_since_holds_too_when_letters_are_found_by_customer(
+    redis: FakeAsyncRedis, api: OperatorApi
+) -> None:
+    for n in range(4):
+        document = {"id": f"evt_{n}", "type": TYPE, "data": {"externalCustomerId": "c_1"}}
+        event = received_event(
+            f"evt_{n}", TYPE, orjson.dumps(document), {}, 1_000 + n, document, metadata_keys=()
+        )
+        assert await EventIntake(redis, queue_name=QUEUE).submit(event)
+        await dead_letter(redis, f"evt_{n}", ["fulfil", "audit"], now=2_000 + n)
+
+    where = DeadLetterFilter(customer_id="c_1", since_ms=2_002)
+    ids = await every_page(api, where, limit=3)
+
+    assert sorted(ids) == sorted(
+        keys.dead_letter_id(f"evt_{n}", handler) for n in (2, 3) for handler in ("fulfil", "audit")
+    )
 
 
 async def test_events_are_listed_newest_first_by_status_and_expired_ones_are_skipped(
