@@ -138,11 +138,13 @@ async def dead_letters(request: web.Request) -> web.Response:
     page = await request.app[OPERATOR_API].list_dead_letters(
         where, limit=queries.limit_of(request.query), cursor=request.query.get("cursor") or None
     )
-    selected_filter = {
+    selected_filter: dict[str, str | list[str]] = {
         name: request.query[name]
         for name in queries.DEAD_LETTER_FILTER_FIELDS
-        if request.query.get(name, "").strip()
+        if name != "metadata" and request.query.get(name, "").strip()
     }
+    if metadata := [pair for pair in request.query.getall("metadata", []) if pair.strip()]:
+        selected_filter["metadata"] = metadata
     context = {
         "page": page,
         "query": request.query,

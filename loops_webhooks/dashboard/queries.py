@@ -27,7 +27,15 @@ __all__ = [
 ]
 
 DEFAULT_LIMIT = 50
-DEAD_LETTER_FILTER_FIELDS = ("type", "handler", "reason", "since", "session", "customer")
+DEAD_LETTER_FILTER_FIELDS = (
+    "type",
+    "handler",
+    "reason",
+    "since",
+    "session",
+    "customer",
+    "metadata",
+)
 
 
 def _since_ms(text: str) -> int:
@@ -52,9 +60,12 @@ def _since(params: Mapping[str, Any]) -> int | None:
 
 
 def _metadata(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    """``metadata=KEY:VALUE``, repeatable (a query string), or one such string (a body)."""
+    """``metadata=KEY:VALUE``, repeatable (a query string), or in a body one such string or a
+    list of them."""
     getall = getattr(params, "getall", None)
-    values = getall("metadata", []) if getall is not None else [params.get("metadata")]
+    values = getall("metadata", []) if getall is not None else params.get("metadata")
+    if not isinstance(values, list):
+        values = [values]
     pairs = []
     for value in values:
         if value is None or value == "":

@@ -206,6 +206,30 @@ async def test_bad_requests_are_400_and_unknown_ids_404_in_one_error_shape(
             assert response.status == 404
 
 
+async def test_a_replay_or_purge_filter_takes_every_field_the_dead_letter_list_takes(
+    bench: Workbench, dashboard: Dashboard
+) -> None:
+    await dead_letters(bench, 2)
+    where = {"session": "cs_none", "customer": "c_none", "metadata": ["orderId:none"]}
+    async with dashboard.client(bearer=TOKEN) as client:
+        for action in ("replay", "purge"):
+            async with client.post(
+                f"/api/dead-letters/{action}", json={"filter": where, "dry_run": True}
+            ) as response:
+                assert response.status == 200, await response.text()
+                assert (await response.json())["matched"] == 0
+        async with client.post(
+            "/api/dead-letters/replay", json={"filter": {"since": "1h"}, "dry_run": True}
+        ) as response:
+            assert (await response.json())["matched"] == 2
+        async with client.get("/dead-letters", params=where) as response:
+            page = await response.text()
+    # the page's filter form keeps them, and so does "every dead letter that matches"
+    assert '<input type="hidden" name="customer" value="c_none">' in page
+    assert '<input type="hidden" name="metadata" value="orderId:none">' in page
+    assert "&#34;metadata&#34;:[&#34;orderId:none&#34;]" in page  # data-filter, as JSON
+
+
 async def test_a_bearer_replay_by_filter_counts_first_then_replays_and_is_logged(
     bench: Workbench, dashboard: Dashboard
 ) -> None:
