@@ -141,7 +141,8 @@ class Settings(BaseSettings):
         description="The dashboard's login and API token; required by `dashboard`.",
     )
     dashboard_read_only: bool = Field(
-        default=False, description="The dashboard refuses replay and purge (403)."
+        default=False,
+        description="The dashboard refuses replay, purge, pause, resume and retry now (403).",
     )
     dashboard_trusted_proxies: str = Field(
         default="",

@@ -76,7 +76,8 @@ to other sites, nothing kept in caches: the pages show payloads and personal dat
 
 def create_app(settings: Settings, redis_url: str, *, token: str | None) -> web.Application:
     """The dashboard; ``token=None`` lets everyone in (``--no-auth``: the CLI allows it on a
-    loopback host only). ``LOOPS_DASHBOARD_READ_ONLY`` refuses replay and purge."""
+    loopback host only). ``LOOPS_DASHBOARD_READ_ONLY`` refuses replay, purge, pause,
+    resume and retry now."""
     app = web.Application(middlewares=[_answer_and_log, _gate])
     app[SETTINGS] = settings
     app[REDIS_URL] = redis_url

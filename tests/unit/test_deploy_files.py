@@ -970,6 +970,17 @@ def test_every_secret_key_a_deploy_readme_creates_is_read_by_a_manifest():
     assert created - read == set()
 
 
+def test_every_container_that_reads_redis_url_reads_the_sentinel_password_too():
+    def env_names(container: dict[str, Any]) -> set[str]:
+        return {entry["name"] for entry in container.get("env", [])}
+
+    readers = [(name, c) for name, c in containers() if "REDIS_URL" in env_names(c)]
+    assert len(readers) >= 3  # receiver, worker, dashboard
+    assert [
+        name for name, c in readers if "LOOPS_REDIS_SENTINEL_PASSWORD" not in env_names(c)
+    ] == []
+
+
 def test_every_path_a_deploy_readme_names_is_in_the_repository():
     named = {
         (path, name)
