@@ -14,16 +14,14 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
+
+from loops_webhooks.workers.traces import STORED_CONTEXT
 
 __all__ = ["TracedView", "traced"]
 
 TracedView = Callable[[web.Request, str], Awaitable[web.Response]]
 """A view that takes the request span's ``traceparent`` to store with the event."""
-
-STORED_CONTEXT = TraceContextTextMapPropagator()
-"""How the span's context is written for the event record: W3C trace context, always."""
 
 
 def traced(

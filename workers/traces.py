@@ -20,10 +20,11 @@ from loops_webhooks.handlers.outcomes import AttemptOutcome
 from loops_webhooks.workers.event_store import StoredEvent
 from loops_webhooks.workers.outcomes import describe
 
-__all__ = ["AttemptTraces"]
+__all__ = ["STORED_CONTEXT", "AttemptTraces"]
 
 STORED_CONTEXT = TraceContextTextMapPropagator()
-"""How the stored trace context is read: W3C trace context, whatever the senders use."""
+"""How a trace context is kept with an event (written by the receiver, read here): W3C trace
+context, whatever the senders use."""
 
 
 class AttemptTraces:

@@ -185,10 +185,6 @@ class Supervisor:
             self.kills += 1
 
     @property
-    def restarts(self) -> int:
-        return len(self.exits)
-
-    @property
     def own_exits(self) -> int:
         """Exits the workers made themselves (Redis gone, a handler's ``os._exit``)."""
         return sum(1 for code in self.exits if code != -signal.SIGKILL)

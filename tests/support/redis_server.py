@@ -111,10 +111,6 @@ class RedisServer:
         finally:
             client.close()
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def kill(self) -> None:
         """SIGKILL: the crash case, no chance to flush anything or to close connections."""
         assert self._process is not None
