@@ -278,7 +278,7 @@ async def test_sigterm_with_a_long_grace_period_lets_a_slow_handler_finish_and_r
 
     worker.process.send_signal(signal.SIGTERM)
 
-    assert worker.process.wait(15) == 0
+    assert worker.wait(15) == 0
     stored = await bench.event(event_id)
     assert stored.status == "done"
     assert stored.handlers["fulfil"].attempts == 1
@@ -310,7 +310,7 @@ async def test_sigterm_with_a_short_grace_period_cancels_a_slow_handler_refunds_
 
     first.process.send_signal(signal.SIGTERM)
 
-    assert first.process.wait(15) == 0
+    assert first.wait(15) == 0
     [cancelled] = bench.effects("cancelled")
     refunded = (await bench.event(event_id)).handlers["fulfil"]
     assert (refunded.status, refunded.attempts) == ("retry", 0)
@@ -403,7 +403,7 @@ async def test_a_letter_replayed_to_a_worker_without_its_handler_is_dead_lettere
     event_id = await bench.submit()
     await bench.wait_for_status(event_id, "dead")
     old.process.send_signal(signal.SIGTERM)
-    assert old.process.wait(15) == 0
+    assert old.wait(15) == 0
     bench.write_handlers(
         """
         @router.on("checkout.session.completed", name="fulfil_v2")

@@ -87,7 +87,7 @@ class Service:
         with log_path.open("wb") as log_file:
             self.process = subprocess.Popen(
                 [LOOPS_WEBHOOKS, *self.args],
-                env=self.env,
+                env={**self.env, "PYTHONFAULTHANDLER": "1"},  # stacks on SIGABRT (``wait``)
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
@@ -107,9 +107,19 @@ class Service:
         return self.process.poll()
 
     def wait(self, timeout: float = STOP_SECONDS) -> int:
-        """Wait for a command that ends by itself; its exit code."""
+        """Wait for a command that ends by itself (or was signalled to); its exit code. One
+        still running after ``timeout`` is aborted, and the test fails with its log, in which
+        Python's fault handler wrote every thread's stack: where it hung."""
         assert self.process is not None
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)
+            self.process.wait(STOP_SECONDS)
+            raise AssertionError(
+                f"{self.name} still running {timeout:g} s later; its stacks and log:\n"
+                + self.output_tail(80)
+            ) from None
 
     def kill(self) -> None:
         """SIGKILL: the crash case."""
